@@ -1,0 +1,36 @@
+"""Command line: ``precise-fast <command>`` (or ``python -m precise_fast.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="precise-fast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    laws = sub.add_parser("laws", help="table + plot of every sampler's marginal laws")
+    laws.add_argument("--out", default="outputs/laws", help="folder for laws.png")
+    laws.add_argument("--q", type=float, default=1.0, help="variance of the Gaussian data")
+
+    sub.add_parser("bandwidth", help="print this machine's streaming memory bandwidth")
+
+    args = parser.parse_args(argv)
+    if args.command == "laws":
+        from .demos.laws import run
+
+        run(args.out, args.q)
+    elif args.command == "bandwidth":
+        import json
+        import os
+
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+        from bandwidth import machine_info, stream_bandwidth_gbs
+
+        print(json.dumps({"stream_add_gbs": round(stream_bandwidth_gbs(), 2), "machine": machine_info()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

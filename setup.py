@@ -1,0 +1,99 @@
+"""Build and install precise_fast.
+
+The C++ CPU extension (``precise_fast._C``, sources ``csrc/*.cpp``, OpenMP) is always
+built. The CUDA sources (``csrc/*.cu``) join it only when asked
+(``PRECISE_FAST_BUILD_CUDA=1``) or when a CUDA toolkit and a GPU are both present;
+``PRECISE_FAST_BUILD_CUDA=0`` forbids them. ``PRECISE_FAST_SKIP_EXT=1`` installs the pure
+Python package only (every op then falls back to the reference, with a warning).
+
+The Triton kernels live in the top-level ``kernels/`` folder and ship as
+``precise_fast.kernels`` (a top-level package named ``kernels`` would clash with the PyPI
+library of that name).
+
+Build here with: ``pip install --no-build-isolation -e .`` (torch must already be installed).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name: str) -> str | None:
+    value = os.environ.get(name)
+    return None if value is None or value == "" else value
+
+
+def _want_cuda() -> bool:
+    flag = _flag("PRECISE_FAST_BUILD_CUDA")
+    if flag is not None:
+        return flag not in ("0", "false", "no")
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME
+    except ImportError:
+        return False
+    return CUDA_HOME is not None and torch.cuda.is_available()
+
+
+def _extensions():
+    if _flag("PRECISE_FAST_SKIP_EXT") not in (None, "0"):
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    cpp = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    cu = sorted(glob.glob(os.path.join("csrc", "*.cu")))
+    if not cpp:
+        return [], {}
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    cxx_flags = ["-O3", "-std=c++17", *openmp]
+    if _want_cuda() and cu:
+        ext = CUDAExtension(
+            "precise_fast._C",
+            cpp + cu,
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            define_macros=[("PRECISE_FAST_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+            extra_link_args=openmp,
+        )
+    else:
+        ext = CppExtension(
+            "precise_fast._C",
+            cpp,
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            extra_compile_args=cxx_flags,
+            extra_link_args=openmp,
+        )
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+def _requirements() -> list[str]:
+    with open(os.path.join(ROOT, "requirements.txt")) as f:
+        lines = [line.split("#")[0].strip() for line in f]
+    # Test-only tools are not runtime dependencies.
+    return [line for line in lines if line and not line.startswith(("pytest", "ninja"))]
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    name="precise_fast",
+    version="0.1.0",
+    description="Fast, trustworthy GRPO post-training of flow-matching text-to-image models (Precise sampler)",
+    python_requires=">=3.11",
+    packages=find_packages(include=["precise_fast", "precise_fast.*"]) + ["precise_fast.kernels"],
+    package_dir={"precise_fast.kernels": "kernels"},
+    install_requires=_requirements(),
+    extras_require={
+        "gpu": ["flash-attn>=2.6"],
+        "test": ["pytest==9.2.0", "pytest-benchmark==5.3.1"],
+    },
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    entry_points={"console_scripts": ["precise-fast=precise_fast.cli:main"]},
+)
