@@ -51,14 +51,24 @@ def _extensions():
     if not cpp:
         return [], {}
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
-    cxx_flags = ["-O3", "-std=c++17", *openmp]
+    # C++20: torch 2.14's headers need it. -fno-math-errno lets GCC vectorise sqrtf in the
+    # Box-Muller loop (with errno it keeps a scalar call). -fopenmp: `omp simd` reductions.
+    # -ffp-contract=off: GCC fuses a * b + c into FMA only in the AVX2 / AVX-512 variants,
+    # which moved 4% of the normals by 1 ulp against the baseline build; without it every
+    # CPU variant gives bitwise the same noise and samples (tests/kernels/test_cpu_isa_variants.py).
+    cxx_flags = ["-O3", "-std=c++20", "-fno-math-errno", "-ffp-contract=off", *openmp]
+    # No --use_fast_math: its approximate division and sqrt would move the CUDA Philox
+    # normals several ulp away from the CPU and Triton ones (csrc/step_coefficients.h).
+    # --fmad=false mirrors the CPU build's -ffp-contract=off: the same IEEE float
+    # operations in the same order, so the CUDA noise can match the CPU's bit for bit.
+    nvcc_flags = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "--fmad=false"]
     if _want_cuda() and cu:
         ext = CUDAExtension(
             "precise_fast._C",
             cpp + cu,
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=[("PRECISE_FAST_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
             extra_link_args=openmp,
         )
     else:

@@ -1,15 +1,20 @@
 """Stochastic samplers for flow-matching RL (shared/SAMPLERS.md is the contract).
 
-Public names: ``noise_std``, ``step``, ``mean_jacobian``, ``mean_coefficients``,
-``flux2_sigmas``, ``StepOutput``, ``KINDS``, ``DEFAULT_ETA``.
+Public names: ``noise_std``, ``step``, ``sample_step``, ``score_step``, ``philox_normal``,
+``mean_jacobian``, ``mean_coefficients``, ``flux2_sigmas``, ``StepOutput``, ``KINDS``,
+``DEFAULT_ETA``, ``BACKENDS``.
 """
 
 from .dispatch import step
+from .fused import sample_step, score_step
 from .kinds import DEFAULT_ETA, KINDS
+from .ops import BACKENDS, resolve_backend
+from .philox import philox_normal
 from .reference import StepOutput, mean_coefficients, mean_jacobian, noise_std, reference_step
 from .schedules import as_schedule, flux2_mu, flux2_sigmas, linear_sigmas
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_ETA",
     "KINDS",
     "StepOutput",
@@ -20,6 +25,10 @@ __all__ = [
     "mean_coefficients",
     "mean_jacobian",
     "noise_std",
+    "philox_normal",
     "reference_step",
+    "resolve_backend",
+    "sample_step",
+    "score_step",
     "step",
 ]

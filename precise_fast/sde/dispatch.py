@@ -1,16 +1,20 @@
 """``step``: the public sampler step, dispatched to a backend.
 
-Only the reference backend exists until the fused kernels land; ``backend="auto"`` then
-picks the fast path for the tensors' device.
+``backend="auto"`` picks the fast path for the tensors' device (the C++ kernel on CPU,
+Triton on CUDA) and falls back to the reference, with one warning, when no extension is
+there; ``"reference"``, ``"triton"``, ``"cpu"``, ``"cuda"`` force one (an error if it
+cannot run on these tensors). The fused backends are :func:`sample_step` /
+:func:`score_step` (``fused.py``); this wrapper keeps the ``StepOutput`` form.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .reference import StepOutput, reference_step
-
-BACKENDS = ("auto", "reference")
+from .fused import sample_step, score_step
+from .kinds import STOCHASTIC, check_kind
+from .ops import BACKENDS, resolve_backend
+from .reference import StepOutput, _check_step_values, per_row, reference_step
 
 
 def step(
@@ -25,14 +29,46 @@ def step(
     prev_sample: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     backend: str = "auto",
+    seeds: torch.Tensor | None = None,
+    step_index=0,
 ) -> StepOutput:
     """One sampler step ``sigma -> next_sigma``; see :func:`reference_step` for the math.
 
     Returns ``StepOutput(prev_sample, log_prob, mean)``: with ``prev_sample`` given it only
     scores it (no noise drawn). ``log_prob`` is per row, the mean over non-batch elements.
+    The noise of sample mode is, in this order: ``noise`` if given; else the Philox stream
+    of ``seeds`` at ``step_index`` (:func:`philox_normal`, identical on every backend);
+    else ``torch.randn`` with ``generator`` (the global one when None).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
-    return reference_step(
-        x, v, sigma, next_sigma, std, kind=kind, noise=noise, prev_sample=prev_sample, generator=generator
+    kind = check_kind(kind)
+    if noise is not None and seeds is not None:
+        raise ValueError("pass seeds= or noise=, not both")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError("x and v must be tensors")
+    chosen = resolve_backend(backend, x)
+    if chosen == "reference" and seeds is None:
+        # The original behaviour, bit for bit (randn draws from `generator`).
+        return reference_step(
+            x, v, sigma, next_sigma, std, kind=kind, noise=noise, prev_sample=prev_sample, generator=generator
+        )
+    # step() keeps the reference's value checks (sigma in (0, 1], next_sigma in [0, sigma),
+    # std > 0): they synchronise, so the capture-safe path is sample_step / score_step.
+    if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[0] > 0:
+        batch, device = x.shape[0], x.device
+        rows = [per_row(val, name, batch, device, torch.float32) for val, name in
+                ((sigma, "sigma"), (next_sigma, "next_sigma"), (std, "std"))]
+        _check_step_values(*rows, kind)
+    if prev_sample is not None:
+        log_prob, mean, _ = score_step(
+            x, v, prev_sample, sigma, next_sigma, std, kind=kind, return_mean=True, backend=chosen
+        )
+        return StepOutput(prev_sample, log_prob, mean)
+    if kind in STOCHASTIC and noise is None and seeds is None:
+        noise = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=x.device)
+    prev, log_prob, mean = sample_step(
+        x, v, sigma, next_sigma, std, kind=kind, seeds=seeds, step_index=step_index, noise=noise,
+        return_mean=True, backend=chosen,
     )
+    return StepOutput(prev, log_prob, mean)

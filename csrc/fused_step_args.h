@@ -1,0 +1,136 @@
+// Argument checks and views shared by the CPU and CUDA implementations of the fused
+// step ops: every bad input becomes a clear Python exception before any kernel runs.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+#include "step_coefficients.h"
+
+namespace precise_fast {
+
+// Element types the kernels read and write; all arithmetic is float32.
+enum class Elem : int { F32 = 0, BF16 = 1, F16 = 2 };
+
+inline Elem elem_of(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return Elem::F32;
+    case at::kBFloat16:
+      return Elem::BF16;
+    case at::kHalf:
+      return Elem::F16;
+    default:
+      TORCH_CHECK_TYPE(false, name, " must be float32, bfloat16 or float16, got ", t.scalar_type());
+  }
+  return Elem::F32;
+}
+
+inline Family family_or_throw(const std::string& kind) {
+  Family family;
+  TORCH_CHECK_VALUE(family_of(kind, &family), "kind='", kind,
+                    "' is not a sampler kind; expected one of ode, flow_grpo, dance_grpo, cps, precise, dance_precise");
+  return family;
+}
+
+inline void check_latent(const at::Tensor& x, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), name, " has shape ", t.sizes(), " but x has shape ", x.sizes());
+  TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device());
+  elem_of(t, name);
+}
+
+inline void check_x(const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(0) > 0 && x.numel() > 0,
+                    "x must have a non-empty batch dimension and elements, got shape ", x.sizes());
+  elem_of(x, "x");
+}
+
+// (B,) float32 per-row step values (sigma, next_sigma, std), contiguous.
+inline at::Tensor row_values(const at::Tensor& x, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device());
+  TORCH_CHECK_TYPE(t.is_floating_point(), name, " must be a floating tensor, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == x.size(0), name, " must have shape (", x.size(0), ",), got ",
+                    t.sizes());
+  return t.to(at::kFloat).contiguous();
+}
+
+// (B,) int64 per-row integers (seeds, step_index); a 0-d step index is broadcast.
+inline at::Tensor row_integers(const at::Tensor& x, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device());
+  TORCH_CHECK_TYPE(!t.is_floating_point() && !t.is_complex() && t.scalar_type() != at::kBool, name,
+                   " must be an integer tensor, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 0 || (t.dim() == 1 && t.size(0) == x.size(0)), name, " must be 0-d or of shape (",
+                    x.size(0), ",), got ", t.sizes());
+  return t.to(at::kLong).expand({x.size(0)}).contiguous();
+}
+
+// Everything a fused kernel needs, checked: pointers are to contiguous tensors.
+struct StepViews {
+  Family family;
+  int64_t batch = 0;
+  int64_t row_elems = 0;  // M: elements per row
+  at::Tensor x, v, prev, old_mean, noise, sigma, next_sigma, std_dev, seeds, step_index;
+};
+
+inline StepViews sample_views(const at::Tensor& x, const at::Tensor& v, const at::Tensor& sigma,
+                              const at::Tensor& next_sigma, const at::Tensor& std_dev,
+                              const c10::optional<at::Tensor>& seeds, const c10::optional<at::Tensor>& step_index,
+                              const c10::optional<at::Tensor>& noise, const std::string& kind) {
+  StepViews s;
+  s.family = family_or_throw(kind);
+  check_x(x);
+  check_latent(x, v, "v");
+  s.batch = x.size(0);
+  s.row_elems = x.numel() / s.batch;
+  s.x = x.contiguous();
+  s.v = v.contiguous();
+  s.sigma = row_values(x, sigma, "sigma");
+  s.next_sigma = row_values(x, next_sigma, "next_sigma");
+  s.std_dev = row_values(x, std_dev, "std");
+  if (s.family != Family::Ode) {
+    TORCH_CHECK_VALUE(seeds.has_value() != noise.has_value(), "kind='", kind,
+                      "' needs exactly one of seeds (Philox stream) or noise (explicit normals)");
+    if (noise.has_value()) {
+      check_latent(x, *noise, "noise");
+      s.noise = noise->contiguous();
+    } else {
+      s.seeds = row_integers(x, *seeds, "seeds");
+      TORCH_CHECK_VALUE(s.seeds.dim() == 1, "seeds must have shape (", s.batch, ",)");
+      TORCH_CHECK_VALUE(step_index.has_value(), "sampling from seeds needs step_index");
+      s.step_index = row_integers(x, *step_index, "step_index");
+    }
+  }
+  return s;
+}
+
+inline StepViews score_views(const at::Tensor& x, const at::Tensor& v, const at::Tensor& prev,
+                             const at::Tensor& sigma, const at::Tensor& next_sigma, const at::Tensor& std_dev,
+                             const c10::optional<at::Tensor>& old_mean, const std::string& kind) {
+  StepViews s;
+  s.family = family_or_throw(kind);
+  check_x(x);
+  check_latent(x, v, "v");
+  check_latent(x, prev, "prev_sample");
+  s.batch = x.size(0);
+  s.row_elems = x.numel() / s.batch;
+  s.x = x.contiguous();
+  s.v = v.contiguous();
+  s.prev = prev.contiguous();
+  s.sigma = row_values(x, sigma, "sigma");
+  s.next_sigma = row_values(x, next_sigma, "next_sigma");
+  s.std_dev = row_values(x, std_dev, "std");
+  if (old_mean.has_value()) {
+    check_latent(x, *old_mean, "old_mean");
+    s.old_mean = old_mean->contiguous();
+  }
+  return s;
+}
+
+// A (B,) float32 gradient of a per-row output; absent means zero.
+inline at::Tensor row_grad(const at::Tensor& x, const c10::optional<at::Tensor>& g, const char* name) {
+  if (!g.has_value()) return at::zeros({x.size(0)}, x.options().dtype(at::kFloat));
+  return row_values(x, *g, name);
+}
+
+}  // namespace precise_fast

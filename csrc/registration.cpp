@@ -1,0 +1,45 @@
+// The schema of every precise_fast op, defined once; kernels register per dispatch key
+// (CPU in fused_step_cpu.cpp, CUDA in fused_step_cuda.cu) and precise_fast/sde/ops.py adds
+// the fake (meta) implementations and autograd. Importing precise_fast._C runs this.
+#include <Python.h>
+#include <torch/library.h>
+
+namespace precise_fast {
+const char* cpu_isa();  // fused_step_cpu.cpp
+}
+
+namespace {
+PyObject* cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(precise_fast::cpu_isa()); }
+
+PyMethodDef methods[] = {
+    {"cpu_isa", cpu_isa, METH_NOARGS, "The CPU kernels' instruction set: avx512, avx2 or baseline."},
+    {nullptr, nullptr, 0, nullptr},
+};
+}  // namespace
+
+extern "C" {
+// Importing the module loads the library, whose static initialisers register the ops with
+// the dispatcher (the pattern of pytorch/extension-cpp); cpu_isa() is its one function.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(precise_fast, m) {
+  // Outputs not asked for (mean without return_mean, guard_bias without old_mean, ...)
+  // are empty (0,) tensors. sigma / next_sigma / std: (B,) float; seeds / step_index:
+  // (B,) int64 (step_index may be 0-d); kind: a name of precise_fast/sde/kinds.py.
+  m.def(
+      "sample_step(Tensor x, Tensor v, Tensor sigma, Tensor next_sigma, Tensor std, Tensor? seeds, "
+      "Tensor? step_index, Tensor? noise, str kind, bool return_mean) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "score_step(Tensor x, Tensor v, Tensor prev_sample, Tensor sigma, Tensor next_sigma, Tensor std, "
+      "Tensor? old_mean, str kind, bool return_mean) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "score_step_backward(Tensor grad_log_prob, Tensor? grad_mean, Tensor? grad_guard_bias, Tensor x, Tensor v, "
+      "Tensor prev_sample, Tensor sigma, Tensor next_sigma, Tensor std, Tensor? old_mean, str kind, "
+      "bool need_grad_x, bool need_grad_old_mean) -> (Tensor, Tensor, Tensor)");
+  // The Philox normal stream alone (B, row_elems) float32: the debug path of replay tests.
+  m.def("philox_normal(Tensor seeds, Tensor step_index, int row_elems) -> Tensor");
+}

@@ -1,0 +1,84 @@
+"""FLUX.2 Klein model layer: local loading, the tiny offline builder, LoRA, attention backends,
+prompt encoding, and the one transformer forward shared by sampling and training.
+
+Public API::
+
+    load_pipeline(path_or_id, *, dtype=torch.float32, device="cpu", attention_backend="auto", model_root=None)
+    build_tiny_pipeline(out_dir, seed=0, *, overwrite=False) -> Path
+    tiny_pipeline_path(seed=0, cache_dir=None) -> Path          # built once, then reused
+    apply_lora(transformer, rank=16, alpha=16.0, init="gaussian", *, adapter_name="default", dropout=0.0)
+    save_lora(pipeline_or_transformer, path, *, adapter_name="default", state_dict=None, dtype=None) -> Path
+    load_lora(pipeline, path, *, adapter_name="default", trainable=False)
+    enable_full_finetune(transformer) -> list[Parameter]
+    set_attention_backend(transformer, requested="auto") -> "sdpa" | "flash2" | "flash3"
+    PromptEncoder(pipeline, *, max_length=128, layers=(9, 18, 27), cache_size=4096, device=None, dtype=None)
+    predict_velocity(transformer, latents, timestep, prompt_embeds, text_ids, latent_ids, *, attention_kwargs=None)
+    latent_layout(pipeline, height, width) -> LatentLayout
+    latent_ids(layout, batch, device=None); text_ids(batch, seq_len, device=None)
+    decode_latents(pipeline, packed, layout, *, chunk=None) -> images (B, 3, H, W) in [0, 1]
+"""
+
+from .attention import AttentionBackendError, resolve_attention_backend, set_attention_backend
+from .flux2 import (
+    LatentLayout,
+    decode_latents,
+    latent_ids,
+    latent_layout,
+    pack_latents,
+    predict_velocity,
+    unpack_latents,
+    unpatchify_latents,
+)
+from .loading import ModelFolderError, check_pipeline_folder, load_pipeline
+from .lora import (
+    LORA_TARGET_SUFFIXES,
+    apply_lora,
+    enable_full_finetune,
+    load_lora,
+    lora_disabled,
+    lora_parameters,
+    lora_state_dict,
+    lora_target_modules,
+    save_lora,
+)
+from .registry import MODEL_ROOT_ENV, PINNED_MODELS, ModelNotFoundError, PinnedModel, resolve_model_path
+from .text import RECIPE_LAYERS, RECIPE_MAX_LENGTH, PromptEncoder, text_ids
+from .tiny import TINY_TEXT_LAYERS, build_tiny_pipeline, tiny_pipeline_path
+
+__all__ = [
+    "AttentionBackendError",
+    "LORA_TARGET_SUFFIXES",
+    "LatentLayout",
+    "MODEL_ROOT_ENV",
+    "ModelFolderError",
+    "ModelNotFoundError",
+    "PINNED_MODELS",
+    "PinnedModel",
+    "PromptEncoder",
+    "RECIPE_LAYERS",
+    "RECIPE_MAX_LENGTH",
+    "TINY_TEXT_LAYERS",
+    "apply_lora",
+    "build_tiny_pipeline",
+    "check_pipeline_folder",
+    "decode_latents",
+    "enable_full_finetune",
+    "latent_ids",
+    "latent_layout",
+    "load_lora",
+    "load_pipeline",
+    "lora_disabled",
+    "lora_parameters",
+    "lora_state_dict",
+    "lora_target_modules",
+    "pack_latents",
+    "predict_velocity",
+    "resolve_attention_backend",
+    "resolve_model_path",
+    "save_lora",
+    "set_attention_backend",
+    "text_ids",
+    "tiny_pipeline_path",
+    "unpack_latents",
+    "unpatchify_latents",
+]
