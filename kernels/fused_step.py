@@ -340,6 +340,17 @@ def _check_device(x: torch.Tensor) -> None:
             raise RuntimeError("the Triton kernels run on CUDA tensors, or on CPU only under TRITON_INTERPRET=1")
 
 
+def _score_inputs(x, v, prev_sample, old_mean, kind: str):
+    """Checked, contiguous inputs of the score pass (forward and backward read the same)."""
+    _check_x(x)
+    _check_device(x)
+    v = _check_latent(x, v, "v")
+    prev_sample = _check_latent(x, prev_sample, "prev_sample")
+    if old_mean is not None:
+        old_mean = _check_latent(x, old_mean, "old_mean")
+    return _family(kind), v, prev_sample, old_mean
+
+
 # ----------------------------------------------------------------------------- ops
 
 
@@ -422,14 +433,8 @@ def triton_score_step(
     kind: str,
     return_mean: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    family = _family(kind)
-    _check_x(x)
-    _check_device(x)
-    v = _check_latent(x, v, "v")
-    prev_sample = _check_latent(x, prev_sample, "prev_sample")
+    family, v, prev_sample, old_mean = _score_inputs(x, v, prev_sample, old_mean, kind)
     has_old = old_mean is not None
-    if has_old:
-        old_mean = _check_latent(x, old_mean, "old_mean")
     x = x.contiguous()
     batch, m = x.shape[0], x.numel() // x.shape[0]
     sigma, next_sigma, std = (_row_values(x, t, n) for t, n in ((sigma, "sigma"), (next_sigma, "next_sigma"), (std, "std")))
@@ -467,14 +472,8 @@ def triton_score_step_backward(
     need_grad_x: bool,
     need_grad_old_mean: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    family = _family(kind)
-    _check_x(x)
-    _check_device(x)
-    v = _check_latent(x, v, "v")
-    prev_sample = _check_latent(x, prev_sample, "prev_sample")
+    family, v, prev_sample, old_mean = _score_inputs(x, v, prev_sample, old_mean, kind)
     has_old = old_mean is not None
-    if has_old:
-        old_mean = _check_latent(x, old_mean, "old_mean")
     if grad_guard_bias is not None and not has_old:
         raise ValueError("grad_guard_bias needs old_mean")
     x = x.contiguous()

@@ -14,18 +14,7 @@ import torch
 from .kinds import STOCHASTIC, check_kind
 from .ops import SUPPORTED_DTYPES, op_table, resolve_backend
 from .philox import philox_normal
-from .reference import per_row, reference_step
-
-
-def _check_latent(x: torch.Tensor, other, name: str) -> None:
-    if not isinstance(other, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(other).__name__}")
-    if other.shape != x.shape:
-        raise ValueError(f"{name} has shape {tuple(other.shape)} but x has shape {tuple(x.shape)}")
-    if other.device != x.device:
-        raise ValueError(f"{name} is on {other.device} but x is on {x.device}")
-    if not other.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got {other.dtype}")
+from .reference import check_latent_pair, per_row, reference_step
 
 
 def _check_inputs(x, v, kind: str) -> None:
@@ -36,7 +25,7 @@ def _check_inputs(x, v, kind: str) -> None:
         raise ValueError(f"x must have a non-empty batch dimension and elements, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating tensor, got {x.dtype}")
-    _check_latent(x, v, "v")
+    check_latent_pair(x, v, "v")
 
 
 def _check_fused_dtypes(backend: str, **tensors) -> None:
@@ -106,7 +95,7 @@ def sample_step(
     if kind in STOCHASTIC and seeds is None and noise is None:
         raise ValueError(f"kind={kind!r} needs exactly one of seeds= (Philox stream) or noise= (explicit normals)")
     if noise is not None:
-        _check_latent(x, noise, "noise")
+        check_latent_pair(x, noise, "noise")
     seeds_t = None
     if seeds is not None:
         if not isinstance(seeds, torch.Tensor):
@@ -160,9 +149,9 @@ def score_step(
     ``v``, ``x`` (and ``old_mean``); ``prev_sample`` is data. float32 results.
     """
     _check_inputs(x, v, kind)
-    _check_latent(x, prev_sample, "prev_sample")
+    check_latent_pair(x, prev_sample, "prev_sample")
     if old_mean is not None:
-        _check_latent(x, old_mean, "old_mean")
+        check_latent_pair(x, old_mean, "old_mean")
     s, s_next, sd = _row_values(x, sigma, next_sigma, std)
 
     chosen = resolve_backend(backend, x)

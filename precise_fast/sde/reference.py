@@ -132,7 +132,8 @@ def mean_jacobian(sigma, next_sigma, std, kind: str) -> torch.Tensor:
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_latent_pair(x: torch.Tensor, other: torch.Tensor, name: str) -> None:
+def check_latent_pair(x: torch.Tensor, other: torch.Tensor, name: str) -> None:
+    """``other`` must be a floating tensor shaped and placed like ``x``; errors name it."""
     if not isinstance(other, torch.Tensor):
         raise TypeError(f"{name} must be a tensor, got {type(other).__name__}")
     if other.shape != x.shape:
@@ -206,11 +207,11 @@ def reference_step(
         raise ValueError(f"x must have a non-empty batch dimension, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating tensor, got {x.dtype}")
-    _check_latent_pair(x, v, "v")
+    check_latent_pair(x, v, "v")
     if prev_sample is not None:
-        _check_latent_pair(x, prev_sample, "prev_sample")
+        check_latent_pair(x, prev_sample, "prev_sample")
     if noise is not None:
-        _check_latent_pair(x, noise, "noise")
+        check_latent_pair(x, noise, "noise")
 
     batch, device = x.shape[0], x.device
     cdt = compute_dtype(x.dtype)
