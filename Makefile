@@ -2,7 +2,7 @@
 # Both set up .venv themselves on a fresh machine.
 PY := .venv/bin/python
 
-.PHONY: setup demo test bench cuda-compile
+.PHONY: setup demo test bench cuda-compile train train-resume
 
 setup:
 	bash scripts/setup_env.sh
@@ -18,3 +18,20 @@ bench: setup
 
 cuda-compile:
 	bash .ci/compile_cuda.sh
+
+# The GRPO main job: a short real training of the tiny FLUX.2 Klein on CPU, 2 ranks under the
+# deepspeed launcher (ZeRO-2, LoRA, Precise sampler, JPEG reward: no downloaded weights).
+# Starts fresh in runs/tiny_cpu; `make train-resume` continues it from its latest checkpoint.
+TRAIN_CONFIG ?= configs/tiny_cpu.yaml
+TRAIN_RUN ?= runs/tiny_cpu
+TRAIN_PORT ?= 29517
+TRAIN_ARGS ?=
+DS_LAUNCH = OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu .venv/bin/deepspeed --num_gpus 2 --master_port $(TRAIN_PORT) \
+	--module precise_fast.train --config $(TRAIN_CONFIG) --set run.output_dir=$(TRAIN_RUN)
+
+train: setup
+	rm -rf $(TRAIN_RUN)
+	$(DS_LAUNCH) $(TRAIN_ARGS)
+
+train-resume: setup
+	$(DS_LAUNCH) --resume $(TRAIN_ARGS)

@@ -16,7 +16,15 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("bandwidth", help="print this machine's streaming memory bandwidth")
 
-    args = parser.parse_args(argv)
+    sub.add_parser("train", help="GRPO training (python -m precise_fast.train --help for its options)", add_help=False)
+
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "train":
+        from .train.main import main as train_main
+
+        return train_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "laws":
         from .demos.laws import run
 

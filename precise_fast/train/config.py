@@ -1,0 +1,441 @@
+"""The run configuration: a typed schema, a strict YAML loader and command-line overrides.
+
+A run config is a YAML file whose top-level sections mirror the dataclasses below. Loading
+is strict: an unknown key or a value of the wrong type is a :class:`ConfigError` naming the
+dotted key (``train.lr: expected float, got str 'fast'``), because a silently ignored typo
+in an RL recipe costs a whole run. A file may start from another with ``base: other.yaml``
+(relative to the file); sections merge key by key. Overrides use the same dotted keys,
+``--set train.lr=1e-4``, with the value parsed as YAML (``--set sampler.kind=cps``,
+``--set algorithm.g2rpo_granularities=[1,2]``).
+
+Defaults are the Precise paper's FLUX.2 Klein recipe (shared/SAMPLERS.md) where it fixes a
+value; ``configs/`` holds the recipes and the tiny CPU run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+STOCHASTIC_KINDS = ("flow_grpo", "dance_grpo", "cps", "precise", "dance_precise")
+SAMPLER_KINDS = ("ode",) + STOCHASTIC_KINDS
+
+
+_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the offending key."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs/run"  # relative paths are relative to the working directory
+    seed: int = 0
+    epochs: int = 100
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = 0  # torch intra-op threads per rank; 0 leaves torch's default
+
+
+@dataclass
+class ModelConfig:
+    path: str = "flux2-klein-base-4b"  # a local diffusers folder, a pinned id, or "tiny"
+    tiny_seed: int = 0  # seed of the offline tiny model when path == "tiny"
+    model_root: Union[str, None] = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    attention_backend: str = "auto"
+    max_text_len: int = 128
+    text_layers: list[int] = field(default_factory=lambda: [9, 18, 27])
+    finetune: Literal["lora", "full"] = "lora"
+    lora_rank: int = 16
+    lora_alpha: float = 16.0
+    lora_init: str = "gaussian"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class SamplerConfig:
+    kind: Literal["flow_grpo", "dance_grpo", "cps", "precise", "dance_precise"] = "precise"
+    eta: Union[float, None] = None  # None: the kind's default (precise 1.5, dance_* 0.3, others 0.7)
+    num_steps: int = 20
+    height: int = 512
+    width: int = 512
+    batch_size: int = 2  # images per rank per sampling batch (G2RPO: prompts per rank per batch)
+    num_batches_per_epoch: int = 16
+    images_per_prompt: int = 8  # the GRPO group size k
+    same_initial_latent: bool = False
+    latent_dtype: Literal["float32", "bfloat16"] = "float32"
+    step_backend: str = "auto"
+    cuda_graph: Union[bool, None] = None  # None: on CUDA with a fused op backend
+
+
+@dataclass
+class AlgorithmConfig:
+    name: Literal["grpo", "sde_window", "g2rpo"] = "grpo"
+    # grpo: train the first int(N * fraction) steps (recipe: int(20 * 0.99) = 19).
+    timestep_fraction: float = 0.99
+    # sde_window (Flow-GRPO-Fast / MixGRPO, arXiv 2507.21802): window_size SDE steps whose
+    # start is drawn per epoch from [window_start_min, window_start_max]; ODE elsewhere.
+    window_size: int = 4
+    window_start_min: int = 0
+    window_start_max: int = 8
+    # g2rpo (arXiv 2510.01982): branching steps, how many of them per batch (0: all), strides.
+    g2rpo_steps: list[int] = field(default_factory=lambda: [0, 2, 4, 6, 8, 10, 12, 14])
+    g2rpo_steps_per_batch: int = 0
+    g2rpo_granularities: list[int] = field(default_factory=lambda: [1, 2, 3])
+
+
+@dataclass
+class RewardConfig:
+    # A build_reward spec: a name ("pickscore"), a preset ("mix") or {component: weight | {weight, options}}.
+    spec: Union[str, dict] = "mix"
+    normalize: bool = True  # standardise each component over the global batch (recipe: on)
+    overlap: bool = True  # score on a worker thread while the next batch samples
+    max_pending: int = 2  # bounded queue of batches waiting for scoring
+    model_root: Union[str, None] = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class AdvantageConfig:
+    eps: float = 1e-4  # (r - mean) / (std + eps)
+    clip: float = 5.0
+    drop_zero: bool = True  # drop samples whose advantage is 0 at every trained step
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 8e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 1e-4
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    batch_size: int = 2  # samples per rank per minibatch
+    gradient_accumulation_steps: int = 8  # minibatches per optimizer step (x their timesteps)
+    num_inner_epochs: int = 1
+    clip_range: float = 4e-6
+    ratio: Literal["plain", "guard"] = "guard"  # guard: GRPO-Guard ratio normalisation ("rationorm")
+    beta: float = 0.0  # KL weight towards the frozen base
+    # Trained timesteps folded into one forward/backward; 0 = auto (all of them on CPU; on
+    # CUDA as many as fit, probed once); 1 = the per-timestep loop.
+    timesteps_per_forward: int = 0
+    shuffle_timesteps: bool = False  # recipe: the first steps in order
+    zero_stage: int = 2
+    deepspeed_config: Union[str, None] = None  # default: configs/deepspeed/zero{stage}.json
+    ema: bool = True
+    ema_decay: float = 0.9
+    ema_interval: int = 8  # optimizer steps between EMA updates
+
+
+@dataclass
+class PromptsConfig:
+    train: str = "data/pickscore_train.txt"  # .txt (one per line) or .jsonl with a "prompt" field
+    test: str = "data/pickscore_test.txt"
+
+
+@dataclass
+class EvalConfig:
+    every: int = 50  # epochs; 0 disables
+    num_prompts: int = 64
+    batch_size: int = 8
+    kind: Literal["ode", "flow_grpo", "dance_grpo", "cps", "precise", "dance_precise"] = "ode"
+    use_ema: bool = True
+    at_start: bool = False
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 10  # epochs; the last epoch is always saved
+    keep_last: int = 3
+    export_lora: bool = True  # also write the EMA LoRA as a diffusers LoRA file
+
+
+@dataclass
+class LogConfig:
+    wandb: bool = False  # TensorBoard is always written; wandb in addition when asked
+    wandb_project: str = "precise_fast"
+    image_every: int = 10  # epochs between PNG sample grids (the reward curve is redrawn with them)
+    num_images: int = 16
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: Union[str, None] = None  # the YAML file this came from (set by the loader)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+
+# ----------------------------------------------------------------------------- typing
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, key: str):
+    """``value`` checked against ``tp``; ints are accepted for floats. Raises naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected one of {_type_name(tp)}, got {value!r}")
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # YAML 1.1 (PyYAML) reads `1e-4` (no dot) as a string; a number was meant.
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is dict:
+        if isinstance(value, dict):
+            return value
+    else:  # pragma: no cover - a schema type this loader does not know is a bug here
+        raise TypeError(f"{key}: unsupported schema type {tp!r}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]} (valid keys{' of ' + prefix if prefix else ''}: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value if value is not None else {}, key)
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "spec":
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"base: cycle through {path}")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a file name, got {base!r}")
+    return _merge(_read_yaml(path.parent / base, seen + (path,)), data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=1e-4"`` -> (["train", "lr"], 1e-4); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"override {text!r}: the key must be section.key (e.g. train.lr)")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return parts, value
+
+
+def _apply(data: dict, parts: list[str], value) -> None:
+    node = data
+    for p in parts[:-1]:
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(parts)}: {p} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Load and validate a run config (``None``: the defaults), then apply ``overrides``."""
+    data = _read_yaml(Path(path)) if path is not None else {}
+    for text in overrides:
+        parts, value = parse_override(text)
+        _apply(data, parts, value)
+    cfg = _build(Config, data, "")
+    cfg.source = str(Path(path).resolve()) if path is not None else None
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    """A config from a plain mapping (e.g. the snapshot stored in a checkpoint)."""
+    cfg = _build(Config, dict(data), "")
+    validate(cfg)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _positive(value, key: str, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks (types are already checked); errors name the key."""
+    s, a, t = cfg.sampler, cfg.algorithm, cfg.train
+    for key, value in (
+        ("run.epochs", cfg.run.epochs),
+        ("sampler.num_steps", s.num_steps),
+        ("sampler.batch_size", s.batch_size),
+        ("sampler.num_batches_per_epoch", s.num_batches_per_epoch),
+        ("sampler.images_per_prompt", s.images_per_prompt),
+        ("train.batch_size", t.batch_size),
+        ("train.gradient_accumulation_steps", t.gradient_accumulation_steps),
+        ("train.num_inner_epochs", t.num_inner_epochs),
+        ("train.lr", t.lr),
+        ("train.clip_range", t.clip_range),
+        ("train.ema_interval", t.ema_interval),
+        ("model.lora_rank", cfg.model.lora_rank),
+        ("reward.max_pending", cfg.reward.max_pending),
+        ("checkpoint.keep_last", cfg.checkpoint.keep_last),
+        ("eval.batch_size", cfg.eval.batch_size),
+        ("log.num_images", cfg.log.num_images),
+        ("advantage.clip", cfg.advantage.clip),
+    ):
+        _positive(value, key)
+    for key, value in (
+        ("run.num_threads", cfg.run.num_threads),
+        ("train.timesteps_per_forward", t.timesteps_per_forward),
+        ("train.beta", t.beta),
+        ("train.weight_decay", t.weight_decay),
+        ("train.max_grad_norm", t.max_grad_norm),
+        ("advantage.eps", cfg.advantage.eps),
+        ("eval.every", cfg.eval.every),
+        ("eval.num_prompts", cfg.eval.num_prompts),
+        ("checkpoint.every", cfg.checkpoint.every),
+        ("log.image_every", cfg.log.image_every),
+    ):
+        _positive(value, key, allow_zero=True)
+    if s.eta is not None and s.eta < 0:
+        raise ConfigError(f"sampler.eta: must be >= 0, got {s.eta}")
+    if s.kind == "cps" and s.eta is not None and s.eta > 1:
+        raise ConfigError(f"sampler.eta: cps needs 0 <= eta <= 1, got {s.eta}")
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        raise ConfigError(f"train.betas: expected two values in [0, 1), got {t.betas}")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay: must lie in [0, 1), got {t.ema_decay}")
+    if t.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"train.zero_stage: must be 0, 1, 2 or 3, got {t.zero_stage}")
+    if cfg.model.finetune == "full" and t.beta > 0 and t.zero_stage == 3:
+        raise ConfigError("train.beta: a KL term with full fine-tuning under ZeRO-3 needs a second partitioned model; not supported")
+    if not 0 < a.timestep_fraction <= 1:
+        raise ConfigError(f"algorithm.timestep_fraction: must lie in (0, 1], got {a.timestep_fraction}")
+    n = s.num_steps
+    if a.name == "grpo" and int(n * a.timestep_fraction) < 1:
+        raise ConfigError(f"algorithm.timestep_fraction: int({n} * {a.timestep_fraction}) trains no step")
+    if a.name == "sde_window":
+        _positive(a.window_size, "algorithm.window_size")
+        if not 0 <= a.window_start_min <= a.window_start_max or a.window_start_max + a.window_size > n:
+            raise ConfigError(
+                f"algorithm.window_start_max: windows [{a.window_start_min}..{a.window_start_max}] + size "
+                f"{a.window_size} must fit in {n} steps"
+            )
+    if a.name == "g2rpo":
+        if not a.g2rpo_steps or any(not 0 <= k < n for k in a.g2rpo_steps) or len(set(a.g2rpo_steps)) != len(a.g2rpo_steps):
+            raise ConfigError(f"algorithm.g2rpo_steps: need distinct step indices in [0, {n}), got {a.g2rpo_steps}")
+        if not a.g2rpo_granularities or any(g < 1 for g in a.g2rpo_granularities):
+            raise ConfigError(f"algorithm.g2rpo_granularities: need integers >= 1, got {a.g2rpo_granularities}")
+        if not 0 <= a.g2rpo_steps_per_batch <= len(a.g2rpo_steps):
+            raise ConfigError(f"algorithm.g2rpo_steps_per_batch: must lie in [0, {len(a.g2rpo_steps)}]")
+    if not isinstance(cfg.reward.spec, (str, dict)) or not cfg.reward.spec:
+        raise ConfigError(f"reward.spec: expected a reward name or mapping, got {cfg.reward.spec!r}")
+
+
+def check_world(cfg: Config, world_size: int) -> None:
+    """Checks that need the world size: the groups of k images must tile the global batch."""
+    s = cfg.sampler
+    if cfg.algorithm.name != "g2rpo":
+        total = world_size * s.batch_size * s.num_batches_per_epoch
+        if total % s.images_per_prompt:
+            raise ConfigError(
+                f"sampler.images_per_prompt: {s.images_per_prompt} must divide the global images per epoch "
+                f"(world {world_size} x batch_size {s.batch_size} x num_batches_per_epoch {s.num_batches_per_epoch} = {total})"
+            )
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,118 @@
+"""Process-group setup for the ``deepspeed`` launcher or a plain single process, and collectives.
+
+Launched by ``deepspeed`` the environment carries RANK / WORLD_SIZE / MASTER_ADDR; run as a
+plain process it gets a one-rank group on a free local port, so the same code path (and
+the same DeepSpeed engine) serves both. CPU runs use gloo with DeepSpeed's CPU accelerator,
+CUDA runs NCCL.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device is 'cuda' but no CUDA device is available")
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_distributed(requested_device: str = "auto") -> DistInfo:
+    """Initialise (once) the default process group and DeepSpeed's communication backend."""
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+    device = pick_device(requested_device)
+    if device.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    if device.type == "cpu":
+        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce at init (minutes
+        # on 2 cores: 280 s measured here under load) that only its inference all-reduce
+        # uses; training collectives go through gloo. Skip the build.
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo" if device.type == "cpu" else "nccl")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return DistInfo(
+        rank=torch.distributed.get_rank(),
+        world_size=torch.distributed.get_world_size(),
+        local_rank=int(os.environ["LOCAL_RANK"]),
+        device=device,
+    )
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _comm_device(t: torch.Tensor) -> torch.device:
+    """gloo reduces CPU tensors, NCCL CUDA ones; callers may hand either."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate the equally-shaped ``t`` of every rank along dim 0, in rank order."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return t.clone()
+    dev = _comm_device(t)
+    src = t.detach().contiguous().to(dev)
+    parts = [torch.empty_like(src) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, src)
+    return torch.cat(parts).to(t.device)
+
+
+def all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place all-reduce (``sum`` or ``max``) that also works for gloo with CUDA tensors."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return t
+    reduce_op = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}[op]
+    dev = _comm_device(t)
+    buf = t.to(dev)
+    torch.distributed.all_reduce(buf, op=reduce_op)
+    if buf is not t:
+        t.copy_(buf)
+    return t
+
+
+def all_reduce_max_(t: torch.Tensor) -> torch.Tensor:
+    return all_reduce_(t, "max")
+
+
+def broadcast_object(obj, src: int = 0):
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]

@@ -1,0 +1,396 @@
+"""The GRPO trainer: builds the run from its config and walks the epochs.
+
+One epoch (shared/DESIGN.md "Training loop"): sample every batch with rewards overlapped
+(sampling.py) -> gather, normalise, advantages, drop, balance (credit.py) -> train with
+guarded DeepSpeed steps and the EMA (training.py) -> log, eval, PNGs, atomic checkpoint.
+Everything that decides what happens next is in the checkpoint, so ``resume`` continues
+exactly (bitwise on CPU with the same world size).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..models import apply_lora, enable_full_finetune, load_pipeline, lora_state_dict, save_lora, tiny_pipeline_path
+from ..rewards import RewardExecutor, build_reward
+from .advantages import AdvantageTracker
+from .checkpoint import CheckpointManager, list_checkpoints, resolve_resume
+from .config import Config, check_world, dump_config
+from .credit import assign_credit, balanced_rows
+from .distributed import DistInfo, all_reduce_, barrier
+from .ema import EMA
+from .engine import PolicyEngine
+from .evaluate import evaluate
+from .objective import lora_reference, module_reference
+from .plots import save_reward_curve, save_sample_grid
+from .prompts import load_prompts
+from .rng import capture_rng, restore_rng, seed_everything
+from .rollouts import Rollouts
+from .sampler import GroupSampler
+from .sampling import TimedReward, sample_epoch
+from .tracking import RunLogger
+from .training import train_epoch
+
+logger = logging.getLogger("precise_fast.train")
+
+# Config sections that may change between an interrupted run and its resume without
+# changing what the remaining epochs compute.
+_RESUME_FREE = ("run.epochs", "run.output_dir", "eval.", "log.", "checkpoint.")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "spec":
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class _Bar:
+    """A tqdm bar on rank 0 when progress is on, otherwise nothing."""
+
+    def __init__(self, enabled: bool, **kwargs):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(leave=False, dynamic_ncols=True, file=sys.stderr, **kwargs)
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Trainer:
+    def __init__(self, cfg: Config, dist: DistInfo, *, resume: str | None = None):
+        self.cfg = cfg
+        self.dist = dist
+        self.out_dir = Path(cfg.run.output_dir)
+        self.main = dist.is_main
+        if cfg.run.num_threads:
+            torch.set_num_threads(cfg.run.num_threads)
+        check_world(cfg, dist.world_size)
+        # The same seed on every rank: initial weights (a LoRA's A) must agree, ZeRO-3
+        # assembles parameters from every rank's partition. Per-rank randomness is keyed.
+        seed_everything(cfg.run.seed)
+        device = dist.device
+
+        self.train_set = load_prompts(cfg.prompts.train)
+        needs_eval = cfg.eval.every > 0 or cfg.eval.at_start
+        self.test_set = load_prompts(cfg.prompts.test) if needs_eval else None
+
+        m = cfg.model
+        path = m.path
+        if m.path == "tiny":  # rank 0 builds the offline tiny model once; the others then load it
+            if self.main:
+                tiny_pipeline_path(m.tiny_seed)
+            barrier()
+            path = tiny_pipeline_path(m.tiny_seed)
+        self.pipeline = load_pipeline(path, dtype=getattr(torch, m.dtype), device=device,
+                                      attention_backend=m.attention_backend, model_root=m.model_root)
+        transformer = self.pipeline.transformer
+        self.lora = m.finetune == "lora"
+        if self.lora:
+            params = apply_lora(transformer, rank=m.lora_rank, alpha=m.lora_alpha, init=m.lora_init)
+        else:
+            params = enable_full_finetune(transformer)
+        if m.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        frozen = None
+        if not self.lora and cfg.train.beta > 0:
+            frozen = copy.deepcopy(transformer).requires_grad_(False).eval()
+        self.policy = PolicyEngine(transformer, params, cfg, device)
+        if cfg.train.beta > 0:
+            self.reference = lora_reference(self.policy, self.policy.module) if self.lora else module_reference(frozen)
+        else:
+            self.reference = None
+        self.ema = EMA(params, cfg.train.ema_decay, cfg.train.ema_interval) if cfg.train.ema else None
+
+        self.rollouts = Rollouts(self.pipeline, cfg)
+        same = cfg.eval.kind in ("ode", cfg.sampler.kind)
+        self.eval_rollouts = self.rollouts if same else Rollouts(self.pipeline, cfg, kind=cfg.eval.kind)
+
+        r = cfg.reward
+        reward_device = device if r.device == "auto" else torch.device(r.device)
+        reward_dtype = torch.float32 if reward_device.type == "cpu" else getattr(torch, m.dtype)
+        self.reward = build_reward(r.spec, device=reward_device, dtype=reward_dtype, model_root=r.model_root)
+        self.timed_reward = TimedReward(self.reward)
+        self.executor = RewardExecutor(self.timed_reward, mode="thread" if r.overlap else "inline",
+                                       max_pending=r.max_pending, device=reward_device)
+
+        s = cfg.sampler
+        self.sampler = GroupSampler(
+            len(self.train_set), group_size=s.images_per_prompt, batch_size=s.batch_size,
+            num_batches=s.num_batches_per_epoch, world_size=dist.world_size, rank=dist.rank,
+            seed=cfg.run.seed, spread=cfg.algorithm.name != "g2rpo",
+        )
+        self.tracker = AdvantageTracker()
+        self.history: list[dict] = []
+        self.epoch = 0  # completed epochs
+        self.per_forward = cfg.train.timesteps_per_forward if cfg.train.timesteps_per_forward else (0 if device.type == "cpu" else None)
+
+        self.ckpt = CheckpointManager(self.out_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last,
+                                      rank=dist.rank, world_size=dist.world_size, barrier=barrier)
+        self.ckpt.remove_stale()
+        self.resumed_from = None
+        if resume:
+            folder = resolve_resume(resume, self.out_dir / "checkpoints")
+            if folder is not None:
+                self._load(folder)
+                self.resumed_from = folder
+        elif list_checkpoints(self.out_dir / "checkpoints"):
+            # A fresh run would interleave its checkpoints with the old ones (and prune them).
+            raise FileExistsError(f"{self.out_dir / 'checkpoints'} already holds checkpoints: pass --resume to continue "
+                                  "that run, or choose another run.output_dir")
+        if self.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(dump_config(cfg))
+        self.logger = RunLogger(self.out_dir, cfg, enabled=self.main, resumed_epoch=self.epoch if self.resumed_from else None)
+
+    # ------------------------------------------------------------------ checkpoint state
+
+    def _trainer_state(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "sampler": self.sampler.state_dict(),
+            "tracker": self.tracker.state_dict(),
+            "history": self.history,
+            "policy": self.policy.state_dict(),
+            "ema": self.ema.state_dict() if self.ema and self.cfg.train.zero_stage != 3 else None,
+            "per_forward": self.per_forward,
+            "config": self.cfg.to_dict(),
+        }
+
+    def _rank_state(self) -> dict:
+        state = {"rng": capture_rng()}
+        if self.ema and self.cfg.train.zero_stage == 3:  # partitioned: each rank owns its shard
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def _lora_exports(self) -> dict[str, dict]:
+        """The live and EMA adapters as full tensors. Every rank calls this (a ZeRO-3 gather
+        is collective); rank 0 writes them as diffusers LoRA files."""
+        if not (self.lora and self.cfg.checkpoint.export_lora):
+            return {}
+        module = self.policy.module
+        with self.policy.gathered():
+            out = {"lora": {k: v.clone() for k, v in lora_state_dict(module).items()}}
+        if self.ema is not None:
+            with self.ema.applied(), self.policy.gathered():
+                out["lora_ema"] = {k: v.clone() for k, v in lora_state_dict(module).items()}
+        return out
+
+    def save(self) -> Path:
+        exports = self._lora_exports()
+
+        def export(folder: Path) -> None:
+            for name, state in exports.items():
+                save_lora(self.policy.module, folder / name, state_dict=state)
+
+        return self.ckpt.save(
+            self.epoch,
+            write_engine=lambda p: self.policy.save(p, exclude_frozen=self.lora),
+            trainer_state=self._trainer_state(),
+            rank_state=self._rank_state(),
+            export=export,
+            meta={"zero_stage": self.cfg.train.zero_stage, "finetune": self.cfg.model.finetune},
+        )
+
+    def _load(self, folder: Path) -> None:
+        _, ts, rs = self.ckpt.load(folder, read_engine=lambda p: self.policy.load(p, exclude_frozen=self.lora))
+        changed = [k for k, v in _flatten(self.cfg.to_dict()).items()
+                   if _flatten(ts["config"]).get(k) != v and not k.startswith(_RESUME_FREE)]
+        if changed and self.main:
+            logger.warning("resuming %s with changed settings %s: the run will not match an uninterrupted one", folder, changed)
+        self.epoch = ts["epoch"]
+        self.sampler.load_state_dict(ts["sampler"])
+        self.tracker.load_state_dict(ts["tracker"])
+        self.history = ts["history"]
+        self.policy.load_state_dict(ts["policy"])
+        self.per_forward = ts["per_forward"]
+        if self.ema is not None:
+            self.ema.load_state_dict(rs["ema"] if self.cfg.train.zero_stage == 3 else ts["ema"])
+        restore_rng(rs["rng"])
+        if self.main:
+            logger.info("resumed from %s (epoch %d done)", folder, self.epoch)
+
+    # ------------------------------------------------------------------ one epoch
+
+    def _due(self, every: int, epoch: int) -> bool:
+        return every > 0 and (epoch % every == 0 or epoch == self.cfg.run.epochs)
+
+    def _on_update(self, applied: bool) -> None:
+        if applied and self.ema is not None:
+            self.ema.step(self.policy.applied_steps)
+
+    def _resolve_per_forward(self, data) -> int:
+        if self.per_forward is None:  # CUDA "auto": probe once, then it is part of the run's state
+            from .training import probe_per_forward
+
+            self.per_forward = probe_per_forward(self.policy, data, self.cfg)
+        return self.per_forward
+
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        cfg = self.cfg
+        start = time.perf_counter()
+        epoch_key, batches, _ = self.sampler.next_epoch()
+        want_images = self.main and self._due(cfg.log.image_every, epoch)
+        show = self.main and cfg.log.progress
+        bar = _Bar(show, total=len(batches), desc=f"epoch {epoch} sampling", position=0)
+        reward_bar = _Bar(show, total=len(batches), desc=f"epoch {epoch} rewards", position=1)
+        self.policy.module.eval()
+        er = sample_epoch(
+            self.rollouts, self.executor, self.timed_reward, batches,
+            prompts=self.train_set.prompts, metadata=self.train_set.metadata, cfg=cfg, epoch_key=epoch_key,
+            keep_preview=cfg.log.num_images if want_images else 0, progress=bar, reward_progress=reward_bar,
+            gathered=self.policy.gathered,
+        )
+        bar.close()
+        reward_bar.close()
+        credit = assign_credit(er, weights=self.reward.weights, cfg=cfg, rank=self.dist.rank,
+                               num_steps=er.transitions.num_steps)
+        tracked = self.tracker.update(credit.global_prompt_index.tolist(), credit.global_raw, credit.global_valid,
+                                      credit.global_keep)
+        data = balanced_rows(er.transitions, credit)
+        del er.transitions
+        train_start = time.perf_counter()
+        metrics: dict[str, float] = {}
+        if data is not None:
+            per_forward = self._resolve_per_forward(data)
+            t = cfg.train
+            minibatches = math.ceil(data.batch_size / t.batch_size) * t.num_inner_epochs
+            bar = _Bar(self.main and cfg.log.progress, total=minibatches, desc=f"epoch {epoch} training")
+            self.policy.module.train()
+            stats = train_epoch(
+                self.policy, data, cfg=cfg, epoch_key=epoch_key, rank=self.dist.rank, world_size=self.dist.world_size,
+                per_forward=per_forward, reference=self.reference, on_update=self._on_update, progress=bar,
+            )
+            self.policy.module.eval()
+            bar.close()
+            summary = stats.summary()
+            rows = all_reduce_(torch.tensor([summary["rows"]], dtype=torch.float64), "sum")
+            for key in ("ratio", "clipfrac", "approx_kl", "policy_loss", "kl_loss"):
+                total = all_reduce_(torch.tensor([summary.get(key, 0.0) * summary["rows"]], dtype=torch.float64), "sum")
+                metrics[f"train/{key}"] = float(total / rows.clamp_min(1.0))
+            for key in ("ratio_min", "ratio_max", "first_ratio_abs_dev", "grad_norm", "updates", "applied_updates"):
+                if key in summary:
+                    metrics[f"train/{key}"] = summary[key]
+        train_s = time.perf_counter() - train_start
+        self.epoch = epoch
+        metrics.update(self._reward_metrics(credit, tracked))
+        metrics.update({f"time/{k}": v for k, v in er.timings.items()})
+        metrics["time/train_s"] = train_s
+        metrics["time/epoch_s"] = time.perf_counter() - start
+        metrics["guard/skipped_updates"] = float(self.policy.guard.skipped_updates)
+        for cause, count in self.policy.guard.skipped.items():
+            metrics[f"guard/skipped_{cause}"] = float(count)
+        if want_images and er.preview_images is not None:
+            raw = credit.global_raw.reshape(credit.global_raw.shape[0], -1)[:, 0]
+            rewards = [float(raw[i]) for i in er.preview_rows]
+            png = save_sample_grid(self.out_dir / "images" / f"samples_epoch_{epoch:04d}.png", er.preview_images,
+                                   [er.prompts[i] for i in er.preview_rows], rewards, title=f"{cfg.run.name} epoch {epoch}")
+            self.logger.log_image("samples", png, epoch)
+        return metrics
+
+    def _reward_metrics(self, credit, tracked: dict) -> dict[str, float]:
+        out = {}
+        valid = credit.global_valid
+        raw = credit.global_raw[valid].double()
+        out["reward_mean"] = float(raw.mean()) if raw.numel() else float("nan")
+        out["reward_std"] = float(raw.std(unbiased=False)) if raw.numel() else float("nan")
+        for name, values in credit.global_components.items():
+            ok = credit.global_component_valid[name]
+            out[f"reward/{name}"] = float(values[ok].double().mean()) if bool(ok.any()) else float("nan")
+        adv = credit.global_advantages
+        out["advantage/abs_mean"] = float(adv.abs().mean())
+        out["advantage/std"] = float(adv.std())
+        out["advantage/kept_fraction"] = float(credit.global_keep.double().mean())
+        out.update({f"advantage/{k}": v for k, v in tracked.items()})
+        return out
+
+    # ------------------------------------------------------------------ eval and the loop
+
+    def run_eval(self, epoch: int) -> dict[str, float]:
+        cfg = self.cfg
+        keep = cfg.log.num_images if self.main else 0
+        weights = self.ema.applied if (self.ema is not None and cfg.eval.use_ema) else None
+        metrics, preview = evaluate(self.eval_rollouts, self.reward, self.test_set, cfg=cfg, rank=self.dist.rank,
+                                    world_size=self.dist.world_size, weights_context=weights,
+                                    gathered=self.policy.gathered, keep_preview=keep)
+        if self.main and preview["images"]:
+            png = save_sample_grid(self.out_dir / "images" / f"eval_epoch_{epoch:04d}.png", torch.stack(preview["images"]),
+                                   preview["prompts"], preview["rewards"], title=f"{cfg.run.name} eval after epoch {epoch}")
+            self.logger.log_image("eval_samples", png, epoch)
+        return metrics
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        if cfg.eval.at_start and self.epoch == 0:
+            self.logger.log(self.run_eval(0), 0)
+        for epoch in range(self.epoch + 1, cfg.run.epochs + 1):
+            metrics = self.run_epoch(epoch)
+            if self._due(cfg.eval.every, epoch):
+                metrics.update(self.run_eval(epoch))
+            record = {"epoch": epoch, "reward_mean": metrics["reward_mean"], "reward_std": metrics["reward_std"]}
+            if "eval/reward_mean" in metrics:
+                record["eval_reward_mean"] = metrics["eval/reward_mean"]
+            self.history.append(record)
+            self.logger.log(metrics, epoch)
+            if self.main:
+                self._print_epoch(epoch, metrics)
+                if self._due(cfg.log.image_every, epoch):
+                    save_reward_curve(self.out_dir / "reward_curve.png", self.history, title=cfg.run.name)
+            if self._due(cfg.checkpoint.every, epoch):
+                self.save()
+        summary = self._summary()
+        if self.main:
+            save_reward_curve(self.out_dir / "reward_curve.png", self.history, title=cfg.run.name)
+            print(summary["line"], flush=True)
+        return summary
+
+    def _print_epoch(self, epoch: int, m: dict) -> None:
+        parts = [
+            f"epoch {epoch}/{self.cfg.run.epochs}",
+            f"reward {m['reward_mean']:.4f}±{m['reward_std']:.4f}",
+            f"kept {m['advantage/kept_fraction']:.0%}",
+        ]
+        if "train/ratio" in m:
+            parts += [f"ratio {m['train/ratio']:.6f}", f"clip {m['train/clipfrac']:.3f}", f"kl {m['train/approx_kl']:.2e}"]
+        if "eval/reward_mean" in m:
+            parts.append(f"eval {m['eval/reward_mean']:.4f}")
+        parts.append(
+            f"| rollout {m['time/rollout_s']:.1f}s reward {m['time/reward_s']:.1f}s (hidden {m['time/overlap_saved_s']:.1f}s) "
+            f"train {m['time/train_s']:.1f}s epoch {m['time/epoch_s']:.1f}s"
+        )
+        if m.get("guard/skipped_updates"):
+            parts.append(f"| non-finite skips {int(m['guard/skipped_updates'])}")
+        print("  ".join(parts), flush=True)
+
+    def _summary(self) -> dict:
+        train = [h for h in self.history if "reward_mean" in h]
+        if not train:
+            return {"line": "no epoch ran", "first": None, "last": None}
+        first, last = train[0], train[-1]
+        verb = "rose" if last["reward_mean"] > first["reward_mean"] else "did not rise"
+        line = (f"[precise_fast] done: {self.cfg.run.name}, {last['epoch']} epochs; reward {verb} from "
+                f"{first['reward_mean']:.4f} (epoch {first['epoch']}) to {last['reward_mean']:.4f} (epoch {last['epoch']}); "
+                f"checkpoints in {self.out_dir / 'checkpoints'}, TensorBoard logs in {self.out_dir / 'tensorboard'}")
+        return {"line": line, "first": first["reward_mean"], "last": last["reward_mean"], "rose": verb == "rose"}
+
+    def close(self) -> None:
+        self.executor.close(wait=False)
+        self.logger.close()

@@ -1,0 +1,153 @@
+"""The training phase of an epoch: minibatches, accumulation windows, guarded DeepSpeed steps.
+
+Normalisation: an optimizer step minimises the MEAN of the per-transition losses over
+every real (sample, timestep) row of its window on every rank, as Flow-GRPO's
+accumulation over batches x timesteps does. A rank's microbatch loss is therefore
+``sum(weight * loss) * world / N_window`` with ``N_window`` the global count of real rows
+(one all-reduce per window): DeepSpeed averages gradients over ranks, so the result is the
+global mean however the samples fall on ranks; padding rows (weight 0, added so that
+every rank runs the same number of backward passes, which ZeRO's reduce hooks need)
+contribute nothing. Hence 2 ranks make the same update as 1 rank over the same samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..rollout.seeds import mix_seed
+from .distributed import all_reduce_
+from .faults import crash_point
+from .objective import transition_losses
+from .transitions import Transitions
+
+_SHUFFLE = 3  # random-stream tag
+
+
+@dataclass
+class TrainStats:
+    """Weighted sums over real rows (device tensors until :meth:`summary`)."""
+
+    rows: float = 0.0
+    sums: dict = field(default_factory=dict)
+    ratio_min: float = float("inf")
+    ratio_max: float = -float("inf")
+    first_ratio_dev: float | None = None  # max |ratio - 1| before the first update of the epoch
+    updates: int = 0
+    applied: int = 0
+    grad_norms: list = field(default_factory=list)
+
+    def add(self, rows, weight: torch.Tensor) -> None:
+        w = weight.to(rows.ratio.dtype)
+        for name, value in (("ratio", rows.ratio), ("clipfrac", rows.clipped.to(w.dtype)), ("approx_kl", rows.approx_kl),
+                            ("policy_loss", rows.policy), ("kl_loss", rows.kl)):
+            self.sums[name] = self.sums.get(name, 0.0) + (value * w).sum().detach()
+        real = w > 0
+        if bool(real.any()):
+            self.ratio_min = min(self.ratio_min, float(rows.ratio[real].min()))
+            self.ratio_max = max(self.ratio_max, float(rows.ratio[real].max()))
+        self.rows += float(w.sum())
+
+    def summary(self) -> dict[str, float]:
+        out = {name: float(value) / max(self.rows, 1.0) for name, value in self.sums.items()}
+        out.update(rows=self.rows, updates=float(self.updates), applied_updates=float(self.applied))
+        if self.rows:
+            out.update(ratio_min=self.ratio_min, ratio_max=self.ratio_max)
+        if self.first_ratio_dev is not None:
+            out["first_ratio_abs_dev"] = self.first_ratio_dev
+        norms = [n for n in self.grad_norms if n is not None]
+        if norms:
+            out["grad_norm"] = sum(norms) / len(norms)
+        return out
+
+
+def column_chunks(num_cols: int, per_forward: int) -> list[list[int]]:
+    per = num_cols if per_forward <= 0 else min(per_forward, num_cols)
+    return [list(range(i, min(i + per, num_cols))) for i in range(0, num_cols, per)]
+
+
+def train_epoch(
+    policy,
+    data: Transitions,
+    *,
+    cfg,
+    epoch_key: int,
+    rank: int,
+    world_size: int,
+    per_forward: int,
+    reference: Callable | None,
+    on_update: Callable[[bool], None],
+    progress=None,
+) -> TrainStats:
+    """Train on this rank's (kept, padded) ``data``; every rank has the same row count."""
+    t = cfg.train
+    stats = TrainStats()
+    n, num_cols = data.batch_size, data.num_steps
+    chunks = column_chunks(num_cols, per_forward)
+    for inner in range(t.num_inner_epochs):
+        gen = torch.Generator().manual_seed(mix_seed(cfg.run.seed, _SHUFFLE, epoch_key, inner, rank))
+        order = torch.randperm(n, generator=gen)
+        minibatches = [order[i : i + t.batch_size] for i in range(0, n, t.batch_size)]
+        windows = [minibatches[i : i + t.gradient_accumulation_steps] for i in range(0, len(minibatches), t.gradient_accumulation_steps)]
+        for window in windows:
+            real = torch.tensor([float(data.weight[mb].sum()) * num_cols for mb in window]).sum().reshape(1)
+            real_rows = float(all_reduce_(real, "sum"))
+            scale = world_size / max(real_rows, 1.0)
+            for mb in window:
+                batch = data.select(mb)
+                if t.shuffle_timesteps:
+                    perm_gen = torch.Generator().manual_seed(mix_seed(cfg.run.seed, _SHUFFLE, epoch_key, inner, rank, int(mb[0])))
+                    cols_order = torch.randperm(num_cols, generator=perm_gen).tolist()
+                else:
+                    cols_order = list(range(num_cols))
+                for chunk in chunks:
+                    cols = [cols_order[c] for c in chunk]
+                    rows = transition_losses(
+                        policy, batch, cols, clip_range=t.clip_range, ratio_kind=t.ratio, beta=t.beta,
+                        reference=reference, guard=policy.guard, step_backend=cfg.sampler.step_backend,
+                    )
+                    weight = batch.weight.repeat_interleave(len(cols))
+                    loss = (rows.loss * weight).sum() * scale
+                    policy.guard.check("loss", loss)
+                    policy.backward(loss)
+                    if stats.updates == 0:
+                        real_rows_mask = weight > 0
+                        if bool(real_rows_mask.any()):
+                            dev = float((rows.ratio[real_rows_mask] - 1.0).abs().max())
+                            stats.first_ratio_dev = max(stats.first_ratio_dev or 0.0, dev)
+                    stats.add(rows, weight)
+                if progress is not None:
+                    progress.update(1)
+            applied, norm = policy.step()
+            stats.updates += 1
+            stats.applied += int(applied)
+            stats.grad_norms.append(norm if applied else None)
+            on_update(applied)
+            crash_point("train_step", rank)
+    return stats
+
+
+def probe_per_forward(policy, data: Transitions, cfg) -> int:
+    """CUDA "auto": how many timesteps fit in one forward/backward, from a one-timestep probe.
+
+    Measures the peak memory a one-column forward of one minibatch adds while its graph is
+    alive (the activations backward needs), then fits as many columns as 60% of the free
+    memory holds (the rest for backward's transient buffers). The minimum over ranks is
+    used, and the result is checkpointed, so a resumed run folds timesteps the same way.
+    """
+    t = cfg.train
+    device = data.x.device
+    batch = data.select(torch.arange(min(t.batch_size, data.batch_size)))
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    rows = transition_losses(policy, batch, [0], clip_range=t.clip_range, ratio_kind=t.ratio, beta=0.0,
+                             guard=None, step_backend=cfg.sampler.step_backend)
+    per_column = max(torch.cuda.max_memory_allocated(device) - base, 1)
+    del rows
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info(device)
+    fit = torch.tensor([-max(1, min(data.num_steps, int(0.6 * free) // per_column))], dtype=torch.int64)
+    return int(-all_reduce_(fit, "max"))
