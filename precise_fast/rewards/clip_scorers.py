@@ -54,6 +54,23 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(p=2, dim=-1, keepdim=True)
 
 
+def embed_images(encode, preprocess, images: torch.Tensor, device, dtype, batch_size: int) -> torch.Tensor:
+    """L2-normalised float32 embeddings ``(B, D)`` of images in [0, 1], encoded ``batch_size`` at a time."""
+    pixels = preprocess(images.to(device, non_blocking=True))
+    chunks = [encode(pixels[start : start + batch_size].to(dtype)) for start in range(0, pixels.shape[0], batch_size)]
+    return _normalize(torch.cat(chunks))
+
+
+def embed_unique_prompts(encode, prompts: Sequence[str], device, batch_size: int) -> torch.Tensor:
+    """L2-normalised float32 embeddings ``(B, D)``: each distinct prompt encoded once (a group
+    shares its prompt), ``batch_size`` prompts at a time, then gathered back in order."""
+    position = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+    unique = list(position)
+    index = torch.tensor([position[p] for p in prompts], device=device)
+    chunks = [encode(unique[start : start + batch_size]) for start in range(0, len(unique), batch_size)]
+    return _normalize(torch.cat(chunks))[index]
+
+
 def _device_dtype(device, dtype) -> tuple[torch.device, torch.dtype]:
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
@@ -105,35 +122,22 @@ class HFClipBackbone:
     @torch.no_grad()
     def image_embeds(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised float32 image embeddings ``(B, D)`` on the model's device."""
-        pixels = self.preprocess(images.to(self.device, non_blocking=True))
-        chunks = []
-        for start in range(0, pixels.shape[0], self.batch_size):
-            chunk = pixels[start : start + self.batch_size].to(self.dtype)
-            chunks.append(_normalize(_pooled(self.model.get_image_features(pixel_values=chunk))))
-        return torch.cat(chunks)
+        return embed_images(
+            lambda pixels: _pooled(self.model.get_image_features(pixel_values=pixels)),
+            self.preprocess, images, self.device, self.dtype, self.batch_size,
+        )
 
     @torch.no_grad()
     def text_embeds(self, prompts: Sequence[str]) -> torch.Tensor:
         """L2-normalised float32 text embeddings ``(B, D)``; each distinct prompt encoded once."""
-        position = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
-        unique = list(position)
-        index = torch.tensor([position[p] for p in prompts], device=self.device)
-        chunks = []
-        for start in range(0, len(unique), self.batch_size):
-            tokens = self.tokenizer(
-                unique[start : start + self.batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
+        def encode(chunk: list[str]) -> torch.Tensor:
+            tokens = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
             tokens = {
-                k: v.to(self.device, non_blocking=True)
-                for k, v in tokens.items()
-                if k in ("input_ids", "attention_mask")
+                k: v.to(self.device, non_blocking=True) for k, v in tokens.items() if k in ("input_ids", "attention_mask")
             }
-            chunks.append(_normalize(_pooled(self.model.get_text_features(**tokens))))
-        return torch.cat(chunks)[index]
+            return _pooled(self.model.get_text_features(**tokens))
+
+        return embed_unique_prompts(encode, prompts, self.device, self.batch_size)
 
 
 def load_hf_clip(

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .base import RewardModel, ScoreOutput
-from .clip_scorers import _device_dtype, _normalize
+from .clip_scorers import _device_dtype, embed_images, embed_unique_prompts
 from .preprocess import ClipPreprocess
 
 
@@ -64,22 +64,14 @@ class HPSv2(RewardModel):
 
     @torch.no_grad()
     def image_embeds(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = self.preprocess(images.to(self.device, non_blocking=True))
-        chunks = []
-        for start in range(0, pixels.shape[0], self.batch_size):
-            chunks.append(_normalize(self.model.encode_image(pixels[start : start + self.batch_size].to(self.dtype))))
-        return torch.cat(chunks)
+        return embed_images(self.model.encode_image, self.preprocess, images, self.device, self.dtype, self.batch_size)
 
     @torch.no_grad()
     def text_embeds(self, prompts: Sequence[str]) -> torch.Tensor:
-        position = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
-        unique = list(position)
-        index = torch.tensor([position[p] for p in prompts], device=self.device)
-        chunks = []
-        for start in range(0, len(unique), self.batch_size):
-            tokens = self.tokenizer(unique[start : start + self.batch_size]).to(self.device, non_blocking=True)
-            chunks.append(_normalize(self.model.encode_text(tokens)))
-        return torch.cat(chunks)[index]
+        def encode(chunk: list[str]) -> torch.Tensor:
+            return self.model.encode_text(self.tokenizer(chunk).to(self.device, non_blocking=True))
+
+        return embed_unique_prompts(encode, prompts, self.device, self.batch_size)
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[Mapping] = ()) -> ScoreOutput:
         if len(prompts) != images.shape[0]:
