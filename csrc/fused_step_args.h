@@ -127,10 +127,29 @@ inline StepViews score_views(const at::Tensor& x, const at::Tensor& v, const at:
   return s;
 }
 
-// A (B,) float32 gradient of a per-row output; absent means zero.
-inline at::Tensor row_grad(const at::Tensor& x, const c10::optional<at::Tensor>& g, const char* name) {
-  if (!g.has_value()) return at::zeros({x.size(0)}, x.options().dtype(at::kFloat));
-  return row_values(x, *g, name);
+// The incoming gradients of the score op, checked once for the CPU and CUDA backwards.
+struct BackwardGrads {
+  at::Tensor log_prob;  // (B,) float32
+  at::Tensor mean;      // float32 like x, or undefined when no gradient reaches the mean output
+  at::Tensor bias;      // (B,) float32, or undefined without a guard-bias gradient
+  bool bias_grad = false;
+  bool old_grad = false;  // a gradient w.r.t. old_mean is wanted and old_mean exists
+};
+
+inline BackwardGrads backward_grads(const at::Tensor& x, const StepViews& s, const at::Tensor& grad_log_prob,
+                                    const c10::optional<at::Tensor>& grad_mean,
+                                    const c10::optional<at::Tensor>& grad_guard_bias, bool need_grad_old_mean) {
+  BackwardGrads g;
+  g.log_prob = row_values(x, grad_log_prob, "grad_log_prob");
+  if (grad_mean.has_value()) {
+    check_latent(x, *grad_mean, "grad_mean");
+    g.mean = grad_mean->to(at::kFloat).contiguous();
+  }
+  g.bias_grad = grad_guard_bias.has_value();
+  TORCH_CHECK_VALUE(!g.bias_grad || s.old_mean.defined(), "grad_guard_bias needs old_mean");
+  if (g.bias_grad) g.bias = row_values(x, *grad_guard_bias, "grad_guard_bias");
+  g.old_grad = need_grad_old_mean && s.old_mean.defined();
+  return g;
 }
 
 }  // namespace precise_fast

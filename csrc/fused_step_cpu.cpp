@@ -629,16 +629,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> score_step_backward_cpu(
   check_cpu(x);
   const StepViews s = score_views(x, v, prev_sample, sigma, next_sigma, std_dev, old_mean, std::string(kind));
   const auto rows = coefficients(s);
-  const at::Tensor g_lp = row_values(x, grad_log_prob, "grad_log_prob");
-  at::Tensor g_mean;
-  if (grad_mean.has_value()) {
-    check_latent(x, *grad_mean, "grad_mean");
-    g_mean = grad_mean->to(at::kFloat).contiguous();
-  }
-  const bool bias_grad = grad_guard_bias.has_value();
-  TORCH_CHECK_VALUE(!bias_grad || s.old_mean.defined(), "grad_guard_bias needs old_mean");
-  const bool old_grad = need_grad_old_mean && s.old_mean.defined();
-  at::Tensor g_bias = bias_grad ? row_values(x, *grad_guard_bias, "grad_guard_bias") : at::Tensor();
+  const BackwardGrads g = backward_grads(x, s, grad_log_prob, grad_mean, grad_guard_bias, need_grad_old_mean);
+  const at::Tensor &g_lp = g.log_prob, &g_mean = g.mean, &g_bias = g.bias;
+  const bool bias_grad = g.bias_grad, old_grad = g.old_grad;
 
   const double inv_m = 1.0 / static_cast<double>(s.row_elems);
   std::vector<float> lp_scale(static_cast<size_t>(s.batch)), bias_scale(static_cast<size_t>(s.batch), 0.0f);

@@ -290,16 +290,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> score_step_backward_cuda(
   check_cuda(x);
   const c10::cuda::CUDAGuard guard(x.device());
   const StepViews s = score_views(x, v, prev_sample, sigma, next_sigma, std_dev, old_mean, std::string(kind));
-  const at::Tensor g_lp = row_values(x, grad_log_prob, "grad_log_prob");
-  at::Tensor g_mean;
-  if (grad_mean.has_value()) {
-    check_latent(x, *grad_mean, "grad_mean");
-    g_mean = grad_mean->to(at::kFloat).contiguous();
-  }
-  const bool bias_grad = grad_guard_bias.has_value();
-  TORCH_CHECK_VALUE(!bias_grad || s.old_mean.defined(), "grad_guard_bias needs old_mean");
-  const at::Tensor g_bias = bias_grad ? row_values(x, *grad_guard_bias, "grad_guard_bias") : at::Tensor();
-  const bool old_grad = need_grad_old_mean && s.old_mean.defined();
+  const BackwardGrads g = backward_grads(x, s, grad_log_prob, grad_mean, grad_guard_bias, need_grad_old_mean);
+  const at::Tensor &g_lp = g.log_prob, &g_mean = g.mean, &g_bias = g.bias;
+  const bool bias_grad = g.bias_grad, old_grad = g.old_grad;
   at::Tensor grad_v = at::empty(v.sizes(), v.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor grad_x = need_grad_x ? at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous))
                                   : at::empty({0}, x.options());
