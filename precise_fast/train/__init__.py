@@ -4,11 +4,11 @@ Entry points: ``python -m precise_fast.train --config configs/tiny_cpu.yaml`` (o
 ``DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --module precise_fast.train --config ...``,
 ``precise-fast train ...``, and ``make train`` (the README's main job).
 
-Modules, one job each: ``config`` (schema, YAML, overrides), ``sampler`` (prompt groups per
-rank), ``rollouts`` / ``sampling`` (trajectories with overlapped rewards), ``credit`` /
+Modules, one job each: ``config`` (schema, YAML, overrides), ``prompt_groups`` (prompt groups
+per rank), ``rollouts`` / ``sampling_phase`` (trajectories with overlapped rewards), ``credit`` /
 ``advantages`` (normalisation, GRPO and G2RPO advantages), ``objective`` / ``loss``
-(re-scoring and the clipped loss), ``training`` (accumulation windows), ``engine`` /
-``guard`` (DeepSpeed and the non-finite guard), ``ema``, ``checkpoint`` / ``rng`` (exact
+(re-scoring and the clipped loss), ``update_phase`` (accumulation windows),
+``policy_engine`` / ``guard`` (DeepSpeed and the non-finite guard), ``ema``, ``checkpoint`` / ``rng`` (exact
 resume), ``evaluate``, ``tracking`` / ``plots`` (logs and PNGs), ``trainer`` (the loop).
 """
 

@@ -143,6 +143,23 @@ class PromptsConfig:
 
 
 @dataclass
+class EvalTarget:
+    """One evaluation target (the paper's ``*_eval_targets`` entries, config/base.py of
+    Tencent-Hunyuan/Precise): its own prompt set, rewards, sampler and batch size. ``None``
+    fields inherit the training run's value, so by default an eval rollout uses the
+    training sampler (kind, noise level), as the paper's does."""
+
+    name: str = "eval"
+    prompts: Union[str, None] = None  # None: prompts.test
+    reward: Union[str, dict, None] = None  # a reward spec as reward.spec; None: the training reward
+    kind: Union[Literal["ode", "flow_grpo", "dance_grpo", "cps", "precise", "dance_precise"], None] = None  # None: sampler.kind
+    eta: Union[float, None] = None  # None: the training noise level (sampler.eta)
+    num_steps: Union[int, None] = None  # None: sampler.num_steps
+    batch_size: int = 8  # images per rank per eval batch (the paper's test_batch_size)
+    num_prompts: int = 0  # 0: the whole prompt set
+
+
+@dataclass
 class EvalConfig:
     every: int = 50  # epochs; 0 disables
     num_prompts: int = 64
@@ -150,6 +167,7 @@ class EvalConfig:
     kind: Literal["ode", "flow_grpo", "dance_grpo", "cps", "precise", "dance_precise"] = "ode"
     use_ema: bool = True
     at_start: bool = False
+    targets: list[EvalTarget] = field(default_factory=list)  # empty: one target from the fields above
 
 
 @dataclass
@@ -225,6 +243,8 @@ def _coerce(value: Any, tp, key: str):
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
         (item,) = typing.get_args(tp)
+        if dataclasses.is_dataclass(item):
+            return [_build(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is type(None):
         if value is None:

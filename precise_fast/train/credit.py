@@ -6,7 +6,7 @@
    the weights (``precise_fast.rewards.normalize_rewards``; invalid -> sentinel -10).
 3. Per-group advantages (GRPO) or per-(step, granularity) ones summed (G2RPO).
 4. Keep this rank's rows whose advantage is non-zero somewhere; pad every rank to the same
-   row count with weight-0 copies (ZeRO needs equal backward counts; see training.py).
+   row count with weight-0 copies (ZeRO needs equal backward counts; see update_phase.py).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import time
 
 from ..rewards import RewardExecutor, build_reward
 from .rollouts import Rollouts
-from .sampler import GroupSampler
-from .sampling import TimedReward, sample_epoch
+from .prompt_groups import GroupSampler
+from .sampling_phase import TimedReward, sample_epoch
 
 
 class PaddedReward:

@@ -18,7 +18,7 @@ import torch
 
 from ..rollout import RolloutEngine
 from ..rollout.seeds import mix_seed
-from .sampler import Slot
+from .prompt_groups import Slot
 
 _NOISE = 5  # random-stream tag
 

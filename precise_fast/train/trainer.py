@@ -1,8 +1,8 @@
 """The GRPO trainer: builds the run from its config and walks the epochs.
 
 One epoch (shared/DESIGN.md "Training loop"): sample every batch with rewards overlapped
-(sampling.py) -> gather, normalise, advantages, drop, balance (credit.py) -> train with
-guarded DeepSpeed steps and the EMA (training.py) -> log, eval, PNGs, atomic checkpoint.
+(sampling_phase.py) -> gather, normalise, advantages, drop, balance (credit.py) -> train with
+guarded DeepSpeed steps and the EMA (update_phase.py) -> log, eval, PNGs, atomic checkpoint.
 Everything that decides what happens next is in the checkpoint, so ``resume`` continues
 exactly (bitwise on CPU with the same world size).
 """
@@ -26,17 +26,17 @@ from .config import Config, check_world, dump_config
 from .credit import assign_credit, balanced_rows
 from .distributed import DistInfo, all_reduce_, barrier
 from .ema import EMA
-from .engine import PolicyEngine
+from .policy_engine import PolicyEngine
 from .evaluate import evaluate
 from .objective import lora_reference, module_reference
 from .plots import save_reward_curve, save_sample_grid
 from .prompts import load_prompts
 from .rng import capture_rng, restore_rng, seed_everything
 from .rollouts import Rollouts
-from .sampler import GroupSampler
-from .sampling import TimedReward, sample_epoch
+from .prompt_groups import GroupSampler
+from .sampling_phase import TimedReward, sample_epoch
 from .tracking import RunLogger
-from .training import train_epoch
+from .update_phase import train_epoch
 
 logger = logging.getLogger("precise_fast.train")
 
@@ -239,7 +239,7 @@ class Trainer:
 
     def _resolve_per_forward(self, data) -> int:
         if self.per_forward is None:  # CUDA "auto": probe once, then it is part of the run's state
-            from .training import probe_per_forward
+            from .update_phase import probe_per_forward
 
             self.per_forward = probe_per_forward(self.policy, data, self.cfg)
         return self.per_forward

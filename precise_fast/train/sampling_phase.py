@@ -21,7 +21,7 @@ import torch
 
 from ..rollout.seeds import mix_seed
 from .rollouts import Rollouts, slot_seeds
-from .sampler import Slot
+from .prompt_groups import Slot
 from .transitions import Transitions, concat, from_g2rpo, from_rollout
 
 _WINDOW, _G2RPO = 11, 13  # random-stream tags
