@@ -344,12 +344,18 @@ def _imagereward(
     return ImageRewardScore(ckpt, med, bert, device, dtype, batch_size=batch_size, name=name)
 
 
-def _remote(module: str, cls_name: str):
+def _remote(module: str, cls_name: str, family: str):
     def factory(*, device, dtype, model_root, shared, name, urls=None, **options):
         import importlib
 
+        from .remote.env_urls import env_names, urls_from_env
+
+        urls = urls or urls_from_env(family)  # the paper's environment variables as the fallback
         if not urls:
-            raise ValueError(f"reward {name!r} is remote: give its server URL(s) as the 'urls' option")
+            raise ValueError(
+                f"reward {name!r} is remote: give its server URL(s) as the 'urls' option or set "
+                + " / ".join(f"${v}" for v in env_names(family))
+            )
         cls = getattr(importlib.import_module(f"precise_fast.rewards.remote.{module}"), cls_name)
         # Scores come back on the CPU; MultiReward moves them to the images' device.
         return cls(urls, name=name, **options)
@@ -367,11 +373,17 @@ register_reward("hpsv2", _hpsv2, needs_weights=True, description="HPS v2.1 cosin
 register_reward("aesthetic", _aesthetic, needs_weights=True, description="LAION aesthetic MLP on CLIP ViT-L/14")
 register_reward("imagereward", _imagereward, needs_weights=True, description="ImageReward v1.0 (optional package)")
 register_reward(
-    "geneval", _remote("geneval", "GenEvalClient"), remote=True, description="GenEval detector server (HTTP)"
+    "geneval", _remote("geneval", "GenEvalClient", "geneval"), remote=True, description="GenEval detector server (HTTP)"
+)
+register_reward(
+    "geneval_paper",
+    _remote("geneval_paper", "PaperGenEvalClient", "geneval"),
+    remote=True,
+    description="the paper's GenEval server (pickle protocol, replies decoded by a restricted unpickler)",
 )
 register_reward(
     "unifiedreward",
-    _remote("unifiedreward", "UnifiedRewardClient"),
+    _remote("unifiedreward", "UnifiedRewardClient", "unifiedreward"),
     remote=True,
     description="UnifiedReward 2.0 via chat completions (HTTP)",
 )

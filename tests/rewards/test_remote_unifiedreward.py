@@ -68,7 +68,8 @@ def test_scores_and_request_contract(scripted_server):
         )
     )
     images = torch.rand(2, 3, 16, 20, generator=torch.Generator().manual_seed(3))
-    client = UnifiedRewardClient(server.url + "/v1", model="UnifiedReward-2.0-qwen-7b", api_key="secret", **FAST)
+    client = UnifiedRewardClient(server.url + "/v1", model="UnifiedReward-2.0-qwen-7b", api_key="secret",
+                                 image_format="png", resize=None, **FAST)  # lossless, unresized: exact pixels
     out = client(images, ["a cat", "a dog"], None)
     torch.testing.assert_close(out.scores, torch.tensor([12 / 3 / 5, 6 / 3 / 5]))
     assert out.extras["unifiedreward_alignment"].tolist() == [4.0, 1.0]

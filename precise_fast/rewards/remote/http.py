@@ -7,8 +7,9 @@
   shape). Other 4xx answers mean the request itself was refused and are not retried.
 * An overall deadline (:meth:`RetryPolicy.deadline_s`) around every call, so a stuck
   server can never hang the trainer.
-* Responses are read up to a size cap and parsed with ``json`` only: nothing received from
-  the network is ever unpickled or evaluated.
+* Responses are read up to a size cap and parsed with ``json`` (or, for the paper's pickle
+  protocol, :func:`.safe_pickle.safe_loads`, which admits plain data only): nothing received
+  from the network is ever evaluated.
 * A single background event loop (a daemon thread) runs the coroutines, so synchronous
   callers get a ``concurrent.futures.Future`` and local scoring overlaps the network wait.
 """
@@ -121,6 +122,7 @@ async def post_json(
     start: int = 0,
     headers: dict[str, str] | None = None,
     incomplete: Callable[[T], str | None] | None = None,
+    decode: Callable[[bytes], Any] | None = None,
 ) -> T:
     """POST ``payload`` as JSON with retries; return ``validate(parsed_json)``.
 
@@ -128,7 +130,9 @@ async def post_json(
     (retried like a server error). ``incomplete(value)`` may name a defect of a well-formed
     answer (e.g. a NaN or missing score): such an answer is retried while attempts remain,
     and the last one is returned as it is (the caller then marks the gaps invalid).
-    Raises :class:`RemoteRewardError` when every attempt failed.
+    ``decode`` replaces ``json.loads`` for another wire format (it raises
+    :class:`ResponseContractError` on a bad body). Raises :class:`RemoteRewardError` when
+    every attempt failed.
     """
     body = payload if isinstance(payload, bytes) else json.dumps(payload, allow_nan=False).encode("utf-8")
     send_headers = {"content-type": "application/json", "accept": "application/json", **(headers or {})}
@@ -142,10 +146,13 @@ async def post_json(
                 content = await _read_capped(response, policy.max_response_bytes)
                 status = response.status_code
             if status == 200:
-                try:
-                    data = json.loads(content)
-                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                    raise ResponseContractError(f"body is not JSON ({exc}): {content[:120]!r}") from None
+                if decode is not None:
+                    data = decode(content)
+                else:
+                    try:
+                        data = json.loads(content)
+                    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                        raise ResponseContractError(f"body is not JSON ({exc}): {content[:120]!r}") from None
                 value = validate(data)
                 defect = incomplete(value) if incomplete is not None else None
                 if defect is None or attempt + 1 == attempts:

@@ -20,6 +20,15 @@ The default instruction is ours and asks for exactly that output format (the for
 UnifiedReward repository publishes for point-wise image assessment). The reward is the weighted mean of the chosen
 aspects divided by 5 (Flow-GRPO's ``unifiedreward_score_sglang`` also divides the 1-5
 score by 5); each raw aspect is returned as an extra for logging.
+
+Defaults follow the Precise paper's client and server (Tencent-Hunyuan/Precise
+``precise_sde/rewards/remote.py`` ``unifiedreward_score_v2`` and
+``precise_sde/rewards/servers/unified_reward/start_server.sh``): the served model name
+``UnifiedReward``, images resized to 512x512 (PIL's default filter) and sent as JPEG at
+quality 95, each parsed aspect clamped to [0, 5] (``range_policy="clamp"``; ``"ignore"``
+drops out-of-range values instead), 16 requests in flight (``$PRECISE_SDE_UNIFIEDREWARD_CONCURRENCY``),
+and the server URLs from ``$PRECISE_SDE_UNIFIEDREWARD_URLS`` / ``$PRECISE_SDE_UNIFIEDREWARD_URL``
+when a spec gives none (see :mod:`.env_urls`).
 """
 
 from __future__ import annotations
@@ -34,13 +43,21 @@ import httpx
 import numpy as np
 import torch
 
+from PIL import Image
+
 from ..base import SENTINEL, ScoreOutput
 from .client import RemoteReward
 from .encoding import data_uri, encode_array
+from .env_urls import UNIFIEDREWARD_CONCURRENCY_ENV
 from .http import RemoteRewardError, ResponseContractError, post_json
 
 CHAT_PATH = "/v1/chat/completions"
 ASPECTS = ("alignment", "coherence", "style")
+PAPER_MODEL_NAME = "UnifiedReward"  # the paper server's --served-model-name
+PAPER_IMAGE_SIZE = 512
+PAPER_JPEG_QUALITY = 95
+SCORE_RANGE = (0.0, 5.0)  # the paper clamps each parsed aspect to this range
+RANGE_POLICIES = ("clamp", "ignore")
 
 # Our own instruction (written here, not copied): it names the three aspects the model was
 # trained to grade and asks for the exact "<Aspect> Score (1-5): N" lines the parser reads.
@@ -115,19 +132,32 @@ class UnifiedRewardClient(RemoteReward):
         urls,
         *,
         name: str = "unifiedreward",
-        model: str = "UnifiedReward-2.0-qwen-7b",
+        model: str = PAPER_MODEL_NAME,
         aspects: Mapping[str, float] | None = None,
         scale: float = 0.2,
         prompt_template: str = DEFAULT_TEMPLATE,
         max_tokens: int = 256,
         temperature: float = 0.0,
-        max_concurrency: int = 16,
+        max_concurrency: int | None = None,
         api_key: str | None = None,
         api_key_env: str | None = None,
         path: str = CHAT_PATH,
+        image_format: str = "jpeg",
+        jpeg_quality: int = PAPER_JPEG_QUALITY,
+        resize: int | None = PAPER_IMAGE_SIZE,
+        range_policy: str = "clamp",
         **kwargs,
     ):
-        super().__init__(urls, name=name, max_concurrency=max_concurrency, **kwargs)
+        if max_concurrency is None:
+            max_concurrency = int(os.environ.get(UNIFIEDREWARD_CONCURRENCY_ENV, "16"))
+        super().__init__(urls, name=name, max_concurrency=max_concurrency, image_format=image_format,
+                         jpeg_quality=jpeg_quality, **kwargs)
+        if resize is not None and int(resize) < 1:
+            raise ValueError(f"resize must be a positive side length or None, got {resize}")
+        if range_policy not in RANGE_POLICIES:
+            raise ValueError(f"range_policy must be one of {RANGE_POLICIES}, got {range_policy!r}")
+        self.resize = None if resize is None else int(resize)
+        self.range_policy = range_policy
         aspects = dict(aspects if aspects is not None else {a: 1.0 for a in ASPECTS})
         unknown = set(aspects) - set(ASPECTS) - {"final"}
         if unknown or not aspects or sum(aspects.values()) <= 0 or any(w < 0 for w in aspects.values()):
@@ -170,7 +200,17 @@ class UnifiedRewardClient(RemoteReward):
         }
 
     def _validate(self, data) -> dict[str, float]:
-        return parse_unifiedreward_scores(_message_text(data))
+        text = _message_text(data)
+        if self.range_policy == "ignore":
+            return parse_unifiedreward_scores(text)
+        low, high = SCORE_RANGE
+        found = parse_unifiedreward_scores(text, low=-math.inf, high=math.inf)
+        return {k: min(max(v, low), high) for k, v in found.items()}
+
+    def _encode(self, array: np.ndarray) -> str:
+        if self.resize is not None and array.shape[:2] != (self.resize, self.resize):
+            array = np.asarray(Image.fromarray(array).resize((self.resize, self.resize)))
+        return encode_array(array, self.image_format, self.jpeg_quality)
 
     def _incomplete(self, scores: dict[str, float]) -> str | None:
         missing = [a for a, w in self.aspects.items() if w > 0 and a not in scores]
@@ -179,7 +219,7 @@ class UnifiedRewardClient(RemoteReward):
     async def _one(self, client, semaphore, array: np.ndarray, prompt: str, start: int) -> dict[str, float]:
         loop = asyncio.get_running_loop()
         async with semaphore:
-            b64 = await loop.run_in_executor(None, encode_array, array, self.image_format, self.jpeg_quality)
+            b64 = await loop.run_in_executor(None, self._encode, array)
             return await post_json(
                 client,
                 self.urls,
