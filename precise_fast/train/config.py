@@ -441,6 +441,19 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"algorithm.g2rpo_granularities: need integers >= 1, got {a.g2rpo_granularities}")
         if not 0 <= a.g2rpo_steps_per_batch <= len(a.g2rpo_steps):
             raise ConfigError(f"algorithm.g2rpo_steps_per_batch: must lie in [0, {len(a.g2rpo_steps)}]")
+    names = [t.name for t in cfg.eval.targets]
+    for i, t in enumerate(cfg.eval.targets):
+        key = f"eval.targets[{i}]"
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", t.name):
+            raise ConfigError(f"{key}.name: letters, digits, '_', '.', '-' only (it names metrics and files), got {t.name!r}")
+        if names.count(t.name) > 1:
+            raise ConfigError(f"{key}.name: {t.name!r} names two targets")
+        _positive(t.batch_size, f"{key}.batch_size")
+        _positive(t.num_prompts, f"{key}.num_prompts", allow_zero=True)
+        if t.num_steps is not None:
+            _positive(t.num_steps, f"{key}.num_steps")
+        if t.eta is not None and t.eta < 0:
+            raise ConfigError(f"{key}.eta: must be >= 0, got {t.eta}")
     if not isinstance(cfg.reward.spec, (str, dict)) or not cfg.reward.spec:
         raise ConfigError(f"reward.spec: expected a reward name or mapping, got {cfg.reward.spec!r}")
 

@@ -1,61 +1,259 @@
-"""Evaluation on held-out prompts: fixed seeds, the EMA weights, per-reward means over all ranks.
+"""Evaluation on held-out prompts: every target of ``eval.targets``, fixed seeds, sharded over ranks.
 
-Each eval draws the same initial latents (seeded by prompt index only), so successive
-evals differ only by the weights. The default sampler is the ODE (deterministic given the
-latent); any stochastic kind may be chosen instead. Ranks take equal shares (the last
-padded with repeats that are not counted) so every rank runs the same number of
-forwards, which a ZeRO-3 parameter gather needs.
+One implementation serves the in-training eval (:func:`evaluate`, called by the trainer
+with the EMA weights) and the standalone evaluator over saved checkpoints
+(``precise_fast.eval``): both walk a target's prompts in the batches of
+:func:`rank_batches` and score each batch with :meth:`Evaluator.score_batch`, which
+returns one plain record per prompt; statistics come from
+:func:`precise_fast.eval.stats.summarize` over the records of every rank.
+
+A target is one entry of the paper's ``*_eval_targets`` (Tencent-Hunyuan/Precise
+``config/base.py``): its own prompt set, rewards, sampler kind, noise level, steps and
+batch size, fields left unset inheriting the training run's, so eval rollouts use the
+training sampler by default (kind ``"ode"`` stays an option). Without ``eval.targets`` the
+legacy single target is built from ``eval.kind / num_prompts / batch_size``.
+
+Seeds: prompt ``i`` always gets the initial latent and step noise of ``mix_seed(seed, 17,
+i)``, so successive evals differ only by the weights. Batches are fixed slices of the
+prompt list (batch ``j`` holds prompts ``j*B .. j*B+B-1``) dealt round-robin to the ranks,
+so a batch holds the same prompts on 1 or 8 ranks and the results do not depend on the
+world size. Under ``pad=True`` (training) every rank runs the same number of batches (a
+rank short of one repeats its first, uncounted), which keeps collective weight gathers in
+step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
+from dataclasses import dataclass
+from typing import Union
 
 import torch
 
 from ..rollout.seeds import mix_seed
-from .distributed import all_reduce_
+from .config import EvalTarget
 
 _EVAL = 17  # random-stream tag
 
 
+@dataclass(frozen=True)
+class Target:
+    """An eval target with every field resolved against the run config."""
+
+    name: str
+    prompts: str
+    reward: Union[str, dict, None]  # None: the training reward
+    kind: str  # "ode" or a stochastic kind
+    eta: Union[float, None]  # None: the kind's default noise level
+    num_steps: int
+    batch_size: int
+    num_prompts: int  # 0: every prompt of the set
+    prefix: str  # metric prefix: "eval/" for the legacy target, "eval/<name>/" otherwise
+
+    def describe(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "prefix"}
+
+
+def resolve_target(t: EvalTarget, cfg, *, legacy: bool = False) -> Target:
+    s = cfg.sampler
+    kind = t.kind or s.kind
+    if t.eta is not None:
+        eta = t.eta
+    elif kind == s.kind:
+        eta = s.eta  # the training noise level (None: the kind's default)
+    else:
+        eta = None
+    return Target(
+        name=t.name,
+        prompts=t.prompts or cfg.prompts.test,
+        reward=t.reward,
+        kind=kind,
+        eta=None if kind == "ode" else eta,
+        num_steps=t.num_steps or s.num_steps,
+        batch_size=t.batch_size,
+        num_prompts=t.num_prompts,
+        prefix="eval/" if legacy else f"eval/{t.name}/",
+    )
+
+
+def resolve_targets(cfg) -> list[Target]:
+    """``cfg.eval.targets`` resolved; without any, the legacy single target of ``cfg.eval``."""
+    e = cfg.eval
+    if e.targets:
+        return [resolve_target(t, cfg) for t in e.targets]
+    legacy = EvalTarget(name="eval", kind=e.kind, batch_size=e.batch_size, num_prompts=e.num_prompts)
+    return [resolve_target(legacy, cfg, legacy=True)]
+
+
+def item_seed(seed: int, index: int) -> int:
+    return mix_seed(seed, _EVAL, index)
+
+
+def rank_batches(total: int, batch_size: int, rank: int, world_size: int, *, pad: bool) -> list[tuple[list[int], bool]]:
+    """This rank's batches as ``(prompt indices, counted)``; see the module docstring."""
+    starts = list(range(0, total, batch_size))
+    mine = [(list(range(a, min(a + batch_size, total))), True) for a in starts[rank::world_size]]
+    if pad:
+        want = math.ceil(len(starts) / world_size)
+        filler = mine[0][0] if mine else list(range(min(batch_size, total)))
+        mine += [(filler, False)] * (want - len(mine))
+    return mine
+
+
+def _spec_key(spec) -> str:
+    return json.dumps(spec, sort_keys=True, default=str)
+
+
+class Evaluator:
+    """Rollout engines, rewards and prompt sets of the eval targets, built once and reused.
+
+    ``train_rollouts`` / ``train_reward``: the training run's (shared, not closed here);
+    targets with the same sampler reuse the engine (and its prompt-embedding cache).
+    """
+
+    def __init__(self, pipeline, cfg, *, reward_device, reward_dtype, train_rollouts=None, train_reward=None):
+        self.pipeline = pipeline
+        self.cfg = cfg
+        self.reward_device = reward_device
+        self.reward_dtype = reward_dtype
+        self.train_reward = train_reward
+        self._rollouts: dict[tuple, object] = {}
+        if train_rollouts is not None:
+            self._rollouts[(cfg.sampler.kind, cfg.sampler.eta, cfg.sampler.num_steps)] = train_rollouts
+        self._rewards: dict[str, object] = {}
+        self._prompts: dict[str, object] = {}
+
+    def rollouts(self, t: Target):
+        """``(rollouts, mode)`` for a target; the ODE runs on the training kind's engine in ``ode`` mode."""
+        from .rollouts import Rollouts
+
+        s = self.cfg.sampler
+        engine_kind, eta, mode = (s.kind, s.eta, "ode") if t.kind == "ode" else (t.kind, t.eta, "sde")
+        key = (engine_kind, eta, t.num_steps)
+        if key not in self._rollouts:
+            # Another sampler than training's: the same run config with the target's sampler fields.
+            sampler = dataclasses.replace(s, kind=engine_kind, eta=eta, num_steps=t.num_steps)
+            self._rollouts[key] = Rollouts(self.pipeline, dataclasses.replace(self.cfg, sampler=sampler))
+        return self._rollouts[key], mode
+
+    def reward(self, t: Target):
+        if t.reward is None:
+            if self.train_reward is None:
+                self.train_reward = self._built(self.cfg.reward.spec)
+            return self.train_reward
+        return self._built(t.reward)
+
+    def _built(self, spec):
+        key = _spec_key(spec)
+        if key not in self._rewards:
+            from ..rewards import build_reward
+
+            self._rewards[key] = build_reward(spec, device=self.reward_device, dtype=self.reward_dtype,
+                                              model_root=self.cfg.reward.model_root)
+        return self._rewards[key]
+
+    def prompt_set(self, t: Target):
+        if t.prompts not in self._prompts:
+            from .prompts import load_prompts
+
+            self._prompts[t.prompts] = load_prompts(t.prompts)
+        return self._prompts[t.prompts]
+
+    def num_items(self, t: Target) -> int:
+        n = len(self.prompt_set(t))
+        return min(t.num_prompts, n) if t.num_prompts else n
+
+    @torch.no_grad()
+    def score_batch(self, t: Target, indices: list[int], *, seed: int) -> tuple[list[dict], torch.Tensor]:
+        """Sample and score prompts ``indices`` of ``t``: one record per prompt, and the images."""
+        prompt_set = self.prompt_set(t)
+        rollouts, mode = self.rollouts(t)
+        reward = self.reward(t)
+        texts = [prompt_set.prompts[i] for i in indices]
+        metadata = [prompt_set.metadata[i] for i in indices]
+        seeds = [item_seed(seed, i) for i in indices]
+        ro = rollouts.sample(texts, seeds, seeds, mode=mode)
+        result = reward(ro.images, texts, metadata)
+        comps = {n: v.detach().double().cpu() for n, v in result.per_component.items()}
+        valid = {n: result.component_valid[n].cpu() for n in comps}
+        extras = {n: v.detach().double().cpu() for n, v in result.extras.items()}
+        ok = result.valid.cpu()
+        weights = result.weights
+        records = []
+        for j, i in enumerate(indices):
+            scores = {n: (float(comps[n][j]) if bool(valid[n][j]) else None) for n in comps}
+            total = sum(weights.get(n, 1.0) * comps[n][j] for n in comps)
+            records.append({
+                "target": t.name,
+                "index": i,
+                "prompt": texts[j],
+                "metadata": metadata[j],
+                "seed": seeds[j],
+                "scores": scores,
+                "extras": {n: (float(v[j]) if math.isfinite(float(v[j])) else None) for n, v in extras.items()},
+                "reward": float(total) if bool(ok[j]) else None,
+            })
+        return records, ro.images
+
+    def close(self) -> None:
+        for r in self._rewards.values():
+            r.close()
+        self._rewards.clear()
+
+
+def gather_records(records: list[dict]) -> list[dict]:
+    """Every rank's records, on every rank, sorted by prompt index."""
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        parts = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, records)
+        records = [r for part in parts for r in part]
+    return sorted(records, key=lambda r: r["index"])
+
+
+def target_metrics(t: Target, summary: dict) -> dict[str, float]:
+    """Scalar metrics of one target's summary: ``<prefix><component>`` means and ``<prefix>reward_mean``."""
+    def value(stats):
+        return float("nan") if stats["mean"] is None else stats["mean"]
+
+    out = {f"{t.prefix}{name}": value(stats) for name, stats in summary["components"].items()}
+    out.update({f"{t.prefix}{name}": value(stats) for name, stats in summary["extras"].items()})
+    out[f"{t.prefix}reward_mean"] = value(summary["reward"])
+    return out
+
+
 @torch.no_grad()
-def evaluate(rollouts, reward_fn, prompt_set, *, cfg, rank: int, world_size: int, weights_context=None, gathered=None,
-             keep_preview: int = 0) -> tuple[dict[str, float], dict]:
-    """Returns ``(metrics, preview)``; metrics are ``eval/<component>`` means and ``eval/reward_mean``."""
-    total = min(cfg.eval.num_prompts or len(prompt_set), len(prompt_set))
-    share = math.ceil(total / world_size)
-    mine = [min(rank * share + i, total - 1) for i in range(share)]
-    counted = [rank * share + i < total for i in range(share)]
-    mode = "ode" if cfg.eval.kind == "ode" else "sde"
-    sums: dict[str, torch.Tensor] = {}
-    combined_sum = torch.zeros(2, dtype=torch.float64)
-    preview = {"images": [], "prompts": [], "rewards": []}
-    with weights_context() if weights_context else contextlib.nullcontext(), gathered() if gathered else contextlib.nullcontext():
-        for start in range(0, share, cfg.eval.batch_size):
-            idx = mine[start : start + cfg.eval.batch_size]
-            use = torch.tensor(counted[start : start + cfg.eval.batch_size])
-            texts = [prompt_set.prompts[i] for i in idx]
-            seeds = [mix_seed(cfg.run.seed, _EVAL, i) for i in idx]
-            ro = rollouts.sample(texts, seeds, seeds, mode=mode)
-            result = reward_fn(ro.images, texts, [prompt_set.metadata[i] for i in idx])
-            for name, scores in result.per_component.items():
-                ok = result.component_valid[name].cpu() & use
-                acc = sums.setdefault(name, torch.zeros(2, dtype=torch.float64))
-                acc += torch.stack([scores.cpu().double()[ok].sum(), ok.double().sum()])
-            raw_ok = result.valid.cpu() & use
-            raw = sum(result.weights.get(n, 1.0) * result.per_component[n].cpu().double() for n in result.per_component)
-            combined_sum += torch.stack([raw[raw_ok].sum(), raw_ok.double().sum()])
-            for j in range(len(idx)):
-                if len(preview["images"]) < keep_preview and bool(use[j]):
-                    preview["images"].append(ro.images[j].float().cpu())
-                    preview["prompts"].append(texts[j])
-                    preview["rewards"].append(float(raw[j]))
-    metrics = {}
-    for name in sorted(sums):
-        s = all_reduce_(sums[name], "sum")
-        metrics[f"eval/{name}"] = float(s[0] / s[1]) if s[1] > 0 else float("nan")
-    c = all_reduce_(combined_sum, "sum")
-    metrics["eval/reward_mean"] = float(c[0] / c[1]) if c[1] > 0 else float("nan")
-    return metrics, preview
+def evaluate(evaluator: Evaluator, *, cfg, rank: int, world_size: int, weights_context=None, gathered=None,
+             keep_preview: int = 0) -> tuple[dict[str, float], dict[str, dict]]:
+    """The in-training eval of every target: ``(metrics, previews by target name)``.
+
+    ``eval/reward_mean`` is the first target's weighted raw reward (the headline number the
+    run history and reward curve track).
+    """
+    from ..eval.stats import summarize
+
+    metrics: dict[str, float] = {}
+    previews: dict[str, dict] = {}
+    targets = resolve_targets(cfg)
+    with weights_context() if weights_context else contextlib.nullcontext(), \
+            gathered() if gathered else contextlib.nullcontext():
+        for t in targets:
+            preview = {"images": [], "prompts": [], "rewards": []}
+            records = []
+            for indices, counted in rank_batches(evaluator.num_items(t), t.batch_size, rank, world_size, pad=True):
+                batch, images = evaluator.score_batch(t, indices, seed=cfg.run.seed)
+                if not counted:
+                    continue
+                records += batch
+                for j, rec in enumerate(batch):
+                    if len(preview["images"]) < keep_preview:
+                        preview["images"].append(images[j].float().cpu())
+                        preview["prompts"].append(rec["prompt"])
+                        preview["rewards"].append(rec["reward"] if rec["reward"] is not None else float("nan"))
+            summary = summarize(gather_records(records), paper_scale=False)
+            metrics.update(target_metrics(t, summary))
+            previews[t.name] = preview
+    metrics["eval/reward_mean"] = metrics[f"{targets[0].prefix}reward_mean"]
+    return metrics, previews

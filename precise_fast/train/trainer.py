@@ -27,7 +27,7 @@ from .credit import assign_credit, balanced_rows
 from .distributed import DistInfo, all_reduce_, barrier
 from .ema import EMA
 from .policy_engine import PolicyEngine
-from .evaluate import evaluate
+from .evaluate import Evaluator, evaluate, resolve_targets
 from .objective import lora_reference, module_reference
 from .plots import save_reward_curve, save_sample_grid
 from .prompts import load_prompts
@@ -90,8 +90,6 @@ class Trainer:
         device = dist.device
 
         self.train_set = load_prompts(cfg.prompts.train)
-        needs_eval = cfg.eval.every > 0 or cfg.eval.at_start
-        self.test_set = load_prompts(cfg.prompts.test) if needs_eval else None
 
         m = cfg.model
         path = m.path
@@ -121,8 +119,6 @@ class Trainer:
         self.ema = EMA(params, cfg.train.ema_decay, cfg.train.ema_interval) if cfg.train.ema else None
 
         self.rollouts = Rollouts(self.pipeline, cfg)
-        same = cfg.eval.kind in ("ode", cfg.sampler.kind)
-        self.eval_rollouts = self.rollouts if same else Rollouts(self.pipeline, cfg, kind=cfg.eval.kind)
 
         r = cfg.reward
         reward_device = device if r.device == "auto" else torch.device(r.device)
@@ -131,6 +127,11 @@ class Trainer:
         self.timed_reward = TimedReward(self.reward)
         self.executor = RewardExecutor(self.timed_reward, mode="thread" if r.overlap else "inline",
                                        max_pending=r.max_pending, device=reward_device)
+        self.evaluator = Evaluator(self.pipeline, cfg, reward_device=reward_device, reward_dtype=reward_dtype,
+                                   train_rollouts=self.rollouts, train_reward=self.reward)
+        if cfg.eval.every > 0 or cfg.eval.at_start:
+            for target in resolve_targets(cfg):  # a missing prompt file fails now, not at the first eval
+                self.evaluator.prompt_set(target)
 
         s = cfg.sampler
         self.sampler = GroupSampler(
@@ -328,13 +329,15 @@ class Trainer:
         cfg = self.cfg
         keep = cfg.log.num_images if self.main else 0
         weights = self.ema.applied if (self.ema is not None and cfg.eval.use_ema) else None
-        metrics, preview = evaluate(self.eval_rollouts, self.reward, self.test_set, cfg=cfg, rank=self.dist.rank,
-                                    world_size=self.dist.world_size, weights_context=weights,
-                                    gathered=self.policy.gathered, keep_preview=keep)
-        if self.main and preview["images"]:
-            png = save_sample_grid(self.out_dir / "images" / f"eval_epoch_{epoch:04d}.png", torch.stack(preview["images"]),
-                                   preview["prompts"], preview["rewards"], title=f"{cfg.run.name} eval after epoch {epoch}")
-            self.logger.log_image("eval_samples", png, epoch)
+        metrics, previews = evaluate(self.evaluator, cfg=cfg, rank=self.dist.rank, world_size=self.dist.world_size,
+                                     weights_context=weights, gathered=self.policy.gathered, keep_preview=keep)
+        for i, (name, preview) in enumerate(previews.items()):
+            if self.main and preview["images"]:
+                stem = "eval" if i == 0 and not cfg.eval.targets else f"eval_{name}"
+                png = save_sample_grid(self.out_dir / "images" / f"{stem}_epoch_{epoch:04d}.png",
+                                       torch.stack(preview["images"]), preview["prompts"], preview["rewards"],
+                                       title=f"{cfg.run.name} eval {name} after epoch {epoch}")
+                self.logger.log_image(f"{stem}_samples", png, epoch)
         return metrics
 
     def run(self) -> dict:
@@ -393,4 +396,5 @@ class Trainer:
 
     def close(self) -> None:
         self.executor.close(wait=False)
+        self.evaluator.close()
         self.logger.close()

@@ -1,0 +1,113 @@
+"""What to evaluate: checkpoints (ours, and the base model as step 0) paired with eval targets.
+
+Checkpoints are the trainer's folders ``<run>/checkpoints/epoch-000012/`` (see
+:mod:`precise_fast.train.checkpoint`); their exported diffusers LoRA (``export/lora_ema/``,
+the EMA weights the in-training eval also uses, or ``export/lora/`` with ``--weights live``)
+is what gets evaluated. A run folder (or its ``checkpoints/`` folder) stands for every
+complete checkpoint in it, in step order.
+
+The paper's evaluator (Tencent-Hunyuan/Precise ``eval/infer_eval.sh``) takes
+``--ckpt-base DIR`` and ``--eval-config 'STEP|SDE_TYPE|NOISE_LEVEL|NUM_STEPS|DATASET|{reward json}'``,
+both repeatable and paired by position (the i-th config evaluates ``checkpoint-STEP`` of
+the i-th base). :func:`parse_eval_config` reads that string into one of our
+:class:`~precise_fast.train.config.EvalTarget`; STEP is our checkpoint's epoch (0: the base
+model); DATASET ``pickscore`` or ``geneval`` picks the test prompts as the paper's script does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+from ..train.checkpoint import list_checkpoints, read_manifest
+from ..train.config import SAMPLER_KINDS, EvalTarget
+
+DATASETS = {"pickscore": "data/pickscore_test.txt", "geneval": "data/geneval_test_metadata.jsonl"}
+WEIGHTS = ("ema", "live")
+_STEP = re.compile(r"epoch-(\d+)")
+
+
+class EvalJobError(ValueError):
+    """A checkpoint or eval-config argument that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int  # the checkpoint's epoch; 0 is the base model
+    lora: Union[Path, None]  # the LoRA folder to load; None: the base model
+    folder: Union[Path, None]
+
+    @property
+    def label(self) -> str:
+        return "base" if self.folder is None else str(self.folder)
+
+
+BASE = Checkpoint(0, None, None)
+
+
+def _lora_of(folder: Path, weights: str) -> Path:
+    order = ("lora_ema", "lora") if weights == "ema" else ("lora",)
+    for name in order:
+        if (folder / "export" / name).is_dir():
+            return folder / "export" / name
+    raise EvalJobError(f"{folder} holds no exported LoRA (export/{' or export/'.join(order)}); "
+                       "eval needs checkpoint.export_lora")
+
+
+def _checkpoint(step: int, folder: Path, weights: str) -> Checkpoint:
+    return Checkpoint(step, _lora_of(folder, weights), folder)
+
+
+def discover(path: str | Path, weights: str = "ema") -> list[Checkpoint]:
+    """A checkpoint folder -> it; a run folder or a checkpoints root -> all of them, by step."""
+    p = Path(path).expanduser()
+    match = _STEP.fullmatch(p.name)
+    if match and read_manifest(p) is not None:
+        return [_checkpoint(int(match.group(1)), p, weights)]
+    for root in (p, p / "checkpoints"):
+        found = list_checkpoints(root)
+        if found:
+            return [_checkpoint(step, folder, weights) for step, folder in found]
+    raise EvalJobError(f"{p}: not a checkpoint (epoch-NNNNNN/ with a valid checkpoint.json) nor a folder holding any")
+
+
+def checkpoint_at(base: str | Path, step: int, weights: str = "ema") -> Checkpoint:
+    """The checkpoint of epoch ``step`` under a run folder (0: the base model)."""
+    if step == 0:
+        return BASE
+    found = {c.step: c for c in discover(base, weights)}
+    if step not in found:
+        raise EvalJobError(f"{base}: no checkpoint of step {step} (steps there: {sorted(found)})")
+    return found[step]
+
+
+def parse_eval_config(text: str, *, batch_size: int | None = None) -> tuple[int, EvalTarget]:
+    """``'STEP|SDE_TYPE|NOISE_LEVEL|NUM_STEPS|DATASET|{reward json}'`` -> (step, target)."""
+    parts = text.strip().split("|", 5)
+    if len(parts) != 6:
+        raise EvalJobError(f"--eval-config {text!r}: expected STEP|SDE_TYPE|NOISE_LEVEL|NUM_STEPS|DATASET|{{reward json}}")
+    step, kind, noise, steps, dataset, reward = (p.strip() for p in parts)
+    try:
+        step_i, noise_f, steps_i = int(step), float(noise), int(steps)
+    except ValueError:
+        raise EvalJobError(f"--eval-config {text!r}: STEP and NUM_STEPS must be integers, NOISE_LEVEL a number") from None
+    if kind not in SAMPLER_KINDS:
+        raise EvalJobError(f"--eval-config {text!r}: SDE_TYPE must be one of {', '.join(SAMPLER_KINDS)}, got {kind!r}")
+    if dataset not in DATASETS:
+        raise EvalJobError(f"--eval-config {text!r}: DATASET must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    try:
+        spec = json.loads(reward)
+    except json.JSONDecodeError as exc:
+        raise EvalJobError(f"--eval-config {text!r}: the reward is not JSON ({exc})") from None
+    if not isinstance(spec, dict) or not spec:
+        raise EvalJobError(f"--eval-config {text!r}: the reward must be a non-empty JSON object")
+    if step_i < 0 or steps_i < 1 or noise_f < 0:
+        raise EvalJobError(f"--eval-config {text!r}: need STEP >= 0, NUM_STEPS >= 1, NOISE_LEVEL >= 0")
+    # Like the paper's output folder names: everything that changes the numbers is in the name.
+    name = f"{dataset}_{kind}_eta{noise_f:g}_steps{steps_i}_rm-{'-'.join(spec)}"
+    target = EvalTarget(name=name, prompts=DATASETS[dataset], reward=spec, kind=kind, eta=noise_f, num_steps=steps_i,
+                        batch_size=batch_size or EvalTarget.batch_size)
+    return step_i, target
