@@ -1,0 +1,120 @@
+"""The evaluator's small parts: the paper's config strings, sharding, statistics, targets.
+
+Facts encoded: Tencent-Hunyuan/Precise ``eval/infer_eval.sh`` (the
+``STEP|SDE_TYPE|NOISE_LEVEL|NUM_STEPS|DATASET_TYPE|REWARD_FN`` string, datasets
+``pickscore`` / ``geneval``, ``--ckpt-base`` paired with ``--eval-config``),
+``precise_sde/eval/infer_eval.py`` (population std, -10 entries skipped, PickScore x26),
+``config/base.py`` (``*_eval_targets`` inherit the training sampler).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from precise_fast.eval.cli import build_parser, plan
+from precise_fast.eval.jobs import EvalJobError, parse_eval_config
+from precise_fast.eval.stats import stats, summarize
+from precise_fast.train.config import ConfigError, load_config
+from precise_fast.train.evaluate import rank_batches, resolve_targets
+
+from .conftest import TINY_CONFIG
+
+
+def test_paper_config_string():
+    step, t = parse_eval_config('3000|precise|0|20|pickscore|{"pickscore": 1.0, "clipscore": 1.0}', batch_size=16)
+    assert step == 3000
+    assert (t.kind, t.eta, t.num_steps, t.batch_size) == ("precise", 0.0, 20, 16)
+    assert t.prompts == "data/pickscore_test.txt" and t.reward == {"pickscore": 1.0, "clipscore": 1.0}
+    assert t.num_prompts == 0  # the whole test set
+    _, g = parse_eval_config('0|cps|0.7|10|geneval|{"geneval": 1.0}')
+    assert g.prompts == "data/geneval_test_metadata.jsonl" and g.name == "geneval_cps_eta0.7_steps10_rm-geneval"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("3000|precise|0|20|pickscore", "expected STEP"),
+    ("x|precise|0|20|pickscore|{}", "must be integers"),
+    ("1|euler|0|20|pickscore|{\"a\": 1}", "SDE_TYPE must be one of"),
+    ("1|precise|0|20|coco|{\"a\": 1}", "DATASET must be one of"),
+    ("1|precise|0|20|pickscore|{pickscore}", "not JSON"),
+    ("1|precise|0|20|pickscore|{}", "non-empty JSON object"),
+])
+def test_bad_config_strings_are_one_line_errors(text, message):
+    with pytest.raises(EvalJobError, match=message):
+        parse_eval_config(text)
+
+
+def test_ckpt_base_and_eval_config_come_in_pairs(tmp_path):
+    args = build_parser().parse_args(["--config", str(TINY_CONFIG), "--out", str(tmp_path), "--ckpt-base", "a",
+                                      "--ckpt-base", "b", "--eval-config", '0|precise|0|2|pickscore|{"x": 1}'])
+    with pytest.raises(SystemExit, match=r"--ckpt-base \(2\) and --eval-config \(1\) must come in pairs"):
+        plan(args)
+    args = build_parser().parse_args(["--config", str(TINY_CONFIG), "--out", str(tmp_path), "--ckpt-base", str(tmp_path),
+                                      "--eval-config", '0|flow_grpo|0.5|2|pickscore|{"jpeg_compressibility": 1}'])
+    _, jobs = plan(args)
+    ((ckpt, target),) = jobs
+    assert ckpt.step == 0 and ckpt.lora is None  # step 0: the base model, no checkpoint needed
+    assert target.kind == "flow_grpo" and target.eta == 0.5
+    with pytest.raises(SystemExit, match="not a checkpoint"):
+        plan(build_parser().parse_args(["--config", str(TINY_CONFIG), "--out", str(tmp_path), str(tmp_path)]))
+
+
+@pytest.mark.parametrize("total, batch", [(11, 3), (2211, 16), (4, 8), (6, 2)])
+def test_batches_cover_every_item_once_and_do_not_depend_on_the_world(total, batch):
+    single = rank_batches(total, batch, 0, 1, pad=False)
+    for world in (1, 2, 3, 8):
+        shards = [rank_batches(total, batch, r, world, pad=False) for r in range(world)]
+        got = sorted((b for shard in shards for b, _ in shard), key=lambda b: b[0])
+        assert got == [b for b, _ in single]  # the same batches, whatever the world size
+        padded = [rank_batches(total, batch, r, world, pad=True) for r in range(world)]
+        assert len({len(p) for p in padded}) == 1  # equal batch counts under padding
+        counted = sorted(i for p in padded for b, ok in p if ok for i in b)
+        assert counted == list(range(total))
+
+
+def test_stats_match_numpy_and_the_t_interval():
+    x = [0.1, 0.4, 0.35, 0.8, -10.0, None, float("nan")]  # the sentinel, None and NaN are not samples
+    s = stats(x)
+    v = np.array([0.1, 0.4, 0.35, 0.8])
+    assert s["count"] == 4 and s["mean"] == pytest.approx(v.mean()) and s["std"] == pytest.approx(v.std())
+    assert s["ci95"] == pytest.approx(3.182446305 * v.std(ddof=1) / 2)  # t(0.975, 3)
+    assert stats([1.0])["ci95"] is None and stats([])["mean"] is None
+
+
+def _record(i, tag, scores, extras=None):
+    return {"index": i, "metadata": {"tag": tag}, "scores": scores, "extras": extras or {}, "reward": scores.get("pickscore")}
+
+
+def test_pickscore_on_the_paper_scale_and_geneval_per_tag():
+    recs = [_record(0, "counting", {"pickscore": 0.8}, {"geneval_correct": 1.0}),
+            _record(1, "counting", {"pickscore": 0.9}, {"geneval_correct": 0.0}),
+            _record(2, "colors", {"pickscore": 0.85}, {"geneval_correct": 1.0})]
+    s = summarize(recs)
+    assert s["components"]["pickscore"]["mean"] == pytest.approx(26 * 0.85) and s["components"]["pickscore"]["scale"] == 26
+    assert summarize(recs, paper_scale=False)["components"]["pickscore"]["mean"] == pytest.approx(0.85)
+    assert s["per_tag"]["counting"]["geneval_correct"] == 0.5 and s["per_tag"]["colors"]["geneval_correct"] == 1.0
+    assert s["tag_mean"]["geneval_correct"] == 0.75  # mean over tasks, not over images (2/3)
+    assert s["extras"]["geneval_correct"]["mean"] == pytest.approx(2 / 3)
+
+
+def test_targets_inherit_the_training_sampler():
+    cfg = load_config(TINY_CONFIG, ["sampler.eta=1.2", "eval.targets=[{name: a}, {name: b, kind: cps, num_steps: 3},"
+                                    " {name: c, kind: ode}, {name: d, eta: 0.0, prompts: x.txt, reward: pickscore}]"])
+    a, b, c, d = resolve_targets(cfg)
+    assert (a.kind, a.eta, a.num_steps, a.prompts, a.reward) == ("precise", 1.2, 10, cfg.prompts.test, None)
+    assert (b.kind, b.eta, b.num_steps) == ("cps", None, 3)  # another kind: its own default noise level
+    assert (c.kind, c.eta) == ("ode", None)
+    assert (d.eta, d.prompts, d.reward, d.prefix) == (0.0, "x.txt", "pickscore", "eval/d/")
+    (legacy,) = resolve_targets(load_config(TINY_CONFIG))
+    assert (legacy.kind, legacy.num_prompts, legacy.prefix) == ("ode", 8, "eval/")
+
+
+@pytest.mark.parametrize("targets, message", [
+    ("[{name: a}, {name: a}]", "names two targets"),
+    ("[{name: 'a/b'}]", "letters, digits"),
+    ("[{name: a, batch_size: 0}]", "batch_size: must be > 0"),
+    ("[{name: a, kind: euler}]", "kind"),
+])
+def test_bad_targets_are_config_errors(targets, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TINY_CONFIG, [f"eval.targets={targets}"])
