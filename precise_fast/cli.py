@@ -16,13 +16,24 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("bandwidth", help="print this machine's streaming memory bandwidth")
 
-    sub.add_parser("train", help="GRPO training (python -m precise_fast.train --help for its options)", add_help=False)
+    sub.add_parser("train", add_help=False,
+                   help="GRPO training: --config FILE runs the trainer here; --reward R --sde S launches a recipe "
+                        "under deepspeed (precise-fast train --help)")
+    sub.add_parser("eval", add_help=False, help="evaluate checkpoints (precise-fast eval --help)")
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":
+        if any(a.split("=")[0] in ("--reward", "--sde") for a in rest) or rest in (["-h"], ["--help"]):
+            from .launch import main as launch_main
+
+            return launch_main(rest)
         from .train.main import main as train_main
 
         return train_main(rest)
+    if args.command == "eval":
+        from .eval.cli import main as eval_main
+
+        return eval_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "laws":

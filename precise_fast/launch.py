@@ -1,0 +1,203 @@
+"""The paper-style launcher: ``precise-fast train --reward R --sde S [--noise-level X] [--steps N] [--num-gpus G]``.
+
+It does what Tencent-Hunyuan/Precise ``launch/train.sh`` does, for our trainer: the
+selectors pick the recipe ``configs/flux2_klein/<reward>_<sde>.yaml``; ``--noise-level``
+becomes ``sampler.eta`` and ``--steps`` ``sampler.num_steps`` (the paper's ``--step`` sets
+the training and the eval denoising steps: eval targets that leave ``num_steps`` unset
+inherit it); then the ``deepspeed`` launcher runs ``precise_fast.train`` on G processes
+(``--dry-run`` prints that command and exits). Arguments after ``--`` go to the trainer.
+
+When the recipe's reward talks to a GenEval server on this machine (127.0.0.1 /
+localhost) and nothing answers its health check, the launcher starts ours
+(``precise_fast.rewards.servers.geneval_server``) there, waits until it reports healthy,
+and stops it when training ends; ``PRECISE_SDE_AUTO_START_GENEVAL=0`` (the paper's switch)
+or ``--no-geneval-server`` turn that off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RECIPES = REPO_ROOT / "configs" / "flux2_klein"
+REWARDS = ("mix", "pickscore", "geneval")
+SDES = ("precise", "flow_grpo", "cps", "dance_grpo", "dance_precise")
+AUTO_START_ENV = "PRECISE_SDE_AUTO_START_GENEVAL"
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="precise-fast train", description=__doc__.split("\n\n")[0],
+                                epilog="With --config instead of the selectors, the trainer runs in this process "
+                                       "(python -m precise_fast.train --help).")
+    p.add_argument("--reward", choices=REWARDS, required=True)
+    p.add_argument("--sde", choices=SDES, required=True)
+    p.add_argument("--noise-level", type=float, help="sampler.eta (default: the recipe's)")
+    p.add_argument("--steps", "--step", dest="steps", type=int, help="denoising steps of training and eval")
+    p.add_argument("--num-gpus", type=int, default=8, help="processes for the deepspeed launcher (default 8)")
+    p.add_argument("--master-port", type=int, help="rendezvous port (default: deepspeed's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="more config overrides (repeatable)")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, help="passed to the trainer")
+    p.add_argument("--no-geneval-server", action="store_true", help="never start a local GenEval server")
+    p.add_argument("--dry-run", action="store_true", help="print the command and exit")
+    return p
+
+
+def recipe_path(reward: str, sde: str) -> Path:
+    path = RECIPES / f"{reward}_{sde}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"train: no recipe {path}")
+    return path
+
+
+def overrides_for(args) -> list[str]:
+    out = []
+    if args.noise_level is not None:
+        out.append(f"sampler.eta={args.noise_level}")
+    if args.steps is not None:
+        out.append(f"sampler.num_steps={args.steps}")
+    return out + list(args.overrides)
+
+
+def _shown(path: Path) -> str:
+    """Relative to the working directory when below it (shorter commands), else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def deepspeed_executable() -> str:
+    beside = Path(sys.executable).parent / "deepspeed"
+    return str(beside) if beside.is_file() else "deepspeed"
+
+
+def train_command(args, trainer_args: list[str]) -> list[str]:
+    cmd = [deepspeed_executable(), "--num_gpus", str(args.num_gpus)]
+    if args.master_port:
+        cmd += ["--master_port", str(args.master_port)]
+    cmd += ["--module", "precise_fast.train", "--config", _shown(recipe_path(args.reward, args.sde))]
+    for o in overrides_for(args):
+        cmd += ["--set", o]
+    if args.resume:
+        cmd += ["--resume", args.resume]
+    return cmd + trainer_args
+
+
+# ----------------------------------------------------------------------------- GenEval server
+
+
+def local_geneval_url(cfg) -> str | None:
+    """The URL of the GenEval server the reward needs, when it is on this machine; else None."""
+    from .rewards.registry import parse_spec
+    from .rewards.remote.env_urls import urls_from_env
+
+    for _, (scorer, _, options) in parse_spec(cfg.reward.spec).items():
+        if scorer not in ("geneval", "geneval_paper"):
+            continue
+        urls = options.get("urls") or urls_from_env("geneval")
+        urls = [urls] if isinstance(urls, str) else list(urls)
+        for url in urls:
+            if urllib.parse.urlparse(url).hostname in LOCAL_HOSTS:
+                return url.rstrip("/")
+    return None
+
+
+def health(url: str, timeout: float = 2.0) -> tuple[bool, str]:
+    """``(answers, detail)``: ``answers`` when something listens; detail is its health reply."""
+    from .rewards.servers.geneval_server import HEALTH_PATH
+
+    try:
+        with urllib.request.urlopen(url + HEALTH_PATH, timeout=timeout) as reply:  # noqa: S310 - a local URL
+            return True, reply.read(2000).decode("utf-8", "replace")
+    except urllib.error.HTTPError as err:
+        return True, f"HTTP {err.code}: {err.read(2000).decode('utf-8', 'replace')}"
+    except (urllib.error.URLError, OSError):
+        return False, "nothing answers"
+
+
+def server_command(url: str) -> list[str]:
+    parsed = urllib.parse.urlparse(url)
+    return [sys.executable, "-m", "precise_fast.rewards.servers.geneval_server", "--host", "127.0.0.1",
+            "--port", str(parsed.port or 80)]
+
+
+@contextlib.contextmanager
+def geneval_server(url: str, command: list[str] | None = None, *, wait_s: float = 120.0, poll_s: float = 0.5):
+    """Reuse a healthy server at ``url`` or start ``command`` (ours by default) and wait for it;
+    the server started here is stopped on exit. An unhealthy answer is an error."""
+    answers, detail = health(url)
+    if answers:
+        if not detail.startswith("HTTP"):
+            print(f"[precise_fast] reusing the GenEval server at {url}", flush=True)
+            yield None
+            return
+        raise SystemExit(f"train: the GenEval server at {url} answers but is not healthy: {detail}")
+    command = command or server_command(url)
+    print(f"[precise_fast] starting a GenEval server: {shlex.join(command)}", flush=True)
+    proc = subprocess.Popen(command)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            answers, detail = health(url)
+            if answers and not detail.startswith("HTTP"):
+                break
+            if answers or proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"train: the GenEval server we started at {url} did not become healthy ({detail}; "
+                                 f"exit code {proc.poll()})")
+            time.sleep(poll_s)
+        print(f"[precise_fast] GenEval server healthy at {url}", flush=True)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    trainer_args = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, trainer_args = argv[:cut], argv[cut + 1:]
+    args = build_parser().parse_args(argv)
+    if args.num_gpus < 1:
+        raise SystemExit("train: --num-gpus must be >= 1")
+    from .train.config import ConfigError, load_config
+
+    recipe = recipe_path(args.reward, args.sde)
+    try:
+        cfg = load_config(recipe, overrides_for(args))
+    except ConfigError as err:
+        raise SystemExit(f"train: config error: {err}") from None
+    cmd = train_command(args, trainer_args)
+    url = None if args.no_geneval_server or os.environ.get(AUTO_START_ENV, "1") != "1" else local_geneval_url(cfg)
+    if args.dry_run:
+        print(json.dumps({"recipe": str(recipe.relative_to(REPO_ROOT)), "overrides": overrides_for(args),
+                          "geneval_server": url}))
+        if url:
+            print(f"# if nothing answers at {url}/health: {shlex.join(server_command(url))}")
+        print(shlex.join(cmd))
+        return 0
+    with geneval_server(url) if url else contextlib.nullcontext():
+        return subprocess.call(cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
