@@ -140,7 +140,7 @@ class Evaluator:
         return self._rollouts[key], mode
 
     def reward(self, t: Target):
-        if t.reward is None:
+        if t.reward is None or _spec_key(t.reward) == _spec_key(self.cfg.reward.spec):
             if self.train_reward is None:
                 self.train_reward = self._built(self.cfg.reward.spec)
             return self.train_reward

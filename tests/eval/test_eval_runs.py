@@ -154,3 +154,55 @@ def test_two_ranks_give_the_same_summary_as_one(short_run, tmp_path):
     assert json.loads((two / "summary.json").read_text())["results"] == \
         json.loads((one / "summary.json").read_text())["results"]
     assert _read_jsonl(two / "items.jsonl") == _read_jsonl(one / "items.jsonl")
+
+
+class _OneOfEverything:
+    """Detector double: every image shows one object of every class, filling the image."""
+
+    def detect(self, images):
+        from tests.rewards.test_geneval_logic import obj, raw_from
+
+        from precise_fast.rewards.servers.geneval_logic import CLASS_NAMES
+
+        h, w = images[0].shape[:2]
+        return [raw_from({name: [obj(0, 0, w - 1, h - 1)] for name in CLASS_NAMES}) for _ in images]
+
+
+def test_geneval_target_reports_per_tag_and_the_task_mean(tmp_path, monkeypatch):
+    """A GenEval target through our JSON server on 127.0.0.1: per-tag results from the records'
+    metadata, the overall score as the mean over tasks (GenEval's convention)."""
+    import threading
+
+    from precise_fast.rewards.servers import geneval_server
+    from precise_fast.rewards.servers.geneval_logic import GenEvalScorer
+
+    # Two prompts of each GenEval task (from its 2,211 test prompts), as data/... in the working
+    # directory, where the paper's DATASET name resolves first.
+    lines = (Path(__file__).parent / "geneval_sample.jsonl").read_text()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "geneval_test_metadata.jsonl").write_text(lines)
+    monkeypatch.chdir(tmp_path)
+    scorer = GenEvalScorer(_OneOfEverything(), lambda image, objects, name: ["red"] * len(objects))
+    server = geneval_server.make_server(scorer, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        reward = json.dumps({"geneval": {"urls": [server.url], "max_retries": 0}})
+        out = tmp_path / "eval"
+        assert eval_main(["--config", str(REPO / "configs" / "tiny_cpu.yaml"), "--ckpt-base", str(tmp_path),
+                          "--eval-config", f"0|precise|0|2|geneval|{reward}", "--batch-size", "4",
+                          "--out", str(out), "--no-progress"]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    records = _read_jsonl(out / "items.jsonl")
+    (res,) = json.loads((out / "summary.json").read_text())["results"]
+    assert res["count"] == len(records) == len(lines.splitlines())
+    tags = sorted({r["metadata"]["tag"] for r in records})
+    assert sorted(res["per_tag"]) == tags and len(tags) >= 4
+    for tag in tags:
+        mine = [r["extras"]["geneval_correct"] for r in records if r["metadata"]["tag"] == tag]
+        assert res["per_tag"][tag]["geneval_correct"] == pytest.approx(np.mean(mine))
+    assert res["tag_mean"]["geneval_correct"] == pytest.approx(np.mean([res["per_tag"][t]["geneval_correct"] for t in tags]))
+    assert res["per_tag"]["single_object"]["geneval_correct"] == 1.0  # one of everything: the object is there
+    assert res["per_tag"]["counting"]["geneval_correct"] == 0.0  # ... but never two of it
+    assert "GenEval view of `geneval_correct`" in (out / "summary.md").read_text()
