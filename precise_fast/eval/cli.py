@@ -3,7 +3,7 @@
 One process, or ``deepspeed --num_gpus G --module precise_fast.eval ...`` (CPU:
 ``DS_ACCELERATOR=cpu``) to shard the prompts over ranks. Examples::
 
-    precise-fast eval runs/tiny_cpu --out runs/tiny_cpu/eval          # base + every checkpoint, the run's targets
+    precise-fast eval runs/tiny_cpu            # base + every checkpoint on the run's targets -> runs/tiny_cpu/eval/
     precise-fast eval --ckpt-base runs/flux2_klein/mix_precise \\
         --eval-config '3000|precise|0|20|pickscore|{"pickscore": 1.0, "hpsv2": 1.0}' --out eval/mix
 
@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key (repeatable)")
     p.add_argument("--targets", metavar="YAML", help="eval targets: a YAML list of eval.targets entries "
                    "(or a file with targets: / eval.targets:); default: the config's eval.targets")
-    p.add_argument("--out", required=True, help="eval folder (JSONL, summary.json/.md, reward_vs_step.png, images/)")
+    p.add_argument("--out", help="eval folder: items.jsonl, summary.json/.md, reward_vs_step.png, images/ "
+                   "(default: eval/ in the first run folder)")
     p.add_argument("--no-base", action="store_true", help="do not evaluate the base model as step 0")
     p.add_argument("--weights", choices=("ema", "live"), default="ema", help="which exported LoRA of a checkpoint")
     p.add_argument("--batch-size", type=int, help="images per rank per batch, for every target")
@@ -55,6 +56,17 @@ def _config_path(args) -> Path:
             if (candidate / "config.yaml").is_file():
                 return candidate / "config.yaml"
     raise SystemExit("eval: give --config (no config.yaml found in the run folders)")
+
+
+def _out_dir(args) -> Path:
+    if args.out:
+        return Path(args.out)
+    first = Path((args.checkpoints or args.ckpt_base)[0])
+    if first.parent.name == "checkpoints":  # a checkpoint folder: its run's eval/
+        first = first.parent.parent
+    elif first.name == "checkpoints":
+        first = first.parent
+    return first / "eval"
 
 
 def _yaml_targets(path: str) -> list:
@@ -133,12 +145,13 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(cfg.run.num_threads)
     dist = init_distributed(cfg.run.device)
-    summary = run(cfg, jobs, Path(args.out), dist=dist, seed=cfg.run.seed if args.seed is None else args.seed,
+    out = _out_dir(args)
+    summary = run(cfg, jobs, out, dist=dist, seed=cfg.run.seed if args.seed is None else args.seed,
                   weights=args.weights, save_images=args.save_images, progress=not args.no_progress)
     if dist.is_main:
         n = sum(r["count"] for r in summary["results"])
         print(f"[precise_fast] eval done: {len(summary['results'])} (target, step) results over {n} images; "
-              f"{Path(args.out) / 'summary.md'}", flush=True)
+              f"{out / 'summary.md'}", flush=True)
     return 0
 
 

@@ -118,3 +118,13 @@ def test_targets_inherit_the_training_sampler():
 def test_bad_targets_are_config_errors(targets, message):
     with pytest.raises(ConfigError, match=message):
         load_config(TINY_CONFIG, [f"eval.targets={targets}"])
+
+
+def test_default_out_folder_is_the_runs_eval(tmp_path):
+    from precise_fast.eval.cli import _out_dir
+
+    run = tmp_path / "run"
+    for given in (run, run / "checkpoints", run / "checkpoints" / "epoch-000002"):
+        assert _out_dir(build_parser().parse_args([str(given)])) == run / "eval"
+    assert _out_dir(build_parser().parse_args(["--ckpt-base", str(run), "--eval-config", "x", "--out", "o"])) == \
+        type(run)("o")
