@@ -138,3 +138,30 @@ def test_our_server_without_a_detector_is_reported_not_waited_for():
     with pytest.raises(SystemExit, match="did not become healthy.*detector unavailable"), \
             launch.geneval_server(url, wait_s=90, poll_s=0.2):
         pass
+
+
+@pytest.mark.slow
+def test_the_launcher_runs_deepspeed(tmp_path, monkeypatch):
+    """Not a dry run: the recipe (shrunk to the tiny model by overrides) trains one epoch under
+    the real ``deepspeed`` launcher, which the launcher started."""
+    import os
+    import subprocess
+
+    out = tmp_path / "run"
+    tiny = ["model.path=tiny", "model.dtype=float32", "model.max_text_len=32", "model.lora_rank=4",
+            "model.lora_alpha=4.0", "model.gradient_checkpointing=false", "run.device=cpu", "run.epochs=1",
+            "run.num_threads=1", f"run.output_dir={out}", "sampler.height=64", "sampler.width=64",
+            "sampler.batch_size=2", "sampler.num_batches_per_epoch=1", "sampler.images_per_prompt=2",
+            "train.batch_size=2", "reward.spec=jpeg_incompressibility", "prompts.train=configs/prompts/tiny_train.txt",
+            "eval.every=0", "checkpoint.every=0", "log.progress=false", "log.image_every=0"]
+    argv = ["train", "--reward", "mix", "--sde", "flow_grpo", "--steps", "3", "--num-gpus", "1",
+            "--master-port", str(_free_port()), *[a for o in tiny for a in ("--set", o)]]
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-m", "precise_fast.cli", *argv], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "[precise_fast] done: mix_flow_grpo, 1 epochs" in proc.stdout
+    saved = load_config(out / "config.yaml")
+    assert (saved.sampler.kind, saved.sampler.num_steps, saved.reward.spec) == ("flow_grpo", 3, "jpeg_incompressibility")
