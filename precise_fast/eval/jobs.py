@@ -4,7 +4,8 @@ Checkpoints are the trainer's folders ``<run>/checkpoints/epoch-000012/`` (see
 :mod:`precise_fast.train.checkpoint`); their exported diffusers LoRA (``export/lora_ema/``,
 the EMA weights the in-training eval also uses, or ``export/lora/`` with ``--weights live``)
 is what gets evaluated. A run folder (or its ``checkpoints/`` folder) stands for every
-complete checkpoint in it, in step order.
+complete checkpoint in it, in step order. The paper's run folders work too: their
+``checkpoint-STEP/lora`` PEFT adapters are loaded by :mod:`.peft_lora`.
 
 The paper's evaluator (Tencent-Hunyuan/Precise ``eval/infer_eval.sh``) takes
 ``--ckpt-base DIR`` and ``--eval-config 'STEP|SDE_TYPE|NOISE_LEVEL|NUM_STEPS|DATASET|{reward json}'``,
@@ -24,10 +25,12 @@ from typing import Union
 
 from ..train.checkpoint import list_checkpoints, read_manifest
 from ..train.config import SAMPLER_KINDS, EvalTarget
+from .peft_lora import is_peft_folder
 
 DATASETS = {"pickscore": "data/pickscore_test.txt", "geneval": "data/geneval_test_metadata.jsonl"}
 WEIGHTS = ("ema", "live")
 _STEP = re.compile(r"epoch-(\d+)")
+_PAPER_STEP = re.compile(r"checkpoint-(\d+)")  # the paper's checkpoint folders
 
 
 class EvalJobError(ValueError):
@@ -61,17 +64,33 @@ def _checkpoint(step: int, folder: Path, weights: str) -> Checkpoint:
     return Checkpoint(step, _lora_of(folder, weights), folder)
 
 
+def _paper_checkpoints(root: Path) -> list[Checkpoint]:
+    found = []
+    if root.is_dir():
+        for child in root.iterdir():
+            m = _PAPER_STEP.fullmatch(child.name)
+            if m and is_peft_folder(child / "lora"):
+                found.append(Checkpoint(int(m.group(1)), child / "lora", child))
+    return sorted(found, key=lambda c: c.step)
+
+
 def discover(path: str | Path, weights: str = "ema") -> list[Checkpoint]:
     """A checkpoint folder -> it; a run folder or a checkpoints root -> all of them, by step."""
     p = Path(path).expanduser()
     match = _STEP.fullmatch(p.name)
     if match and read_manifest(p) is not None:
         return [_checkpoint(int(match.group(1)), p, weights)]
+    match = _PAPER_STEP.fullmatch(p.name)
+    if match and is_peft_folder(p / "lora"):
+        return [Checkpoint(int(match.group(1)), p / "lora", p)]
     for root in (p, p / "checkpoints"):
         found = list_checkpoints(root)
         if found:
             return [_checkpoint(step, folder, weights) for step, folder in found]
-    raise EvalJobError(f"{p}: not a checkpoint (epoch-NNNNNN/ with a valid checkpoint.json) nor a folder holding any")
+    if _paper_checkpoints(p):
+        return _paper_checkpoints(p)
+    raise EvalJobError(f"{p}: not a checkpoint (epoch-NNNNNN/ with a valid checkpoint.json, or the paper's "
+                       "checkpoint-STEP/lora/) nor a folder holding any")
 
 
 def checkpoint_at(base: str | Path, step: int, weights: str = "ema") -> Checkpoint:

@@ -138,9 +138,13 @@ def run(cfg, jobs: list[tuple[Checkpoint, Target]], out_dir: Path, *, dist: Dist
 def _switch(pipeline, current: Checkpoint | None, new: Checkpoint | None) -> None:
     """Replace the loaded LoRA (if any) by ``new``'s (if any)."""
     from ..models import load_lora
+    from .peft_lora import is_peft_folder, load_peft_adapter
 
     if current is not None and current.lora is not None:
         pipeline.delete_adapters(ADAPTER)
     if new is not None and new.lora is not None:
-        load_lora(pipeline, new.lora, adapter_name=ADAPTER)
+        if is_peft_folder(new.lora):  # the paper's checkpoint-STEP/lora
+            load_peft_adapter(pipeline.transformer, new.lora, ADAPTER)
+        else:
+            load_lora(pipeline, new.lora, adapter_name=ADAPTER)
 
