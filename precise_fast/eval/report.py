@@ -14,14 +14,15 @@ from ..train.plots import _pyplot
 from .stats import summarize
 
 
-def build_summary(records: list[dict], settings: dict) -> dict:
+def build_summary(records: list[dict], settings: dict, weights: dict | None = None) -> dict:
+    """``weights``: target name -> its reward's component weights (for ``aggregated``)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["target"], int(r["step"]))].append(r)
     results = []
     for (target, step), items in sorted(groups.items()):
         results.append({"target": target, "step": step, "checkpoint": items[0]["checkpoint"],
-                        **summarize(sorted(items, key=lambda r: r["index"]))})
+                        **summarize(sorted(items, key=lambda r: r["index"]), weights=(weights or {}).get(target))})
     return {"settings": settings, "results": results}
 
 
@@ -38,14 +39,17 @@ def markdown(summary: dict) -> str:
     for res in summary["results"]:
         by_target[res["target"]].append(res)
     lines = ["# Evaluation", "", "Each cell: mean ± half-width of the 95% CI of the mean (sd: population std). "
-             "PickScore on the paper's scale (x26).", ""]
+             "PickScore on the paper's scale (x26); aggregated: the paper's weighted mean of the raw component means.",
+             ""]
     for target, rows in by_target.items():
         names = list(dict.fromkeys(n for r in rows for n in r["components"]))
         extras = list(dict.fromkeys(n for r in rows for n in r["extras"]))
-        lines += [f"## {target}", "", "| step | n | reward | " + " | ".join(names + extras) + " |",
-                  "|---" * (3 + len(names) + len(extras)) + "|"]
+        lines += [f"## {target}", "", "| step | n | reward (weighted sum) | aggregated | " + " | ".join(names + extras)
+                  + " |", "|---" * (4 + len(names) + len(extras)) + "|"]
         for r in rows:
-            cells = [_fmt(r["components"][n]) if n in r["components"] else "" for n in names]
+            agg = r.get("aggregated")
+            cells = ["n/a" if agg is None else f"{agg:.4f}"]
+            cells += [_fmt(r["components"][n]) if n in r["components"] else "" for n in names]
             cells += [_fmt(r["extras"][n]) if n in r["extras"] else "" for n in extras]
             lines.append(f"| {r['step']} | {r['count']} | {_fmt(r['reward'])} | " + " | ".join(cells) + " |")
         tagged = [r for r in rows if "per_tag" in r]
@@ -92,9 +96,9 @@ def plot(summary: dict, path: Path) -> Path:
     return path
 
 
-def write_reports(folder: Path, records: list[dict], settings: dict) -> dict:
+def write_reports(folder: Path, records: list[dict], settings: dict, weights: dict | None = None) -> dict:
     folder = Path(folder)
-    summary = build_summary(records, settings)
+    summary = build_summary(records, settings, weights)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False))
     (folder / "summary.md").write_text(markdown(summary))
     if summary["results"]:

@@ -87,6 +87,7 @@ def run(cfg, jobs: list[tuple[Checkpoint, Target]], out_dir: Path, *, dist: Dist
     reward_device = dist.device if r.device == "auto" else torch.device(r.device)
     reward_dtype = torch.float32 if reward_device.type == "cpu" else getattr(torch, cfg.model.dtype)
     evaluator = Evaluator(pipeline, cfg, reward_device=reward_device, reward_dtype=reward_dtype)
+    weights = {t.name: dict(evaluator.reward(t).weights) for _, t in jobs}
 
     work = []  # (checkpoint, target, indices) of this rank still to do
     for ckpt, t in jobs:
@@ -131,7 +132,7 @@ def run(cfg, jobs: list[tuple[Checkpoint, Target]], out_dir: Path, *, dist: Dist
         wanted = {(c.step, t.name) for c, t in jobs}
         summary = write_reports(out_dir, [x for x in records if (x["step"], x["target"]) in wanted],
                                 {**settings, "jobs": [{"step": c.step, "checkpoint": c.label, "target": t.name}
-                                                      for c, t in jobs]})
+                                                      for c, t in jobs]}, weights)
     return broadcast_object(summary) if dist.world_size > 1 else summary
 
 

@@ -48,10 +48,15 @@ def _columns(records: list[dict], field: str) -> dict[str, list]:
     return {n: [r[field].get(n) for r in records] for n in names}
 
 
-def summarize(records: list[dict], *, paper_scale: bool = True) -> dict:
-    """Summary of one target at one checkpoint (see the module docstring)."""
+def summarize(records: list[dict], *, paper_scale: bool = True, weights: dict | None = None) -> dict:
+    """Summary of one target at one checkpoint (see the module docstring).
+
+    With the reward's ``weights``, ``aggregated`` is the paper's weighted mean of the
+    component means, ``sum(w * mean) / sum(w)`` on the raw (unscaled) means.
+    """
     scale = PAPER_SCALE if paper_scale else {}
-    components = {n: stats(v, scale.get(n, 1.0)) for n, v in _columns(records, "scores").items()}
+    columns = _columns(records, "scores")
+    components = {n: stats(v, scale.get(n, 1.0)) for n, v in columns.items()}
     extras = {n: stats(v) for n, v in _columns(records, "extras").items()}
     out = {
         "count": len(records),
@@ -59,6 +64,11 @@ def summarize(records: list[dict], *, paper_scale: bool = True) -> dict:
         "extras": extras,
         "reward": stats(r["reward"] for r in records),
     }
+    if weights:
+        raw = {n: stats(v)["mean"] for n, v in columns.items()}
+        used = {n: float(w) for n, w in weights.items() if w and raw.get(n) is not None}
+        total = sum(used.values())
+        out["aggregated"] = sum(w * raw[n] for n, w in used.items()) / total if total else None
     tags = [r.get("metadata", {}).get("tag") for r in records]
     if records and all(isinstance(tag, str) for tag in tags):
         per_tag = {}

@@ -81,6 +81,10 @@ def test_checkpoints_config_string_and_yaml_target(short_run, data_dir, tmp_path
             assert stats["std"] == pytest.approx(values.std())
             assert stats["ci95"] == pytest.approx(2.7764451 * values.std(ddof=1) / np.sqrt(len(rows)), rel=1e-6)
         assert res["reward"]["mean"] == pytest.approx(np.mean([r["reward"] for r in rows]))
+        if res["target"] == string_target:  # the paper's "aggregated": weighted mean of the component means
+            means = {n: np.mean([r["scores"][n] for r in rows]) for n in res["components"]}
+            assert res["aggregated"] == pytest.approx(
+                (means["jpeg_incompressibility"] + 0.5 * means["jpeg_compressibility"]) / 1.5)
     assert (out / "reward_vs_step.png").stat().st_size > 1000
     md = (out / "summary.md").read_text()
     assert "## yaml_ode" in md and f"## {string_target}" in md
