@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable)")
     p.add_argument("--targets", metavar="YAML", help="eval targets: a YAML list of eval.targets entries "
-                   "(or a file with targets: / eval.targets:); default: the config's eval.targets")
+                   "(or a file with targets: / eval.targets:); default: the config's eval.targets, else one target "
+                   "'test': all of prompts.test with the training sampler and reward")
     p.add_argument("--out", help="eval folder: items.jsonl, summary.json/.md, reward_vs_step.png, images/ "
                    "(default: eval/ in the first run folder)")
     p.add_argument("--no-base", action="store_true", help="do not evaluate the base model as step 0")
