@@ -6,7 +6,8 @@ Public API::
     load_pipeline(path_or_id, *, dtype=torch.float32, device="cpu", attention_backend="auto", model_root=None)
     build_tiny_pipeline(out_dir, seed=0, *, overwrite=False) -> Path
     tiny_pipeline_path(seed=0, cache_dir=None) -> Path          # built once, then reused
-    apply_lora(transformer, rank=16, alpha=16.0, init="gaussian", *, adapter_name="default", dropout=0.0)
+    apply_lora(transformer, rank=16, alpha=16.0, init="gaussian", *, adapter_name="default", dropout=0.0, targets="paper")
+    init_lora_from(transformer, path, *, adapter_name="default")  # start from a saved LoRA (diffusers or peft)
     save_lora(pipeline_or_transformer, path, *, adapter_name="default", state_dict=None, dtype=None) -> Path
     load_lora(pipeline, path, *, adapter_name="default", trainable=False)
     enable_full_finetune(transformer) -> list[Parameter]
@@ -31,9 +32,11 @@ from .flux2 import (
 )
 from .loading import ModelFolderError, check_pipeline_folder, load_pipeline
 from .lora import (
+    LORA_TARGET_SETS,
     LORA_TARGET_SUFFIXES,
     apply_lora,
     enable_full_finetune,
+    init_lora_from,
     load_lora,
     lora_disabled,
     lora_parameters,
@@ -47,6 +50,7 @@ from .tiny import TINY_TEXT_LAYERS, build_tiny_pipeline, tiny_pipeline_path
 
 __all__ = [
     "AttentionBackendError",
+    "LORA_TARGET_SETS",
     "LORA_TARGET_SUFFIXES",
     "LatentLayout",
     "MODEL_ROOT_ENV",
@@ -63,6 +67,7 @@ __all__ = [
     "check_pipeline_folder",
     "decode_latents",
     "enable_full_finetune",
+    "init_lora_from",
     "latent_ids",
     "latent_layout",
     "load_lora",

@@ -59,6 +59,8 @@ class ModelConfig:
     lora_rank: int = 16
     lora_alpha: float = 16.0
     lora_init: str = "gaussian"
+    # paper: the Precise paper's target list (no single-stream attn.to_out); paper_plus_single_out adds it.
+    lora_targets: Literal["paper", "paper_plus_single_out"] = "paper"
     gradient_checkpointing: bool = False
 
 
@@ -110,6 +112,10 @@ class AdvantageConfig:
     eps: float = 1e-4  # (r - mean) / (std + eps)
     clip: float = 5.0
     drop_zero: bool = True  # drop samples whose advantage is 0 at every trained step
+    # GRPO groups: "prompt" pools every sample of the same prompt in the epoch (the paper's
+    # per-prompt stat tracker); "draw" keeps each drawn group of images_per_prompt apart.
+    group_by: Literal["prompt", "draw"] = "prompt"
+    global_std: bool = False  # per-group mean, std over the whole valid batch (the paper's sample.global_std)
 
 
 @dataclass
@@ -134,6 +140,14 @@ class TrainConfig:
     ema: bool = True
     ema_decay: float = 0.9
     ema_interval: int = 8  # optimizer steps between EMA updates
+    # paper: update after every minibatch when (s+1) % interval == 0, decay min((1+s)/(10+s), ema_decay);
+    # fixed: after every applied optimizer step when s % interval == 0, constant ema_decay (ema.py).
+    ema_schedule: Literal["paper", "fixed"] = "paper"
+    # paper: an epoch's kept samples (padded with zero-advantage ones) make exactly
+    # sampler.num_batches_per_epoch minibatches, gradient_accumulation_steps per optimizer step;
+    # fixed_size: minibatches of train.batch_size rows (update_phase.py).
+    update_schedule: Literal["paper", "fixed_size"] = "paper"
+    lora_path: Union[str, None] = None  # start from this LoRA (diffusers file or peft folder) instead of a fresh one
 
 
 @dataclass
@@ -434,6 +448,11 @@ def validate(cfg: Config) -> None:
                 f"algorithm.window_start_max: windows [{a.window_start_min}..{a.window_start_max}] + size "
                 f"{a.window_size} must fit in {n} steps"
             )
+    if t.update_schedule == "paper" and a.name != "g2rpo" and s.num_batches_per_epoch % t.gradient_accumulation_steps:
+        raise ConfigError(
+            f"train.gradient_accumulation_steps: the paper's update schedule needs it to divide sampler.num_batches_per_epoch "
+            f"({t.gradient_accumulation_steps} does not divide {s.num_batches_per_epoch}); or set train.update_schedule=fixed_size"
+        )
     if a.name == "g2rpo":
         if not a.g2rpo_steps or any(not 0 <= k < n for k in a.g2rpo_steps) or len(set(a.g2rpo_steps)) != len(a.g2rpo_steps):
             raise ConfigError(f"algorithm.g2rpo_steps: need distinct step indices in [0, {n}), got {a.g2rpo_steps}")

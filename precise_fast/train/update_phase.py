@@ -1,13 +1,24 @@
 """The training phase of an epoch: minibatches, accumulation windows, guarded DeepSpeed steps.
 
-Normalisation: an optimizer step minimises the MEAN of the per-transition losses over
-every real (sample, timestep) row of its window on every rank, as Flow-GRPO's
-accumulation over batches x timesteps does. A rank's microbatch loss is therefore
-``sum(weight * loss) * world / N_window`` with ``N_window`` the global count of real rows
-(one all-reduce per window): DeepSpeed averages gradients over ranks, so the result is the
-global mean however the samples fall on ranks; padding rows (weight 0, added so that
-every rank runs the same number of backward passes, which ZeRO's reduce hooks need)
-contribute nothing. Hence 2 ranks make the same update as 1 rank over the same samples.
+Two schedules (``train.update_schedule``):
+
+- ``paper`` (Tencent-Hunyuan/Precise, precise_sde/train/rl_trainer.py, "rebatch for
+  training"): a rank's kept samples, padded with zero-advantage samples to a multiple of
+  ``sampler.num_batches_per_epoch`` (credit.py), are shuffled and reshaped into exactly that
+  many minibatches of ``rows / num_batches_per_epoch`` each (``train.batch_size`` plays no
+  part); ``gradient_accumulation_steps`` minibatches x T timesteps make one optimizer step,
+  each microstep's loss being its minibatch MEAN divided by ``gradient_accumulation_steps * T``
+  (accelerate's accumulation; DeepSpeed then averages over ranks as DDP does). So an epoch
+  always makes the same number of optimizer steps, and the padding rows dilute the mean.
+- ``fixed_size``: minibatches of ``train.batch_size`` rows; an optimizer step minimises the
+  MEAN of the per-transition losses over every real (sample, timestep) row of its window on
+  every rank, as Flow-GRPO's accumulation over batches x timesteps does. A rank's microbatch
+  loss is therefore ``sum(weight * loss) * world / N_window`` with ``N_window`` the global
+  count of real rows (one all-reduce per window): DeepSpeed averages gradients over ranks, so
+  the result is the global mean however the samples fall on ranks; padding rows (weight 0,
+  added so that every rank runs the same number of backward passes, which ZeRO's reduce hooks
+  need) contribute nothing. Hence 2 ranks make the same update as 1 rank over the same samples.
+  Dropped samples change the number of steps and a short last window gets a full step.
 """
 
 from __future__ import annotations
@@ -68,6 +79,38 @@ def column_chunks(num_cols: int, per_forward: int) -> list[list[int]]:
     return [list(range(i, min(i + per, num_cols))) for i in range(0, num_cols, per)]
 
 
+def paper_schedule(cfg) -> bool:
+    """Whether this run trains on the paper's fixed count of minibatches (G2RPO keeps its own steps)."""
+    return cfg.train.update_schedule == "paper" and cfg.algorithm.name != "g2rpo"
+
+
+def minibatch_plan(num_rows: int, cfg, gen: torch.Generator) -> tuple[list[list[torch.Tensor]], float | None]:
+    """One inner epoch's windows of minibatches (row indices) and, for the paper schedule, the
+    per-row loss scale ``1 / (minibatch size * gradient_accumulation_steps)`` (None: fixed_size,
+    scaled per window from the global real-row count)."""
+    t = cfg.train
+    order = torch.randperm(num_rows, generator=gen)
+    if paper_schedule(cfg):
+        count = cfg.sampler.num_batches_per_epoch
+        if num_rows % count:
+            raise ValueError(f"{num_rows} rows do not split into {count} minibatches (credit.py pads them to a multiple)")
+        size = num_rows // count
+        minibatches = list(order.reshape(count, size))
+        scale = 1.0 / (size * t.gradient_accumulation_steps)
+    else:
+        minibatches = [order[i : i + t.batch_size] for i in range(0, num_rows, t.batch_size)]
+        scale = None
+    gas = t.gradient_accumulation_steps
+    return [minibatches[i : i + gas] for i in range(0, len(minibatches), gas)], scale
+
+
+def count_minibatches(num_rows: int, cfg) -> int:
+    """Minibatches per epoch (all inner epochs), for the progress bar."""
+    t = cfg.train
+    per_inner = cfg.sampler.num_batches_per_epoch if paper_schedule(cfg) else -(-num_rows // t.batch_size)
+    return per_inner * t.num_inner_epochs
+
+
 def train_epoch(
     policy,
     data: Transitions,
@@ -79,23 +122,27 @@ def train_epoch(
     per_forward: int,
     reference: Callable | None,
     on_update: Callable[[bool], None],
+    on_minibatch: Callable[[], None] | None = None,
     progress=None,
 ) -> TrainStats:
-    """Train on this rank's (kept, padded) ``data``; every rank has the same row count."""
+    """Train on this rank's (kept, padded) ``data``. ``on_update(applied)`` runs after each
+    optimizer step, ``on_minibatch()`` after each minibatch (after the step that ends a window),
+    where the paper steps its EMA."""
     t = cfg.train
     stats = TrainStats()
     n, num_cols = data.batch_size, data.num_steps
     chunks = column_chunks(num_cols, per_forward)
     for inner in range(t.num_inner_epochs):
         gen = torch.Generator().manual_seed(mix_seed(cfg.run.seed, _SHUFFLE, epoch_key, inner, rank))
-        order = torch.randperm(n, generator=gen)
-        minibatches = [order[i : i + t.batch_size] for i in range(0, n, t.batch_size)]
-        windows = [minibatches[i : i + t.gradient_accumulation_steps] for i in range(0, len(minibatches), t.gradient_accumulation_steps)]
+        windows, paper_scale = minibatch_plan(n, cfg, gen)
         for window in windows:
-            real = torch.tensor([float(data.weight[mb].sum()) * num_cols for mb in window]).sum().reshape(1)
-            real_rows = float(all_reduce_(real, "sum"))
-            scale = world_size / max(real_rows, 1.0)
-            for mb in window:
+            if paper_scale is None:
+                real = torch.tensor([float(data.weight[mb].sum()) * num_cols for mb in window]).sum().reshape(1)
+                real_rows = float(all_reduce_(real, "sum"))
+                scale = world_size / max(real_rows, 1.0)
+            else:
+                scale = paper_scale / num_cols
+            for position, mb in enumerate(window):
                 batch = data.select(mb)
                 if t.shuffle_timesteps:
                     perm_gen = torch.Generator().manual_seed(mix_seed(cfg.run.seed, _SHUFFLE, epoch_key, inner, rank, int(mb[0])))
@@ -120,12 +167,15 @@ def train_epoch(
                     stats.add(rows, weight)
                 if progress is not None:
                     progress.update(1)
-            applied, norm = policy.step()
-            stats.updates += 1
-            stats.applied += int(applied)
-            stats.grad_norms.append(norm if applied else None)
-            on_update(applied)
-            crash_point("train_step", rank)
+                if position == len(window) - 1:
+                    applied, norm = policy.step()
+                    stats.updates += 1
+                    stats.applied += int(applied)
+                    stats.grad_norms.append(norm if applied else None)
+                    on_update(applied)
+                    crash_point("train_step", rank)
+                if on_minibatch is not None:
+                    on_minibatch()
     return stats
 
 
