@@ -11,6 +11,7 @@ Public API::
     save_lora(pipeline_or_transformer, path, *, adapter_name="default", state_dict=None, dtype=None) -> Path
     load_lora(pipeline, path, *, adapter_name="default", trainable=False)
     enable_full_finetune(transformer) -> list[Parameter]
+    apply_precision(pipeline, "autocast_bf16" | "pure")  # the paper's fp32 masters under bf16 autocast
     set_attention_backend(transformer, requested="auto") -> "sdpa" | "flash2" | "flash3"
     PromptEncoder(pipeline, *, max_length=128, layers=(9, 18, 27), cache_size=4096, device=None, dtype=None)
     predict_velocity(transformer, latents, timestep, prompt_embeds, text_ids, latent_ids, *, attention_kwargs=None)
@@ -44,6 +45,7 @@ from .lora import (
     lora_target_modules,
     save_lora,
 )
+from .precision import PRECISIONS, apply_precision, autocast_forward
 from .registry import MODEL_ROOT_ENV, PINNED_MODELS, ModelNotFoundError, PinnedModel, resolve_model_path
 from .text import RECIPE_LAYERS, RECIPE_MAX_LENGTH, PromptEncoder, text_ids
 from .tiny import TINY_TEXT_LAYERS, build_tiny_pipeline, tiny_pipeline_path
@@ -57,12 +59,15 @@ __all__ = [
     "ModelFolderError",
     "ModelNotFoundError",
     "PINNED_MODELS",
+    "PRECISIONS",
     "PinnedModel",
     "PromptEncoder",
     "RECIPE_LAYERS",
     "RECIPE_MAX_LENGTH",
     "TINY_TEXT_LAYERS",
     "apply_lora",
+    "apply_precision",
+    "autocast_forward",
     "build_tiny_pipeline",
     "check_pipeline_folder",
     "decode_latents",

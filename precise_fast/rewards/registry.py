@@ -287,7 +287,8 @@ def _aesthetic(
     return AestheticScore(backbone, load_aesthetic_head(head_path), name=name)
 
 
-def _hpsv2(*, device, dtype, model_root, shared, name, checkpoint=None, arch: str = "ViT-H-14", batch_size: int = 32):
+def _hpsv2(*, device, dtype, model_root, shared, name, checkpoint=None, arch: str = "ViT-H-14", batch_size: int = 32,
+           amp: bool | None = None):
     from .hps import HPSv2
 
     ckpt = paths.locate(
@@ -297,7 +298,7 @@ def _hpsv2(*, device, dtype, model_root, shared, name, checkpoint=None, arch: st
         what="HPS v2.1 checkpoint",
         hint="Copy HPS_v2.1_compressed.pt from the Hugging Face repo xswu/HPSv2 there.",
     )
-    return HPSv2(ckpt, device, dtype, arch=arch, batch_size=batch_size, name=name)
+    return HPSv2(ckpt, device, dtype, arch=arch, batch_size=batch_size, name=name, amp=amp)
 
 
 def _imagereward(

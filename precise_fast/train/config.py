@@ -51,7 +51,12 @@ class ModelConfig:
     path: str = "flux2-klein-base-4b"  # a local diffusers folder, a pinned id, or "tiny"
     tiny_seed: int = 0  # seed of the offline tiny model when path == "tiny"
     model_root: Union[str, None] = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    # autocast_bf16 (the paper): float32 master weights, transformer forwards under bf16 autocast,
+    # float32 VAE, bf16 text encoder, float32 reward models (HPS under fp16 autocast on CUDA).
+    # pure: every component and the reward models in model.dtype (pure bf16 with dtype bfloat16).
+    precision: Literal["autocast_bf16", "pure"] = "autocast_bf16"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the weights' dtype
+    allow_tf32: bool = True  # TF32 float32 matmuls on CUDA (the paper's allow_tf32)
     attention_backend: str = "auto"
     max_text_len: int = 128
     text_layers: list[int] = field(default_factory=lambda: [9, 18, 27])
@@ -432,6 +437,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.betas: expected two values in [0, 1), got {t.betas}")
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"train.ema_decay: must lie in [0, 1), got {t.ema_decay}")
+    if cfg.model.precision == "autocast_bf16" and cfg.model.dtype != "float32":
+        raise ConfigError(f"model.dtype: autocast_bf16 keeps float32 master weights, got {cfg.model.dtype}; "
+                          "set model.dtype=float32, or model.precision=pure")
     if t.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"train.zero_stage: must be 0, 1, 2 or 3, got {t.zero_stage}")
     if cfg.model.finetune == "full" and t.beta > 0 and t.zero_stage == 3:

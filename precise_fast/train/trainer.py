@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ..models import (apply_lora, enable_full_finetune, init_lora_from, load_pipeline, lora_state_dict, save_lora,
-                      tiny_pipeline_path)
+from ..models import (apply_lora, apply_precision, enable_full_finetune, init_lora_from, load_pipeline, lora_state_dict,
+                      save_lora, tiny_pipeline_path)
 from ..rewards import RewardExecutor, build_reward
 from .advantages import AdvantageTracker
 from .checkpoint import CheckpointManager, list_checkpoints, resolve_resume
@@ -102,6 +102,9 @@ class Trainer:
             path = tiny_pipeline_path(m.tiny_seed)
         self.pipeline = load_pipeline(path, dtype=getattr(torch, m.dtype), device=device,
                                       attention_backend=m.attention_backend, model_root=m.model_root)
+        apply_precision(self.pipeline, m.precision)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = m.allow_tf32
         transformer = self.pipeline.transformer
         self.lora = m.finetune == "lora"
         if self.lora:
@@ -128,7 +131,9 @@ class Trainer:
 
         r = cfg.reward
         reward_device = device if r.device == "auto" else torch.device(r.device)
-        reward_dtype = torch.float32 if reward_device.type == "cpu" else getattr(torch, m.dtype)
+        # The paper scores in float32 (HPS under fp16 autocast on CUDA: rewards/hps.py); "pure" in model.dtype.
+        pure = m.precision == "pure" and reward_device.type != "cpu"
+        reward_dtype = getattr(torch, m.dtype) if pure else torch.float32
         self.reward = build_reward(r.spec, device=reward_device, dtype=reward_dtype, model_root=r.model_root)
         self.timed_reward = TimedReward(self.reward)
         self.executor = RewardExecutor(self.timed_reward, mode="thread" if r.overlap else "inline",

@@ -98,3 +98,20 @@ def test_geneval_failed_relation_credit():
         assert evaluate_partial({"cat": good["cat"]}, metadata, no_colors, 0.1, form)[1] == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="failed_relation"):
         evaluate_partial(objects, metadata, no_colors, 0.1, "half")
+
+
+def test_hps_amp_is_cuda_only(model_root, tiny_arch):
+    # precise_sde/rewards/scorers/hpsv2.py: float32 weights, scored under torch.amp.autocast("cuda").
+    assert not build_scorer("hpsv2", model_root=model_root, arch=tiny_arch).amp  # CPU: plain float32
+    with pytest.raises(ValueError, match="CUDA"):
+        build_scorer("hpsv2", model_root=model_root, arch=tiny_arch, amp=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_hps_scores_under_fp16_autocast_on_cuda(model_root, tiny_arch, images, prompts):
+    amp = build_scorer("hpsv2", model_root=model_root, arch=tiny_arch, device="cuda")
+    assert amp.amp and amp.dtype == torch.float32
+    plain = build_scorer("hpsv2", model_root=model_root, arch=tiny_arch, device="cuda", amp=False)
+    a, p = amp(images.cuda(), prompts, None).scores, plain(images.cuda(), prompts, None).scores
+    torch.testing.assert_close(a, p, atol=5e-3, rtol=0)  # fp16 matmuls: close to, not equal to, float32
