@@ -22,12 +22,14 @@ import torch
 
 
 def group_zscore(
-    rewards: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor, eps: float, *, global_std: bool = False
+    rewards: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor, eps: float, *, global_std: bool = False,
+    unbiased: bool = False,
 ) -> torch.Tensor:
     """``(r - mean_g) / (std_g + eps)`` within groups along dim 0; 0 for invalid entries.
 
     ``global_std``: the std is taken over every valid entry instead of the group's (the
     paper's ``sample.global_std``, precise_sde/core/stat_tracking.py); the mean stays per group.
+    ``unbiased``: the group std divides by ``n - 1`` (``torch.std``'s default, which G2RPO's code uses).
 
     ``rewards``/``valid``: (n, ...) with any trailing dims (each trailing position is its own
     group family, e.g. G2RPO's steps x granularities); ``group_ids``: (n,) integers.
@@ -46,7 +48,8 @@ def group_zscore(
     total = torch.zeros(shape, dtype=torch.float64).index_add_(0, inverse, r * w)
     mean = total / count.clamp_min(1.0)
     dev = (r - mean[inverse]) * w
-    var = torch.zeros(shape, dtype=torch.float64).index_add_(0, inverse, dev * dev) / count.clamp_min(1.0)
+    dof = (count - 1.0) if unbiased else count
+    var = torch.zeros(shape, dtype=torch.float64).index_add_(0, inverse, dev * dev) / dof.clamp_min(1.0)
     if global_std:
         n_all = w.sum(dim=0).clamp_min(1.0)
         mean_all = (r * w).sum(dim=0) / n_all
@@ -74,16 +77,19 @@ def grpo_advantages(
 
 
 def g2rpo_advantages(
-    rewards: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor, *, eps: float = 1e-4, clip: float = 5.0
+    rewards: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor, *, eps: float = 1e-8, clip: float = 5.0,
+    unbiased: bool = True,
 ) -> torch.Tensor:
     """Per-(sample, step) advantages (n, K) from rewards (n, K, n_g) of K steps x n_g granularities.
 
     Z-scored within each (group, step, granularity), summed over granularities (G2RPO's
-    multi-granularity advantage integration), then clipped like GRPO's.
+    multi-granularity advantage integration), then clipped like GRPO's. Defaults are its
+    authors' (github.com/bcmi/Granular-GRPO fastvideo/train_g2rpo_hps.py, train_one_step):
+    ``(r - mean) / (std + 1e-8)`` with the unbiased std.
     """
     if rewards.dim() != 3:
         raise ValueError(f"G2RPO rewards must be (samples, steps, granularities), got {tuple(rewards.shape)}")
-    return group_zscore(rewards, valid, group_ids, eps).sum(dim=2).clamp(-clip, clip)
+    return group_zscore(rewards, valid, group_ids, eps, unbiased=unbiased).sum(dim=2).clamp(-clip, clip)
 
 
 def keep_mask(advantages: torch.Tensor) -> torch.Tensor:

@@ -95,10 +95,14 @@ class AlgorithmConfig:
     window_size: int = 4
     window_start_min: int = 0
     window_start_max: int = 8
-    # g2rpo (arXiv 2510.01982): branching steps, how many of them per batch (0: all), strides.
-    g2rpo_steps: list[int] = field(default_factory=lambda: [0, 2, 4, 6, 8, 10, 12, 14])
+    # g2rpo (arXiv 2510.01982; defaults = its authors' scripts/finetune/finetune_g2rpo_hps.sh):
+    # branching steps, how many of them per batch (0: all), strides, the completion path
+    # (rollout/plan.py granular_path) and the z-score (paper: unbiased std + 1e-8; grpo: advantage.eps).
+    g2rpo_steps: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6, 7])
     g2rpo_steps_per_batch: int = 0
-    g2rpo_granularities: list[int] = field(default_factory=lambda: [1, 2, 3])
+    g2rpo_granularities: list[int] = field(default_factory=lambda: [1, 2])
+    g2rpo_completion: Literal["paper", "exact_end", "stride"] = "paper"
+    g2rpo_zscore: Literal["paper", "grpo"] = "paper"
 
 
 @dataclass

@@ -64,7 +64,8 @@ def assign_credit(rollouts, *, weights: dict[str, float], cfg, rank: int, num_st
     combined, valid, raw = combined.reshape(shape), valid.reshape(shape), raw.reshape(shape)
     a = cfg.advantage
     if cfg.algorithm.name == "g2rpo":
-        adv = g2rpo_advantages(combined, valid, groups, eps=a.eps, clip=a.clip)
+        paper = cfg.algorithm.g2rpo_zscore == "paper"
+        adv = g2rpo_advantages(combined, valid, groups, eps=1e-8 if paper else a.eps, clip=a.clip, unbiased=paper)
     else:
         if cfg.sampler.images_per_prompt == 1:
             groups = torch.zeros_like(groups)

@@ -283,7 +283,7 @@ class Trainer:
         if data is not None:
             per_forward = self._resolve_per_forward(data)
             t = cfg.train
-            minibatches = count_minibatches(data.batch_size, cfg)
+            minibatches = count_minibatches(data, cfg)
             bar = _Bar(self.main and cfg.log.progress, total=minibatches, desc=f"epoch {epoch} training")
             self.policy.module.train()
             stats = train_epoch(

@@ -19,6 +19,11 @@ Two schedules (``train.update_schedule``):
   added so that every rank runs the same number of backward passes, which ZeRO's reduce hooks
   need) contribute nothing. Hence 2 ranks make the same update as 1 rank over the same samples.
   Dropped samples change the number of steps and a short last window gets a full step.
+
+G2RPO under ``paper`` trains as its authors do (github.com/bcmi/Granular-GRPO
+fastvideo/train_g2rpo_hps.py, ``train_one_step``): one optimizer step per branching step, its
+loss the global mean over every member's transition at that step; ``fixed_size`` folds the
+branching steps into windows like any other timesteps.
 """
 
 from __future__ import annotations
@@ -80,34 +85,52 @@ def column_chunks(num_cols: int, per_forward: int) -> list[list[int]]:
 
 
 def paper_schedule(cfg) -> bool:
-    """Whether this run trains on the paper's fixed count of minibatches (G2RPO keeps its own steps)."""
+    """Whether this run trains on the paper's fixed count of minibatches (G2RPO has its own steps)."""
     return cfg.train.update_schedule == "paper" and cfg.algorithm.name != "g2rpo"
 
 
-def minibatch_plan(num_rows: int, cfg, gen: torch.Generator) -> tuple[list[list[torch.Tensor]], float | None]:
-    """One inner epoch's windows of minibatches (row indices) and, for the paper schedule, the
-    per-row loss scale ``1 / (minibatch size * gradient_accumulation_steps)`` (None: fixed_size,
-    scaled per window from the global real-row count)."""
+def g2rpo_step_per_column(cfg) -> bool:
+    """G2RPO as its authors train (github.com/bcmi/Granular-GRPO train_one_step): one optimizer
+    step per branching step, over every member, its loss their mean."""
+    return cfg.train.update_schedule == "paper" and cfg.algorithm.name == "g2rpo"
+
+
+@dataclass
+class Window:
+    """Minibatches (row indices) accumulated into one optimizer step, the timestep columns they
+    train (None: all) and, for the paper's schedule, the per-row loss scale (None: the global
+    mean over the window's real rows)."""
+
+    minibatches: list
+    columns: list[int] | None = None
+    scale: float | None = None
+
+
+def minibatch_plan(num_rows: int, num_cols: int, cfg, gen: torch.Generator) -> list[Window]:
+    """One inner epoch's optimizer steps under the run's ``train.update_schedule``."""
     t = cfg.train
     order = torch.randperm(num_rows, generator=gen)
+    gas = t.gradient_accumulation_steps
+    fixed = [order[i : i + t.batch_size] for i in range(0, num_rows, t.batch_size)]
+    if g2rpo_step_per_column(cfg):
+        return [Window(fixed, [c]) for c in range(num_cols)]
     if paper_schedule(cfg):
         count = cfg.sampler.num_batches_per_epoch
         if num_rows % count:
             raise ValueError(f"{num_rows} rows do not split into {count} minibatches (credit.py pads them to a multiple)")
         size = num_rows // count
         minibatches = list(order.reshape(count, size))
-        scale = 1.0 / (size * t.gradient_accumulation_steps)
-    else:
-        minibatches = [order[i : i + t.batch_size] for i in range(0, num_rows, t.batch_size)]
-        scale = None
-    gas = t.gradient_accumulation_steps
-    return [minibatches[i : i + gas] for i in range(0, len(minibatches), gas)], scale
+        scale = 1.0 / (size * gas)
+        return [Window(minibatches[i : i + gas], None, scale) for i in range(0, count, gas)]
+    return [Window(fixed[i : i + gas]) for i in range(0, len(fixed), gas)]
 
 
-def count_minibatches(num_rows: int, cfg) -> int:
-    """Minibatches per epoch (all inner epochs), for the progress bar."""
+def count_minibatches(data: Transitions, cfg) -> int:
+    """Minibatch passes per epoch (all inner epochs), for the progress bar."""
     t = cfg.train
-    per_inner = cfg.sampler.num_batches_per_epoch if paper_schedule(cfg) else -(-num_rows // t.batch_size)
+    per_inner = cfg.sampler.num_batches_per_epoch if paper_schedule(cfg) else -(-data.batch_size // t.batch_size)
+    if g2rpo_step_per_column(cfg):
+        per_inner *= data.num_steps
     return per_inner * t.num_inner_epochs
 
 
@@ -131,26 +154,30 @@ def train_epoch(
     t = cfg.train
     stats = TrainStats()
     n, num_cols = data.batch_size, data.num_steps
-    chunks = column_chunks(num_cols, per_forward)
+    all_chunks = column_chunks(num_cols, per_forward)
     for inner in range(t.num_inner_epochs):
         gen = torch.Generator().manual_seed(mix_seed(cfg.run.seed, _SHUFFLE, epoch_key, inner, rank))
-        windows, paper_scale = minibatch_plan(n, cfg, gen)
-        for window in windows:
-            if paper_scale is None:
-                real = torch.tensor([float(data.weight[mb].sum()) * num_cols for mb in window]).sum().reshape(1)
+        for plan in minibatch_plan(n, num_cols, cfg, gen):
+            window, step_cols = plan.minibatches, plan.columns
+            width = num_cols if step_cols is None else len(step_cols)
+            chunks = all_chunks if step_cols is None else [step_cols]
+            if plan.scale is None:
+                real = torch.tensor([float(data.weight[mb].sum()) * width for mb in window]).sum().reshape(1)
                 real_rows = float(all_reduce_(real, "sum"))
                 scale = world_size / max(real_rows, 1.0)
             else:
-                scale = paper_scale / num_cols
+                scale = plan.scale / num_cols
             for position, mb in enumerate(window):
                 batch = data.select(mb)
-                if t.shuffle_timesteps:
+                if step_cols is not None:
+                    cols_order = None  # the window's own column
+                elif t.shuffle_timesteps:
                     perm_gen = torch.Generator().manual_seed(mix_seed(cfg.run.seed, _SHUFFLE, epoch_key, inner, rank, int(mb[0])))
                     cols_order = torch.randperm(num_cols, generator=perm_gen).tolist()
                 else:
                     cols_order = list(range(num_cols))
                 for chunk in chunks:
-                    cols = [cols_order[c] for c in chunk]
+                    cols = list(chunk) if cols_order is None else [cols_order[c] for c in chunk]
                     rows = transition_losses(
                         policy, batch, cols, clip_range=t.clip_range, ratio_kind=t.ratio, beta=t.beta,
                         reference=reference, guard=policy.guard, step_backend=cfg.sampler.step_backend,
