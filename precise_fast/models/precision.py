@@ -22,8 +22,8 @@ def _to_float32(value):
     if isinstance(value, torch.Tensor):
         return value.float() if value.is_floating_point() else value
     if isinstance(value, tuple):
-        return type(value)(_to_float32(v) for v in value) if not hasattr(value, "_fields") else type(value)(
-            *(_to_float32(v) for v in value))
+        items = [_to_float32(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)  # namedtuples take fields
     if isinstance(value, list):
         return [_to_float32(v) for v in value]
     if isinstance(value, dict):
