@@ -157,3 +157,22 @@ def test_fixed_size_schedule_depends_on_the_kept_count(monkeypatch):
 def test_paper_schedule_needs_whole_windows():
     with pytest.raises(ConfigError, match="gradient_accumulation_steps"):
         load_config(TINY_CONFIG, ["sampler.num_batches_per_epoch=6", "train.gradient_accumulation_steps=4"])
+
+
+@pytest.mark.parametrize(("schedule", "lag"), [("paper", 10.9), ("fixed", 55.7)])
+def test_lag_at_the_first_recipe_eval(schedule, lag):
+    # Weights that move one unit per optimizer step; the recipe's first eval comes after 50
+    # epochs x 2 steps, 8 minibatches each. The numbers: ~11 (paper) vs ~56 steps behind.
+    p = torch.nn.Parameter(torch.zeros(1))
+    ema, s = EMA([p], 0.9, 8, schedule), 0
+    for _ in range(100):
+        for minibatch in range(8):
+            if minibatch == 7:
+                s += 1
+                with torch.no_grad():
+                    p.fill_(float(s))
+                if not ema.per_minibatch:
+                    ema.step(s)
+            if ema.per_minibatch:
+                ema.step(s)
+    assert 100 - float(ema.shadow[0]) == pytest.approx(lag, abs=0.05)
