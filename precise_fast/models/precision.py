@@ -42,7 +42,9 @@ def autocast_forward(module: torch.nn.Module, dtype: torch.dtype = torch.bfloat1
 
     @functools.wraps(inner)
     def forward(*args, **kwargs):
-        device_type = next(module.parameters()).device.type
+        # The inputs' device (no parameter walk per call: cheap under capture and torch.compile).
+        first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
+        device_type = first.device.type if first is not None else next(module.parameters()).device.type
         with torch.autocast(device_type=device_type, dtype=dtype):
             out = inner(*args, **kwargs)
         return _to_float32(out)

@@ -59,3 +59,19 @@ def test_bad_precision_setups_are_errors(tiny_dir):
         apply_precision(load_pipeline(tiny_dir, dtype=torch.bfloat16), "autocast_bf16")
     with pytest.raises(ValueError, match="model.precision"):
         apply_precision(load_pipeline(tiny_dir), "fp8")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_autocast_rollouts_capture_on_cuda(tiny_dir):
+    from precise_fast.rollout import RolloutEngine
+
+    pipe = apply_precision(load_pipeline(tiny_dir, device="cuda"), "autocast_bf16")
+    runs = []
+    for graph in (False, True):
+        engine = RolloutEngine(pipe, kind="precise", num_steps=4, height=64, width=64, max_text_len=16, cuda_graph=graph)
+        runs.append(engine.sample(prompts=["a cat", "a dog"], seeds=[1, 2], decode=False))
+    eager, captured = runs
+    assert eager.latents.dtype == torch.float32
+    torch.testing.assert_close(captured.latents, eager.latents, rtol=0, atol=1e-5)
+    torch.testing.assert_close(captured.log_probs, eager.log_probs, rtol=1e-5, atol=1e-5)
