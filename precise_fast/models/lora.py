@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-# The Precise recipe's LoRA targets (shared/SAMPLERS.md): attention q/k/v/out, the fused
-# qkv-mlp projection and fused attn+mlp output of the single-stream blocks, the added
-# (text-stream) q/k/v/out, and the feed-forward in/out layers of the double-stream blocks.
+# The Precise paper's LoRA targets (Tencent-Hunyuan/Precise, precise_sde/train/adapters.py,
+# Flux2KleinAdapter.prepare_models), matched as peft does: a module whose name ends in one of
+# them. `attn.to_out.0` exists only in the double-stream blocks (there `to_out` is a
+# ModuleList), so the paper never adapts the single-stream blocks' output Linear `attn.to_out`.
 LORA_TARGET_SUFFIXES = (
     "attn.to_q",
     "attn.to_k",
@@ -32,8 +33,10 @@ LORA_TARGET_SUFFIXES = (
     "ff_context.linear_in",
     "ff_context.linear_out",
 )
-# `attn.to_out` is a Linear only in the single-stream blocks (a ModuleList in the double ones).
+# `paper_plus_single_out` also adapts that single-stream output Linear (~25% more trainable
+# parameters on FLUX.2 Klein 4B; docs/PARITY.md).
 _SINGLE_BLOCK_OUT = re.compile(r"single_transformer_blocks\.\d+\.attn\.to_out")
+LORA_TARGET_SETS = ("paper", "paper_plus_single_out")
 
 DEFAULT_ADAPTER = "default"
 
@@ -42,14 +45,19 @@ def _unwrap_transformer(pipeline_or_transformer):
     return getattr(pipeline_or_transformer, "transformer", pipeline_or_transformer)
 
 
-def lora_target_modules(transformer: torch.nn.Module) -> list[str]:
-    """Full names of the ``nn.Linear`` modules the recipe adapts, in model order."""
+def lora_target_modules(transformer: torch.nn.Module, targets: str = "paper") -> list[str]:
+    """Full names of the ``nn.Linear`` modules a target set (:data:`LORA_TARGET_SETS`) adapts, in model order."""
+    if targets not in LORA_TARGET_SETS:
+        raise ValueError(f"unknown LoRA target set {targets!r} (known: {', '.join(LORA_TARGET_SETS)})")
+    single_out = targets == "paper_plus_single_out"
     names = []
     for name, module in transformer.named_modules():
         # After injection peft wraps each target; its `base_layer` is the original Linear.
         if not isinstance(getattr(module, "base_layer", module), torch.nn.Linear) or name.endswith(".base_layer"):
             continue
-        if any(name == s or name.endswith("." + s) for s in LORA_TARGET_SUFFIXES) or _SINGLE_BLOCK_OUT.fullmatch(name):
+        if any(name == s or name.endswith("." + s) for s in LORA_TARGET_SUFFIXES) or (
+            single_out and _SINGLE_BLOCK_OUT.fullmatch(name)
+        ):
             names.append(name)
     if not names:
         raise ValueError(f"no LoRA target modules found in {type(transformer).__name__}")
@@ -64,8 +72,9 @@ def apply_lora(
     *,
     adapter_name: str = DEFAULT_ADAPTER,
     dropout: float = 0.0,
+    targets: str = "paper",
 ) -> list[torch.nn.Parameter]:
-    """Inject a peft LoRA adapter on :func:`lora_target_modules` and return its trainable parameters.
+    """Inject a peft LoRA adapter on :func:`lora_target_modules` (of the set ``targets``) and return its trainable parameters.
 
     ``init="gaussian"`` (the recipe; peft's Gaussian init) draws A with std 1/rank and sets B = 0, so the model's
     output is unchanged until training moves B. Everything but the LoRA weights stays
@@ -79,7 +88,7 @@ def apply_lora(
         r=int(rank),
         lora_alpha=float(alpha),
         init_lora_weights=init,
-        target_modules=lora_target_modules(transformer),
+        target_modules=lora_target_modules(transformer, targets),
         lora_dropout=float(dropout),
     )
     transformer.requires_grad_(False)
@@ -151,6 +160,48 @@ def load_lora(pipeline, path: str | os.PathLike, *, adapter_name: str = DEFAULT_
         for p in lora_parameters(pipeline.transformer, adapter_name):
             p.requires_grad_(True)
     return pipeline
+
+
+# Key prefixes of the two LoRA files a run may start from: a diffusers LoRA (ours, and what
+# `save_lora_weights` writes) and a peft adapter folder (`PeftModel.save_pretrained`, which is
+# what the paper's checkpoints hold: checkpoint-N/lora/adapter_model.safetensors).
+_LORA_FILES = (("pytorch_lora_weights.safetensors", "transformer."), ("adapter_model.safetensors", "base_model.model."))
+
+
+def init_lora_from(transformer: torch.nn.Module, path: str | os.PathLike, *, adapter_name: str = DEFAULT_ADAPTER) -> Path:
+    """Overwrite the adapter's weights with a saved LoRA (``train.lora_path``): a diffusers LoRA
+    folder/file or a peft adapter folder. The file must hold exactly this adapter's tensors
+    (same targets and rank); the weights stay trainable. Returns the file read."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    where = Path(path)
+    candidates = [(where / name, prefix) for name, prefix in _LORA_FILES] if where.is_dir() else [
+        (where, prefix) for name, prefix in _LORA_FILES if where.name == name]
+    found = [(f, prefix) for f, prefix in candidates if f.is_file()]
+    if not found:
+        names = " or ".join(name for name, _ in _LORA_FILES)
+        raise FileNotFoundError(f"train.lora_path: no LoRA at {where} (expected {names})")
+    file, prefix = found[0]
+    saved = load_file(str(file))
+    state = {}
+    for key, value in saved.items():
+        key = key[len(prefix):] if key.startswith(prefix) else key
+        state[key.replace(f".{adapter_name}.", ".")] = value  # peft folders may keep the adapter name
+    live = lora_state_dict(transformer, adapter_name)
+    if set(state) != set(live):
+        missing, extra = sorted(set(live) - set(state)), sorted(set(state) - set(live))
+        raise ValueError(f"{file}: LoRA targets differ from this adapter: missing {missing[:3]}, unexpected {extra[:3]}")
+    bad = [k for k in live if state[k].shape != live[k].shape]
+    if bad:
+        raise ValueError(f"{file}: LoRA shapes differ (rank?): {bad[0]} is {tuple(state[bad[0]].shape)}, "
+                         f"the adapter has {tuple(live[bad[0]].shape)}")
+    result = set_peft_model_state_dict(transformer, state, adapter_name=adapter_name)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"{file}: peft did not place {result.unexpected_keys[:3]}")
+    for p in lora_parameters(transformer, adapter_name):
+        p.requires_grad_(True)
+    return file
 
 
 @contextlib.contextmanager

@@ -1,81 +1,39 @@
-"""Pinned Hugging Face models of the paper and where they live on this machine.
+"""Where the policy's pinned Hugging Face model lives on this machine (never downloaded).
 
-Nothing here downloads. A model id resolves to a folder under the model root:
-``$PRECISE_FAST_MODEL_ROOT`` (or the ``model_root`` a config passes), laid out as
-``<root>/<org>/<name>`` - exactly what
-``hf download <id> --revision <rev> --local-dir <root>/<org>/<name>`` writes on a machine
-with network. A missing folder is an error that prints that command.
+The pins and the two layouts (ours ``<root>/<org>/<name>``, the paper's
+``$PRECISE_SDE_MODEL_ROOT/<local name>``) are :mod:`precise_fast.model_paths`. A missing
+folder is an error that prints the repo id, the revision, every folder looked in and the
+``hf download`` command to run on a machine with network.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-MODEL_ROOT_ENV = "PRECISE_FAST_MODEL_ROOT"
+from ..model_paths import (
+    MODEL_ROOT_ENV,
+    PAPER_ROOT_ENVS,
+    PINNED_MODELS,
+    PinnedModel,
+    candidate_dirs,
+    lookup_pinned,
+    model_root,
+)
 
-
-@dataclass(frozen=True)
-class PinnedModel:
-    """A Hugging Face repository the recipe uses.
-
-    ``revision`` is the commit the paper's runs used when it is known; ``None`` means the
-    pin was not available when this table was written (no network here), and the folder
-    found under the model root is used as-is - record its commit in your run config.
-    """
-
-    alias: str
-    repo_id: str
-    revision: str | None
-    role: str
-
-    @property
-    def relative_dir(self) -> Path:
-        return Path(*self.repo_id.split("/"))
-
-    def download_command(self, root: Path) -> str:
-        rev = f" --revision {self.revision}" if self.revision else ""
-        return f"hf download {self.repo_id}{rev} --local-dir {root / self.relative_dir}"
-
-
-# Precise paper (arXiv 2605.23522), FLUX.2 Klein recipe. The 4B Klein model is the policy;
-# the Base variant is the non-distilled checkpoint BFL recommends for fine-tuning.
-PINNED_MODELS: dict[str, PinnedModel] = {
-    m.alias: m
-    for m in (
-        PinnedModel("flux2-klein-4b", "black-forest-labs/FLUX.2-klein-4B", None, "policy (step-distilled)"),
-        PinnedModel("flux2-klein-base-4b", "black-forest-labs/FLUX.2-klein-base-4B", None, "policy (base, non-distilled)"),
-    )
-}
+__all__ = ["MODEL_ROOT_ENV", "PINNED_MODELS", "ModelNotFoundError", "PinnedModel", "lookup_pinned", "model_root",
+           "resolve_model_path"]
 
 
 class ModelNotFoundError(FileNotFoundError):
     """A model id or path that does not resolve to a local folder (we never download)."""
 
 
-def model_root(root: str | os.PathLike | None = None) -> Path | None:
-    """The model root: the argument, else ``$PRECISE_FAST_MODEL_ROOT``, else ``None``."""
-    if root is not None:
-        return Path(root)
-    env = os.environ.get(MODEL_ROOT_ENV)
-    return Path(env) if env else None
-
-
-def lookup_pinned(name: str) -> PinnedModel | None:
-    """The table entry for an alias (``flux2-klein-4b``) or a repo id (``black-forest-labs/FLUX.2-klein-4B``)."""
-    if name in PINNED_MODELS:
-        return PINNED_MODELS[name]
-    for entry in PINNED_MODELS.values():
-        if entry.repo_id.lower() == name.lower():
-            return entry
-    return None
-
-
 def resolve_model_path(path_or_id: str | os.PathLike, *, root: str | os.PathLike | None = None) -> Path:
-    """A local folder for ``path_or_id``: an existing directory, or a pinned id under the model root.
+    """A local folder for ``path_or_id``: an existing directory, or a pinned id found in our
+    layout under the model root or in the paper's under ``$PRECISE_SDE_MODEL_ROOT``.
 
-    Raises :class:`ModelNotFoundError` (with the download command where it can) otherwise.
+    Raises :class:`ModelNotFoundError` (repo id, revision, folders looked in, download command) otherwise.
     """
     candidate = Path(path_or_id).expanduser()
     if candidate.is_dir():
@@ -89,17 +47,21 @@ def resolve_model_path(path_or_id: str | os.PathLike, *, root: str | os.PathLike
             f"{str(path_or_id)!r} is neither an existing folder nor a known model id (known: {known}). "
             "Models are never downloaded at run time: pass a local diffusers folder."
         )
+    looked = candidate_dirs(entry, root)
+    for folder in looked:
+        if folder.is_dir():
+            return folder
     base = model_root(root)
-    if base is None:
+    paper_envs = " or ".join(f"${e}" for e in PAPER_ROOT_ENVS)
+    if not looked:
         raise ModelNotFoundError(
-            f"{entry.repo_id} must be available locally, but no model root is set: set ${MODEL_ROOT_ENV} "
-            f"(or the config's model_root) to a folder holding {entry.relative_dir}. With network, fetch it with: "
-            f"{entry.download_command(Path('<root>'))}"
+            f"{entry.describe()} must be available locally, but no model root is set: set ${MODEL_ROOT_ENV} "
+            f"(or the config's model_root) to a folder holding {entry.relative_dir}, or {paper_envs} to the paper's "
+            f"model folder holding {entry.paper_dir}. With network, fetch it with: {entry.download_command(Path('<root>'))}"
         )
-    folder = base / entry.relative_dir
-    if not folder.is_dir():
-        raise ModelNotFoundError(
-            f"{entry.repo_id} is not under the model root {base} (looked for {folder}). "
-            f"Models are never downloaded at run time; with network, fetch it with: {entry.download_command(base)}"
-        )
-    return folder
+    where = "the model root " + str(base) if base is not None else "the paper's model root"
+    raise ModelNotFoundError(
+        f"{entry.describe()} is not under {where} (looked for {', '.join(str(f) for f in looked)}). "
+        f"Models are never downloaded at run time; with network, fetch it with: "
+        f"{entry.download_command(base if base is not None else Path('<root>'))}"
+    )

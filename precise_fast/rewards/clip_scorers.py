@@ -28,6 +28,7 @@ standardises every component before combining):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -120,11 +121,12 @@ class HFClipBackbone:
         return int(self.model.config.projection_dim)
 
     @torch.no_grad()
-    def image_embeds(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised float32 image embeddings ``(B, D)`` on the model's device."""
+    def image_embeds(self, images: torch.Tensor, preprocess: ClipPreprocess | None = None) -> torch.Tensor:
+        """L2-normalised float32 image embeddings ``(B, D)`` on the model's device (``preprocess``:
+        a scorer's own preprocessing instead of the processor's)."""
         return embed_images(
             lambda pixels: _pooled(self.model.get_image_features(pixel_values=pixels)),
-            self.preprocess, images, self.device, self.dtype, self.batch_size,
+            preprocess or self.preprocess, images, self.device, self.dtype, self.batch_size,
         )
 
     @torch.no_grad()
@@ -159,6 +161,8 @@ def load_hf_clip(
 
 
 class _ClipRewardBase(RewardModel):
+    preprocess: ClipPreprocess | None = None  # None: the backbone's (its processor's settings)
+
     def __init__(self, backbone: HFClipBackbone, name: str):
         self.backbone = backbone
         self.name = name
@@ -166,7 +170,7 @@ class _ClipRewardBase(RewardModel):
     def _cosine(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         if len(prompts) != images.shape[0]:
             raise ValueError(f"{self.name}: {images.shape[0]} images but {len(prompts)} prompts")
-        img = self.backbone.image_embeds(images)
+        img = self.backbone.image_embeds(images, self.preprocess)
         txt = self.backbone.text_embeds(list(prompts))
         return (img * txt).sum(-1)
 
@@ -189,16 +193,27 @@ class PickScore(_ClipRewardBase):
 
 
 CLIPSCORE_CONVENTIONS = ("flow_grpo", "hessel", "cosine")
+# "paper": the Precise paper's ClipScorer (Tencent-Hunyuan/Precise precise_sde/rewards/scorers/clip.py)
+# feeds the float [0, 1] images through torchvision Resize(shortest edge) + CenterCrop +
+# Normalize: bilinear (torchvision's default), antialiased, no clamp, no 8-bit step.
+# "processor": the CLIP processor's own settings (bicubic, clamped; preprocess.py).
+CLIPSCORE_RESIZE = ("paper", "processor")
 
 
 class ClipScore(_ClipRewardBase):
     """CLIPScore on CLIP ViT-L/14; see the module docstring for the conventions."""
 
-    def __init__(self, backbone: HFClipBackbone, *, convention: str = "flow_grpo", name: str = "clipscore"):
+    def __init__(self, backbone: HFClipBackbone, *, convention: str = "flow_grpo", resize: str = "paper",
+                 name: str = "clipscore"):
         super().__init__(backbone, name)
         if convention not in CLIPSCORE_CONVENTIONS:
             raise ValueError(f"clipscore convention must be one of {CLIPSCORE_CONVENTIONS}, got {convention!r}")
+        if resize not in CLIPSCORE_RESIZE:
+            raise ValueError(f"clipscore resize must be one of {CLIPSCORE_RESIZE}, got {resize!r}")
         self.convention = convention
+        if resize == "paper":
+            self.preprocess = dataclasses.replace(backbone.preprocess, interpolation="bilinear", clamp=False,
+                                                  crop_rounding="round")
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[Mapping] = ()) -> ScoreOutput:
         cos = self._cosine(images, prompts)

@@ -11,10 +11,16 @@ the HPS file directly through ``open_clip.create_model_and_transforms(pretrained
 (strict, ``weights_only=True``). The tokenizer is open_clip's bundled BPE (no download).
 Preprocessing follows the model's open_clip ``preprocess_cfg`` (shortest-edge bicubic
 resize to 224, centre crop, OpenAI CLIP mean/std), done on device.
+
+Precision: the paper (Tencent-Hunyuan/Precise precise_sde/rewards/scorers/hpsv2.py) builds
+the model with open_clip ``precision="amp"`` (float32 weights) and scores under
+``torch.amp.autocast("cuda")`` (float16). ``amp=None`` does that on CUDA with float32
+weights; ``amp=False`` scores in the weights' dtype.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -37,6 +43,7 @@ class HPSv2(RewardModel):
         arch: str = "ViT-H-14",
         batch_size: int = 32,
         name: str = "hpsv2",
+        amp: bool | None = None,
     ):
         import open_clip
 
@@ -61,17 +68,27 @@ class HPSv2(RewardModel):
         self.model = model.to(self.dtype).eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.preprocess = ClipPreprocess.from_open_clip_cfg(open_clip.get_model_preprocess_cfg(model))
+        if amp is None:
+            amp = self.device.type == "cuda" and self.dtype == torch.float32
+        if amp and self.device.type != "cuda":
+            raise ValueError("hpsv2: amp (fp16 autocast, the paper's) needs a CUDA device")
+        self.amp = bool(amp)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
 
     @torch.no_grad()
     def image_embeds(self, images: torch.Tensor) -> torch.Tensor:
-        return embed_images(self.model.encode_image, self.preprocess, images, self.device, self.dtype, self.batch_size)
+        with self._autocast():
+            return embed_images(self.model.encode_image, self.preprocess, images, self.device, self.dtype, self.batch_size)
 
     @torch.no_grad()
     def text_embeds(self, prompts: Sequence[str]) -> torch.Tensor:
         def encode(chunk: list[str]) -> torch.Tensor:
             return self.model.encode_text(self.tokenizer(chunk).to(self.device, non_blocking=True))
 
-        return embed_unique_prompts(encode, prompts, self.device, self.batch_size)
+        with self._autocast():
+            return embed_unique_prompts(encode, prompts, self.device, self.batch_size)
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[Mapping] = ()) -> ScoreOutput:
         if len(prompts) != images.shape[0]:

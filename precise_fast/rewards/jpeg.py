@@ -2,9 +2,10 @@
 
 DDPO's ``jpeg_incompressibility`` (github.com/kvablack/ddpo-pytorch, ``ddpo_pytorch/rewards.py``)
 converts each image to 8 bits, saves it as JPEG at quality 95 with Pillow and returns the
-file size in kilobytes (bytes / 1000); ``jpeg_compressibility`` is its negative. Flow-GRPO
-additionally divides the compressibility by 500; we keep DDPO's unscaled kB (a ``scale``
-option exists) since per-component normalisation makes the scale irrelevant for training.
+file size in kilobytes (bytes / 1000); ``jpeg_compressibility`` is its negative divided by 500,
+as the Precise paper (Tencent-Hunyuan/Precise precise_sde/rewards/builtin.py) and Flow-GRPO
+compute and log it (incompressibility stays in kB there too). The ``scale`` option overrides
+it; per-component normalisation makes the scale irrelevant for training, only logs change.
 
 Encoding is a CPU job: the batch is converted to uint8 on its device and copied to the host
 in one transfer, then encoded image by image.
@@ -32,6 +33,11 @@ def jpeg_sizes_kb(images: torch.Tensor, quality: int = 95) -> torch.Tensor:
         Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="JPEG", quality=quality)
         sizes.append(buffer.tell() / 1000.0)
     return torch.tensor(sizes, dtype=torch.float32, device=images.device)
+
+
+def default_scale(sign: float) -> float:
+    """The paper's scale: compressibility (sign -1) is -kB / 500, incompressibility kB."""
+    return 1.0 / 500.0 if sign < 0 else 1.0
 
 
 class JpegReward(RewardModel):

@@ -33,12 +33,18 @@ geneval     ``geneval/mask2former_swin-s-p4-w7-224_lsj_8x2_    GenEval's Mask2Fo
 geneval     ``geneval/open_clip_ViT-L-14-openai.bin``          open_clip ViT-L-14 ``openai`` state dict
                                                                (the server's colour classifier)
 =========== ================================================== ==========================================
+
+The paper's layout is found too: with ``$PRECISE_SDE_MODEL_ROOT`` set, an entry missing from
+our root is looked for under the paper's folder names (:data:`PAPER_LAYOUT`; the pins are
+:mod:`precise_fast.model_paths`), and a miss names the repo id and revision.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from ..model_paths import PINNED_MODELS, paper_model_root
 
 ENV_MODEL_ROOT = "PRECISE_FAST_MODEL_ROOT"
 DEFAULT_MODEL_ROOT = "~/.cache/precise_fast/models"
@@ -54,6 +60,17 @@ IMAGEREWARD_MED_CONFIG = "imagereward/med_config.json"
 IMAGEREWARD_BERT_TOKENIZER = "imagereward/bert-base-uncased"
 GENEVAL_DETECTOR = "geneval/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth"
 GENEVAL_CLIP = "geneval/open_clip_ViT-L-14-openai.bin"
+
+# Our relative path -> (pinned model, path inside its folder in the paper's layout).
+PAPER_LAYOUT = {
+    PICKSCORE_MODEL: ("pickscore", ""),
+    PICKSCORE_PROCESSOR: ("clip-vit-h-14", ""),
+    CLIP_L14: ("clip-vit-large-patch14", ""),
+    HPS_CHECKPOINT: ("hpsv2.1", "HPS_v2.1_compressed.pt"),
+    IMAGEREWARD_CHECKPOINT: ("imagereward", "ImageReward.pt"),
+    IMAGEREWARD_MED_CONFIG: ("imagereward", "med_config.json"),
+    GENEVAL_DETECTOR: ("geneval-mask2former", "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth"),
+}
 
 _HF_WEIGHT_FILES = (
     "model.safetensors",
@@ -107,14 +124,25 @@ def locate(
     else:
         root, source = resolve_model_root(model_root)
         path = root / candidate
-    ok = path.is_dir() if is_dir else path.is_file()
-    if not ok:
-        kind = "directory" if is_dir else "file"
-        raise MissingCheckpointError(
-            f"{scorer}: {what} not found: no {kind} {path} ({_where(root, source)}). "
-            f"{hint} Nothing is downloaded at run time."
-        )
-    return path
+    exists = (lambda p: p.is_dir()) if is_dir else (lambda p: p.is_file())
+    if exists(path):
+        return path
+    pin, paper_path = None, None
+    if not candidate.is_absolute() and str(candidate) in PAPER_LAYOUT:
+        alias, inner = PAPER_LAYOUT[str(candidate)]
+        pin = PINNED_MODELS[alias]
+        paper = paper_model_root()
+        if paper is not None:
+            paper_path = paper / pin.paper_dir / inner if inner else paper / pin.paper_dir
+            if exists(paper_path):
+                return paper_path
+    kind = "directory" if is_dir else "file"
+    also = f", nor {paper_path} (the paper's layout)" if paper_path is not None else ""
+    source_repo = f" It comes from {pin.describe()}." if pin is not None else ""
+    raise MissingCheckpointError(
+        f"{scorer}: {what} not found: no {kind} {path} ({_where(root, source)}){also}.{source_repo} "
+        f"{hint} Nothing is downloaded at run time."
+    )
 
 
 def require_hf_model_dir(path: Path, *, scorer: str, hint: str) -> Path:

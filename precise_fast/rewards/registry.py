@@ -160,10 +160,10 @@ def build_reward(spec, device="cpu", dtype=torch.float32, *, model_root=None, no
 
 
 def _jpeg(sign):
-    def factory(*, device, dtype, model_root, shared, name, quality: int = 95, scale: float = 1.0):
-        from .jpeg import JpegReward
+    def factory(*, device, dtype, model_root, shared, name, quality: int = 95, scale: float | None = None):
+        from .jpeg import JpegReward, default_scale
 
-        return JpegReward(name, sign, quality=quality, scale=scale)
+        return JpegReward(name, sign, quality=quality, scale=default_scale(sign) if scale is None else scale)
 
     return factory
 
@@ -244,6 +244,7 @@ def _clipscore(
     model_dir=None,
     processor_dir=None,
     convention: str = "flow_grpo",
+    resize: str = "paper",
     batch_size: int = 32,
 ):
     from .clip_scorers import ClipScore
@@ -258,7 +259,7 @@ def _clipscore(
         batch_size=batch_size,
         shared=shared,
     )
-    return ClipScore(backbone, convention=convention, name=name)
+    return ClipScore(backbone, convention=convention, resize=resize, name=name)
 
 
 def _aesthetic(
@@ -286,7 +287,8 @@ def _aesthetic(
     return AestheticScore(backbone, load_aesthetic_head(head_path), name=name)
 
 
-def _hpsv2(*, device, dtype, model_root, shared, name, checkpoint=None, arch: str = "ViT-H-14", batch_size: int = 32):
+def _hpsv2(*, device, dtype, model_root, shared, name, checkpoint=None, arch: str = "ViT-H-14", batch_size: int = 32,
+           amp: bool | None = None):
     from .hps import HPSv2
 
     ckpt = paths.locate(
@@ -296,7 +298,7 @@ def _hpsv2(*, device, dtype, model_root, shared, name, checkpoint=None, arch: st
         what="HPS v2.1 checkpoint",
         hint="Copy HPS_v2.1_compressed.pt from the Hugging Face repo xswu/HPSv2 there.",
     )
-    return HPSv2(ckpt, device, dtype, arch=arch, batch_size=batch_size, name=name)
+    return HPSv2(ckpt, device, dtype, arch=arch, batch_size=batch_size, name=name, amp=amp)
 
 
 def _imagereward(
@@ -363,7 +365,7 @@ def _remote(module: str, cls_name: str, family: str):
     return factory
 
 
-register_reward("jpeg_compressibility", _jpeg(-1.0), description="minus JPEG size in kB at quality 95 (DDPO)")
+register_reward("jpeg_compressibility", _jpeg(-1.0), description="minus JPEG size in kB / 500 at quality 95 (DDPO; the paper's scale)")
 register_reward("jpeg_incompressibility", _jpeg(+1.0), description="JPEG size in kB at quality 95 (DDPO)")
 register_reward("pickscore", _pickscore, needs_weights=True, description="PickScore v1 / 26 (Flow-GRPO scale)")
 register_reward(

@@ -3,8 +3,10 @@
 Per prompt, one deterministic ODE anchor trajectory. Then, for each chosen step k and each
 group member, a single stochastic step ``x_k -> x_{k+1}`` from the anchor latent (so the
 member's reward is attributable to that one noise draw), followed by deterministic ODE
-completion to sigma = 0; with several granularities g, the completion after ``k + 1``
-jumps g sigmas at a time (G2RPO's multi-granularity advantage integration scores each).
+completion to sigma = 0; with several granularities g the completion strides g sigmas at a
+time, on the path its authors' code takes (one ODE step ``k+1 -> k+2``, then strides of g
+from ``k+2``; :func:`precise_fast.rollout.plan.granular_path`, ``completion``), and G2RPO's
+multi-granularity advantage integration scores each.
 
 Every piece is a static plan of the engine (the anchor; per k the stochastic hop; per
 (k, g) the completion), batched over prompts x members and captured on CUDA like any
@@ -84,6 +86,7 @@ def sample_g2rpo(
     granularities: Sequence[int] = (1,),
     initial_latents: torch.Tensor | None = None,
     decode: bool = True,
+    completion: str = "paper",
 ) -> G2RPORollout:
     """G2RPO singular stochastic sampling with ``engine``'s kind and eta.
 
@@ -92,7 +95,8 @@ def sample_g2rpo(
         init_seeds: (P,) seeds of the anchors' initial latents.
         member_seeds: (P, G) seeds of the group members' stochastic steps.
         steps: schedule indices k (0 <= k < N) at which a member takes its stochastic step.
-        granularities: ODE completion strides g >= 1 after ``k + 1`` (1 = every sigma).
+        granularities: ODE completion strides g >= 1 (1 = every sigma).
+        completion: the completion path form of :func:`~precise_fast.rollout.plan.granular_path`.
     """
     if engine.kind not in STOCHASTIC:
         raise ValueError(f"G2RPO needs a stochastic kind, the engine samples with {engine.kind!r}")
@@ -128,7 +132,7 @@ def sample_g2rpo(
         log_probs.append(sde.log_probs[:, 0])
         per_g = []
         for g in granularities:
-            path = granular_path(k + 1, n, g)
+            path = granular_path(k + 1, n, g, completion)
             if len(path) == 1:  # k is the last step: the stochastic hop already reached sigma = 0
                 per_g.append(sample)
                 continue

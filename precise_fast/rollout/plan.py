@@ -145,18 +145,34 @@ def trajectory_kinds(num_steps: int, kind: str, mode: str, window: tuple[int, in
     raise ValueError(f"mode={mode!r} is not one of 'sde', 'window', 'ode'")
 
 
-def granular_path(start: int, num_steps: int, granularity: int) -> list[int]:
-    """Schedule indices ``start, start + g, start + 2g, ...`` ending exactly at ``num_steps``.
+G2RPO_COMPLETIONS = ("paper", "exact_end", "stride")
 
-    G2RPO's multi-granularity completion (arXiv 2510.01982, github.com/bcmi/Granular-GRPO):
-    after the stochastic step, the
-    ODE jumps g sigmas at a time (skipping g - 1); a last shorter jump lands on sigma = 0.
+
+def granular_path(start: int, num_steps: int, granularity: int, form: str = "paper") -> list[int]:
+    """Schedule indices of G2RPO's ODE completion from ``start`` (= k + 1, after the stochastic step).
+
+    ``paper``: as its authors' code runs it (github.com/bcmi/Granular-GRPO
+    fastvideo/train_g2rpo_hps.py, ``sample_reference_model``): the schedule ``sigmas[:k+2] +
+    sigmas[k+2::g]``, i.e. one fine ODE step ``k+1 -> k+2`` then strides of g from ``k+2``; the
+    image is the x0-prediction of the last step taken, which equals an Euler jump to sigma = 0
+    from the second-to-last point. So when the stride does not land on ``num_steps`` its last
+    point is computed and discarded and the final jump is longer than g (up to 2g - 1).
+    ``exact_end``: the same path, but the stride's last point is kept and a shorter last jump
+    lands on sigma = 0 (the corrected form). ``stride``: strides of g straight from ``k + 1``
+    (our earlier reading of the paper's text).
     """
-    g = int(granularity)
+    g, start, n = int(granularity), int(start), int(num_steps)
     if g < 1:
         raise ValueError(f"granularity must be >= 1, got {granularity}")
-    path = list(range(int(start), int(num_steps), g))
-    return path + [int(num_steps)]
+    if form not in G2RPO_COMPLETIONS:
+        raise ValueError(f"G2RPO completion must be one of {G2RPO_COMPLETIONS}, got {form!r}")
+    if start >= n:  # the stochastic hop already reached sigma = 0
+        return [n]
+    if form == "stride":
+        return list(range(start, n, g)) + [n]
+    if form == "exact_end":
+        return [start] + list(range(start + 1, n, g)) + [n]
+    return [start] + list(range(start + 1, n + 1, g))[:-1] + [n]
 
 
 class PlanCache:
@@ -188,9 +204,9 @@ class PlanCache:
     def trajectory(self, kinds: Sequence[str]) -> Plan:
         return self.plan(Hop(i, i + 1, k) for i, k in enumerate(kinds))
 
-    def branch(self, step: int, kind: str, granularity: int) -> Plan:
-        """G2RPO branch: the stochastic hop ``step -> step + 1``, then ODE hops of ``granularity``."""
-        path = granular_path(int(step) + 1, self.schedule.num_steps, granularity)
+    def branch(self, step: int, kind: str, granularity: int, form: str = "paper") -> Plan:
+        """G2RPO branch: the stochastic hop ``step -> step + 1``, then the ODE completion (:func:`granular_path`)."""
+        path = granular_path(int(step) + 1, self.schedule.num_steps, granularity, form)
         hops = [Hop(int(step), int(step) + 1, kind)]
         hops += [Hop(a, b, "ode") for a, b in zip(path, path[1:])]
         return self.plan(hops)

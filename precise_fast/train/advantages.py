@@ -21,8 +21,15 @@ from collections import defaultdict
 import torch
 
 
-def group_zscore(rewards: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor, eps: float) -> torch.Tensor:
+def group_zscore(
+    rewards: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor, eps: float, *, global_std: bool = False,
+    unbiased: bool = False,
+) -> torch.Tensor:
     """``(r - mean_g) / (std_g + eps)`` within groups along dim 0; 0 for invalid entries.
+
+    ``global_std``: the std is taken over every valid entry instead of the group's (the
+    paper's ``sample.global_std``, precise_sde/core/stat_tracking.py); the mean stays per group.
+    ``unbiased``: the group std divides by ``n - 1`` (``torch.std``'s default, which G2RPO's code uses).
 
     ``rewards``/``valid``: (n, ...) with any trailing dims (each trailing position is its own
     group family, e.g. G2RPO's steps x granularities); ``group_ids``: (n,) integers.
@@ -41,8 +48,15 @@ def group_zscore(rewards: torch.Tensor, valid: torch.Tensor, group_ids: torch.Te
     total = torch.zeros(shape, dtype=torch.float64).index_add_(0, inverse, r * w)
     mean = total / count.clamp_min(1.0)
     dev = (r - mean[inverse]) * w
-    var = torch.zeros(shape, dtype=torch.float64).index_add_(0, inverse, dev * dev) / count.clamp_min(1.0)
-    z = dev / (var.sqrt()[inverse] + eps)
+    dof = (count - 1.0) if unbiased else count
+    var = torch.zeros(shape, dtype=torch.float64).index_add_(0, inverse, dev * dev) / dof.clamp_min(1.0)
+    if global_std:
+        n_all = w.sum(dim=0).clamp_min(1.0)
+        mean_all = (r * w).sum(dim=0) / n_all
+        std_all = ((((r - mean_all) * w) ** 2).sum(dim=0) / n_all).sqrt()
+        z = dev / (std_all + eps)
+    else:
+        z = dev / (var.sqrt()[inverse] + eps)
     # A group of equal rewards has no signal, but its float mean is not always exactly the
     # common value (0.1 + 0.1 + 0.1 != 0.3), which would leave ~1e-13 advantages that keep
     # the samples alive. Decide "all equal" exactly, from the group's min and max.
@@ -55,23 +69,27 @@ def group_zscore(rewards: torch.Tensor, valid: torch.Tensor, group_ids: torch.Te
 
 
 def grpo_advantages(
-    rewards: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor, *, eps: float = 1e-4, clip: float = 5.0
+    rewards: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor, *, eps: float = 1e-4, clip: float = 5.0,
+    global_std: bool = False,
 ) -> torch.Tensor:
     """Per-sample GRPO advantages (n,) from combined rewards (n,)."""
-    return group_zscore(rewards, valid, group_ids, eps).clamp(-clip, clip)
+    return group_zscore(rewards, valid, group_ids, eps, global_std=global_std).clamp(-clip, clip)
 
 
 def g2rpo_advantages(
-    rewards: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor, *, eps: float = 1e-4, clip: float = 5.0
+    rewards: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor, *, eps: float = 1e-8, clip: float = 5.0,
+    unbiased: bool = True,
 ) -> torch.Tensor:
     """Per-(sample, step) advantages (n, K) from rewards (n, K, n_g) of K steps x n_g granularities.
 
     Z-scored within each (group, step, granularity), summed over granularities (G2RPO's
-    multi-granularity advantage integration), then clipped like GRPO's.
+    multi-granularity advantage integration), then clipped like GRPO's. Defaults are its
+    authors' (github.com/bcmi/Granular-GRPO fastvideo/train_g2rpo_hps.py, train_one_step):
+    ``(r - mean) / (std + 1e-8)`` with the unbiased std.
     """
     if rewards.dim() != 3:
         raise ValueError(f"G2RPO rewards must be (samples, steps, granularities), got {tuple(rewards.shape)}")
-    return group_zscore(rewards, valid, group_ids, eps).sum(dim=2).clamp(-clip, clip)
+    return group_zscore(rewards, valid, group_ids, eps, unbiased=unbiased).sum(dim=2).clamp(-clip, clip)
 
 
 def keep_mask(advantages: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,12 @@ class ModelConfig:
     path: str = "flux2-klein-base-4b"  # a local diffusers folder, a pinned id, or "tiny"
     tiny_seed: int = 0  # seed of the offline tiny model when path == "tiny"
     model_root: Union[str, None] = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    # autocast_bf16 (the paper): float32 master weights, transformer forwards under bf16 autocast,
+    # float32 VAE, bf16 text encoder, float32 reward models (HPS under fp16 autocast on CUDA).
+    # pure: every component and the reward models in model.dtype (pure bf16 with dtype bfloat16).
+    precision: Literal["autocast_bf16", "pure"] = "autocast_bf16"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the weights' dtype
+    allow_tf32: bool = True  # TF32 float32 matmuls on CUDA (the paper's allow_tf32)
     attention_backend: str = "auto"
     max_text_len: int = 128
     text_layers: list[int] = field(default_factory=lambda: [9, 18, 27])
@@ -59,6 +64,8 @@ class ModelConfig:
     lora_rank: int = 16
     lora_alpha: float = 16.0
     lora_init: str = "gaussian"
+    # paper: the Precise paper's target list (no single-stream attn.to_out); paper_plus_single_out adds it.
+    lora_targets: Literal["paper", "paper_plus_single_out"] = "paper"
     gradient_checkpointing: bool = False
 
 
@@ -88,10 +95,14 @@ class AlgorithmConfig:
     window_size: int = 4
     window_start_min: int = 0
     window_start_max: int = 8
-    # g2rpo (arXiv 2510.01982): branching steps, how many of them per batch (0: all), strides.
-    g2rpo_steps: list[int] = field(default_factory=lambda: [0, 2, 4, 6, 8, 10, 12, 14])
+    # g2rpo (arXiv 2510.01982; defaults = its authors' scripts/finetune/finetune_g2rpo_hps.sh):
+    # branching steps, how many of them per batch (0: all), strides, the completion path
+    # (rollout/plan.py granular_path) and the z-score (paper: unbiased std + 1e-8; grpo: advantage.eps).
+    g2rpo_steps: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6, 7])
     g2rpo_steps_per_batch: int = 0
-    g2rpo_granularities: list[int] = field(default_factory=lambda: [1, 2, 3])
+    g2rpo_granularities: list[int] = field(default_factory=lambda: [1, 2])
+    g2rpo_completion: Literal["paper", "exact_end", "stride"] = "paper"
+    g2rpo_zscore: Literal["paper", "grpo"] = "paper"
 
 
 @dataclass
@@ -110,6 +121,10 @@ class AdvantageConfig:
     eps: float = 1e-4  # (r - mean) / (std + eps)
     clip: float = 5.0
     drop_zero: bool = True  # drop samples whose advantage is 0 at every trained step
+    # GRPO groups: "prompt" pools every sample of the same prompt in the epoch (the paper's
+    # per-prompt stat tracker); "draw" keeps each drawn group of images_per_prompt apart.
+    group_by: Literal["prompt", "draw"] = "prompt"
+    global_std: bool = False  # per-group mean, std over the whole valid batch (the paper's sample.global_std)
 
 
 @dataclass
@@ -134,6 +149,14 @@ class TrainConfig:
     ema: bool = True
     ema_decay: float = 0.9
     ema_interval: int = 8  # optimizer steps between EMA updates
+    # paper: update after every minibatch when (s+1) % interval == 0, decay min((1+s)/(10+s), ema_decay);
+    # fixed: after every applied optimizer step when s % interval == 0, constant ema_decay (ema.py).
+    ema_schedule: Literal["paper", "fixed"] = "paper"
+    # paper: an epoch's kept samples (padded with zero-advantage ones) make exactly
+    # sampler.num_batches_per_epoch minibatches, gradient_accumulation_steps per optimizer step;
+    # fixed_size: minibatches of train.batch_size rows (update_phase.py).
+    update_schedule: Literal["paper", "fixed_size"] = "paper"
+    lora_path: Union[str, None] = None  # start from this LoRA (diffusers file or peft folder) instead of a fresh one
 
 
 @dataclass
@@ -418,6 +441,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.betas: expected two values in [0, 1), got {t.betas}")
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"train.ema_decay: must lie in [0, 1), got {t.ema_decay}")
+    if cfg.model.precision == "autocast_bf16" and cfg.model.dtype != "float32":
+        raise ConfigError(f"model.dtype: autocast_bf16 keeps float32 master weights, got {cfg.model.dtype}; "
+                          "set model.dtype=float32, or model.precision=pure")
     if t.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"train.zero_stage: must be 0, 1, 2 or 3, got {t.zero_stage}")
     if cfg.model.finetune == "full" and t.beta > 0 and t.zero_stage == 3:
@@ -434,6 +460,11 @@ def validate(cfg: Config) -> None:
                 f"algorithm.window_start_max: windows [{a.window_start_min}..{a.window_start_max}] + size "
                 f"{a.window_size} must fit in {n} steps"
             )
+    if t.update_schedule == "paper" and a.name != "g2rpo" and s.num_batches_per_epoch % t.gradient_accumulation_steps:
+        raise ConfigError(
+            f"train.gradient_accumulation_steps: the paper's update schedule needs it to divide sampler.num_batches_per_epoch "
+            f"({t.gradient_accumulation_steps} does not divide {s.num_batches_per_epoch}); or set train.update_schedule=fixed_size"
+        )
     if a.name == "g2rpo":
         if not a.g2rpo_steps or any(not 0 <= k < n for k in a.g2rpo_steps) or len(set(a.g2rpo_steps)) != len(a.g2rpo_steps):
             raise ConfigError(f"algorithm.g2rpo_steps: need distinct step indices in [0, {n}), got {a.g2rpo_steps}")

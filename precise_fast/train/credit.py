@@ -5,8 +5,16 @@
 2. Normalise each component over the global batch ignoring invalid samples, combine with
    the weights (``precise_fast.rewards.normalize_rewards``; invalid -> sentinel -10).
 3. Per-group advantages (GRPO) or per-(step, granularity) ones summed (G2RPO).
-4. Keep this rank's rows whose advantage is non-zero somewhere; pad every rank to the same
-   row count with weight-0 copies (ZeRO needs equal backward counts; see update_phase.py).
+   Groups (``advantage.group_by``): by prompt (the paper's per-prompt stat tracker pools
+   every sample of a prompt in the epoch), or by drawn group. ``images_per_prompt: 1`` has no
+   groups: the whole global batch is one (the paper turns its tracker off and normalises
+   globally, precise_sde/train/rl_trainer.py).
+4. Keep this rank's rows whose advantage is non-zero somewhere, then
+   - ``train.update_schedule: paper`` (:func:`paper_rows`): pad them with randomly chosen
+     zero-advantage samples of this rank to a multiple of ``num_batches_per_epoch``, as the
+     paper does; if any rank kept nothing the epoch trains nothing (the paper skips it);
+   - ``fixed_size`` (:func:`balanced_rows`): pad every rank to the same row count with
+     weight-0 copies (ZeRO needs equal backward counts; see update_phase.py).
 """
 
 from __future__ import annotations
@@ -16,9 +24,13 @@ from dataclasses import dataclass
 import torch
 
 from ..rewards import combine_rewards, normalize_rewards
+from ..rollout.seeds import mix_seed
 from .advantages import g2rpo_advantages, grpo_advantages, keep_mask
 from .distributed import all_gather_cat, all_reduce_
 from .transitions import Transitions
+from .update_phase import paper_schedule
+
+_PADDING = 4  # random-stream tag (update_phase.py uses 3)
 
 
 @dataclass
@@ -52,9 +64,15 @@ def assign_credit(rollouts, *, weights: dict[str, float], cfg, rank: int, num_st
     combined, valid, raw = combined.reshape(shape), valid.reshape(shape), raw.reshape(shape)
     a = cfg.advantage
     if cfg.algorithm.name == "g2rpo":
-        adv = g2rpo_advantages(combined, valid, groups, eps=a.eps, clip=a.clip)
+        paper = cfg.algorithm.g2rpo_zscore == "paper"
+        adv = g2rpo_advantages(combined, valid, groups, eps=1e-8 if paper else a.eps, clip=a.clip, unbiased=paper)
     else:
-        adv = grpo_advantages(combined, valid, groups, eps=a.eps, clip=a.clip).unsqueeze(1).expand(-1, num_steps)
+        if cfg.sampler.images_per_prompt == 1:
+            groups = torch.zeros_like(groups)
+        elif a.group_by == "prompt":
+            groups = prompt_index
+        adv = grpo_advantages(combined, valid, groups, eps=a.eps, clip=a.clip, global_std=a.global_std)
+        adv = adv.unsqueeze(1).expand(-1, num_steps)
     adv = adv.contiguous()
     keep = keep_mask(adv) if a.drop_zero else torch.ones(adv.shape[0], dtype=torch.bool)
     n = rollouts.group_ids.shape[0]
@@ -64,6 +82,27 @@ def assign_credit(rollouts, *, weights: dict[str, float], cfg, rank: int, num_st
         global_components=comps, global_component_valid=valids, global_advantages=adv,
         global_keep=keep, global_prompt_index=prompt_index,
     )
+
+
+def paper_rows(transitions: Transitions, credit: Credit, *, num_batches: int, generator: torch.Generator) -> Transitions | None:
+    """This rank's kept rows plus randomly chosen zero-advantage ones up to a multiple of
+    ``num_batches`` (Tencent-Hunyuan/Precise rl_trainer.py, the mask padding before "rebatch
+    for training"); every row has weight 1: the padding is real samples whose zero advantage
+    still counts in each minibatch's mean. None when some rank kept nothing."""
+    keep = credit.keep.clone()
+    fewest = -int(all_reduce_(torch.tensor([-int(keep.sum())], dtype=torch.int64), "max"))
+    if fewest == 0:
+        return None
+    short = (-int(keep.sum())) % num_batches
+    if short:
+        dropped = (~keep).nonzero().flatten()
+        if len(dropped) >= short:  # always true when a rank's samples are a multiple of num_batches
+            keep[dropped[torch.randperm(len(dropped), generator=generator)[:short]]] = True
+    rows = keep.nonzero().flatten()
+    data = transitions.select(rows)
+    data.advantages = credit.advantages[rows].to(data.x.device)
+    data.weight = torch.ones(len(rows), dtype=torch.float32, device=data.x.device)
+    return data
 
 
 def balanced_rows(transitions: Transitions, credit: Credit) -> Transitions | None:
@@ -81,3 +120,11 @@ def balanced_rows(transitions: Transitions, credit: Credit) -> Transitions | Non
     weight[: len(kept)] = 1.0
     data.weight = weight.to(data.x.device)
     return data
+
+
+def epoch_rows(transitions: Transitions, credit: Credit, *, cfg, epoch_key: int, rank: int) -> Transitions | None:
+    """What this rank trains on this epoch, under the run's ``train.update_schedule``."""
+    if paper_schedule(cfg):
+        gen = torch.Generator().manual_seed(mix_seed(cfg.run.seed, _PADDING, epoch_key, rank))
+        return paper_rows(transitions, credit, num_batches=cfg.sampler.num_batches_per_epoch, generator=gen)
+    return balanced_rows(transitions, credit)

@@ -1,9 +1,18 @@
 """Exponential moving average of the trained weights (eval and exported checkpoints use it).
 
-The Precise recipe keeps an EMA of the LoRA weights with decay 0.9, updated every 8
-optimizer steps (shared/SAMPLERS.md; Flow-GRPO's ``EMAModuleWrapper`` does the same
-schedule, with an extra warm-up on the decay that we leave out so the decay is the one the
-config states). The shadow is float32 whatever the training dtype.
+Two schedules (``train.ema_schedule``):
+
+- ``paper`` (the recipe default), as Tencent-Hunyuan/Precise does it (precise_sde/core/ema.py,
+  called from precise_sde/train/rl_trainer.py): :meth:`EMA.step` runs after every
+  *minibatch* with ``s`` = optimizer steps so far; it updates when ``(s + 1) % interval == 0``
+  with decay ``min((1 + s) / (10 + s), decay)``. Since ``s`` stays put while a window's
+  minibatches run, an update step fires once per minibatch of that window: with 8
+  minibatches per optimizer step and interval 8, 8 back-to-back updates every 8 steps, at a
+  warm-up decay (0.47 at s = 7, 0.64 at s = 15, ... 0.9 from s = 81).
+- ``fixed``: after every applied optimizer step, update when ``s % interval == 0`` at the
+  constant ``decay`` (about 5x more lag at the first eval of the recipe).
+
+The shadow is float32 whatever the training dtype.
 
 Under ZeRO-3 a rank holds only its partition of each parameter (``param.ds_tensor``); the
 EMA then tracks that partition, so its memory is partitioned like the weights. Elsewhere
@@ -22,8 +31,13 @@ def local_tensor(param: torch.nn.Parameter) -> torch.Tensor:
     return param.ds_tensor if hasattr(param, "ds_tensor") else param.data
 
 
+EMA_SCHEDULES = ("paper", "fixed")
+
+
 class EMA:
-    def __init__(self, params: list[torch.nn.Parameter], decay: float, interval: int):
+    def __init__(self, params: list[torch.nn.Parameter], decay: float, interval: int, schedule: str = "paper"):
+        if schedule not in EMA_SCHEDULES:
+            raise ValueError(f"EMA schedule must be one of {', '.join(EMA_SCHEDULES)}, got {schedule!r}")
         if not 0 <= decay < 1:
             raise ValueError(f"EMA decay must lie in [0, 1), got {decay}")
         if interval < 1:
@@ -31,16 +45,30 @@ class EMA:
         self.params = list(params)
         self.decay = float(decay)
         self.interval = int(interval)
+        self.schedule = schedule
         self.shadow = [local_tensor(p).detach().to(torch.float32).clone() for p in self.params]
         self.num_updates = 0
 
+    @property
+    def per_minibatch(self) -> bool:
+        """Whether :meth:`step` is called after every minibatch (paper) or every applied optimizer step (fixed)."""
+        return self.schedule == "paper"
+
+    def decay_at(self, optimizer_steps: int) -> float | None:
+        """The decay an update at ``optimizer_steps`` uses, or None when no update is due."""
+        s = int(optimizer_steps)
+        if self.schedule == "paper":
+            return min((1 + s) / (10 + s), self.decay) if (s + 1) % self.interval == 0 else None
+        return self.decay if s % self.interval == 0 else None
+
     @torch.no_grad()
     def step(self, optimizer_steps: int) -> bool:
-        """Call after each applied optimizer step (``optimizer_steps`` = applied steps so far)."""
-        if optimizer_steps % self.interval:
+        """Call after each minibatch (paper) / applied optimizer step (fixed); ``optimizer_steps`` = steps so far."""
+        decay = self.decay_at(optimizer_steps)
+        if decay is None:
             return False
         for s, p in zip(self.shadow, self.params):
-            s.lerp_(local_tensor(p).detach().to(torch.float32), 1.0 - self.decay)
+            s.lerp_(local_tensor(p).detach().to(torch.float32), 1.0 - decay)
         self.num_updates += 1
         return True
 
@@ -59,7 +87,7 @@ class EMA:
 
     def state_dict(self) -> dict:
         return {"shadow": [s.cpu() for s in self.shadow], "num_updates": self.num_updates,
-                "decay": self.decay, "interval": self.interval}
+                "decay": self.decay, "interval": self.interval, "schedule": self.schedule}
 
     def load_state_dict(self, state: dict) -> None:
         shadow = state["shadow"]

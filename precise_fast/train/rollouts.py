@@ -55,6 +55,7 @@ class Rollouts:
             decode_chunk=decode_chunk,
         )
         self._cache: dict[str, torch.Tensor] = {}
+        self.g2rpo_completion = cfg.algorithm.g2rpo_completion
 
     @property
     def num_steps(self) -> int:
@@ -76,5 +77,6 @@ class Rollouts:
 
     def sample_g2rpo(self, prompts, init_seeds, member_seeds, *, steps, granularities):
         return self.engine.sample_g2rpo(
-            self.embed(prompts), init_seeds=init_seeds, member_seeds=member_seeds, steps=steps, granularities=granularities
+            self.embed(prompts), init_seeds=init_seeds, member_seeds=member_seeds, steps=steps, granularities=granularities,
+            completion=self.g2rpo_completion,
         )

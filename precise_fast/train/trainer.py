@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from ..models import apply_lora, enable_full_finetune, load_pipeline, lora_state_dict, save_lora, tiny_pipeline_path
+from ..models import (apply_lora, apply_precision, enable_full_finetune, init_lora_from, load_pipeline, lora_state_dict,
+                      save_lora, tiny_pipeline_path)
 from ..rewards import RewardExecutor, build_reward
 from .advantages import AdvantageTracker
 from .checkpoint import CheckpointManager, list_checkpoints, resolve_resume
 from .config import Config, check_world, dump_config
-from .credit import assign_credit, balanced_rows
+from .credit import assign_credit, epoch_rows
 from .distributed import DistInfo, all_reduce_, barrier
 from .ema import EMA
 from .policy_engine import PolicyEngine
@@ -36,7 +36,7 @@ from .rollouts import Rollouts
 from .prompt_groups import GroupSampler
 from .sampling_phase import TimedReward, sample_epoch
 from .tracking import RunLogger
-from .update_phase import train_epoch
+from .update_phase import count_minibatches, train_epoch
 
 logger = logging.getLogger("precise_fast.train")
 
@@ -100,10 +100,15 @@ class Trainer:
             path = tiny_pipeline_path(m.tiny_seed)
         self.pipeline = load_pipeline(path, dtype=getattr(torch, m.dtype), device=device,
                                       attention_backend=m.attention_backend, model_root=m.model_root)
+        apply_precision(self.pipeline, m.precision)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = m.allow_tf32
         transformer = self.pipeline.transformer
         self.lora = m.finetune == "lora"
         if self.lora:
-            params = apply_lora(transformer, rank=m.lora_rank, alpha=m.lora_alpha, init=m.lora_init)
+            params = apply_lora(transformer, rank=m.lora_rank, alpha=m.lora_alpha, init=m.lora_init, targets=m.lora_targets)
+            if cfg.train.lora_path:
+                init_lora_from(transformer, cfg.train.lora_path)
         else:
             params = enable_full_finetune(transformer)
         if m.gradient_checkpointing:
@@ -116,13 +121,15 @@ class Trainer:
             self.reference = lora_reference(self.policy, self.policy.module) if self.lora else module_reference(frozen)
         else:
             self.reference = None
-        self.ema = EMA(params, cfg.train.ema_decay, cfg.train.ema_interval) if cfg.train.ema else None
+        self.ema = EMA(params, cfg.train.ema_decay, cfg.train.ema_interval, cfg.train.ema_schedule) if cfg.train.ema else None
 
         self.rollouts = Rollouts(self.pipeline, cfg)
 
         r = cfg.reward
         reward_device = device if r.device == "auto" else torch.device(r.device)
-        reward_dtype = torch.float32 if reward_device.type == "cpu" else getattr(torch, m.dtype)
+        # The paper scores in float32 (HPS under fp16 autocast on CUDA: rewards/hps.py); "pure" in model.dtype.
+        pure = m.precision == "pure" and reward_device.type != "cpu"
+        reward_dtype = getattr(torch, m.dtype) if pure else torch.float32
         self.reward = build_reward(r.spec, device=reward_device, dtype=reward_dtype, model_root=r.model_root)
         self.timed_reward = TimedReward(self.reward)
         self.executor = RewardExecutor(self.timed_reward, mode="thread" if r.overlap else "inline",
@@ -235,7 +242,11 @@ class Trainer:
         return every > 0 and (epoch % every == 0 or epoch == self.cfg.run.epochs)
 
     def _on_update(self, applied: bool) -> None:
-        if applied and self.ema is not None:
+        if applied and self.ema is not None and not self.ema.per_minibatch:
+            self.ema.step(self.policy.applied_steps)
+
+    def _on_minibatch(self) -> None:
+        if self.ema is not None and self.ema.per_minibatch:
             self.ema.step(self.policy.applied_steps)
 
     def _resolve_per_forward(self, data) -> int:
@@ -266,19 +277,20 @@ class Trainer:
                                num_steps=er.transitions.num_steps)
         tracked = self.tracker.update(credit.global_prompt_index.tolist(), credit.global_raw, credit.global_valid,
                                       credit.global_keep)
-        data = balanced_rows(er.transitions, credit)
+        data = epoch_rows(er.transitions, credit, cfg=cfg, epoch_key=epoch_key, rank=self.dist.rank)
         del er.transitions
         train_start = time.perf_counter()
         metrics: dict[str, float] = {}
         if data is not None:
             per_forward = self._resolve_per_forward(data)
             t = cfg.train
-            minibatches = math.ceil(data.batch_size / t.batch_size) * t.num_inner_epochs
+            minibatches = count_minibatches(data, cfg)
             bar = _Bar(self.main and cfg.log.progress, total=minibatches, desc=f"epoch {epoch} training")
             self.policy.module.train()
             stats = train_epoch(
                 self.policy, data, cfg=cfg, epoch_key=epoch_key, rank=self.dist.rank, world_size=self.dist.world_size,
-                per_forward=per_forward, reference=self.reference, on_update=self._on_update, progress=bar,
+                per_forward=per_forward, reference=self.reference, on_update=self._on_update,
+                on_minibatch=self._on_minibatch, progress=bar,
             )
             self.policy.module.eval()
             bar.close()

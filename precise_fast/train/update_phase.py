@@ -1,13 +1,29 @@
 """The training phase of an epoch: minibatches, accumulation windows, guarded DeepSpeed steps.
 
-Normalisation: an optimizer step minimises the MEAN of the per-transition losses over
-every real (sample, timestep) row of its window on every rank, as Flow-GRPO's
-accumulation over batches x timesteps does. A rank's microbatch loss is therefore
-``sum(weight * loss) * world / N_window`` with ``N_window`` the global count of real rows
-(one all-reduce per window): DeepSpeed averages gradients over ranks, so the result is the
-global mean however the samples fall on ranks; padding rows (weight 0, added so that
-every rank runs the same number of backward passes, which ZeRO's reduce hooks need)
-contribute nothing. Hence 2 ranks make the same update as 1 rank over the same samples.
+Two schedules (``train.update_schedule``):
+
+- ``paper`` (Tencent-Hunyuan/Precise, precise_sde/train/rl_trainer.py, "rebatch for
+  training"): a rank's kept samples, padded with zero-advantage samples to a multiple of
+  ``sampler.num_batches_per_epoch`` (credit.py), are shuffled and reshaped into exactly that
+  many minibatches of ``rows / num_batches_per_epoch`` each (``train.batch_size`` plays no
+  part); ``gradient_accumulation_steps`` minibatches x T timesteps make one optimizer step,
+  each microstep's loss being its minibatch MEAN divided by ``gradient_accumulation_steps * T``
+  (accelerate's accumulation; DeepSpeed then averages over ranks as DDP does). So an epoch
+  always makes the same number of optimizer steps, and the padding rows dilute the mean.
+- ``fixed_size``: minibatches of ``train.batch_size`` rows; an optimizer step minimises the
+  MEAN of the per-transition losses over every real (sample, timestep) row of its window on
+  every rank, as Flow-GRPO's accumulation over batches x timesteps does. A rank's microbatch
+  loss is therefore ``sum(weight * loss) * world / N_window`` with ``N_window`` the global
+  count of real rows (one all-reduce per window): DeepSpeed averages gradients over ranks, so
+  the result is the global mean however the samples fall on ranks; padding rows (weight 0,
+  added so that every rank runs the same number of backward passes, which ZeRO's reduce hooks
+  need) contribute nothing. Hence 2 ranks make the same update as 1 rank over the same samples.
+  Dropped samples change the number of steps and a short last window gets a full step.
+
+G2RPO under ``paper`` trains as its authors do (github.com/bcmi/Granular-GRPO
+fastvideo/train_g2rpo_hps.py, ``train_one_step``): one optimizer step per branching step, its
+loss the global mean over every member's transition at that step; ``fixed_size`` folds the
+branching steps into windows like any other timesteps.
 """
 
 from __future__ import annotations
@@ -68,6 +84,56 @@ def column_chunks(num_cols: int, per_forward: int) -> list[list[int]]:
     return [list(range(i, min(i + per, num_cols))) for i in range(0, num_cols, per)]
 
 
+def paper_schedule(cfg) -> bool:
+    """Whether this run trains on the paper's fixed count of minibatches (G2RPO has its own steps)."""
+    return cfg.train.update_schedule == "paper" and cfg.algorithm.name != "g2rpo"
+
+
+def g2rpo_step_per_column(cfg) -> bool:
+    """G2RPO as its authors train (github.com/bcmi/Granular-GRPO train_one_step): one optimizer
+    step per branching step, over every member, its loss their mean."""
+    return cfg.train.update_schedule == "paper" and cfg.algorithm.name == "g2rpo"
+
+
+@dataclass
+class Window:
+    """Minibatches (row indices) accumulated into one optimizer step, the timestep columns they
+    train (None: all) and, for the paper's schedule, the per-row loss scale (None: the global
+    mean over the window's real rows)."""
+
+    minibatches: list
+    columns: list[int] | None = None
+    scale: float | None = None
+
+
+def minibatch_plan(num_rows: int, num_cols: int, cfg, gen: torch.Generator) -> list[Window]:
+    """One inner epoch's optimizer steps under the run's ``train.update_schedule``."""
+    t = cfg.train
+    order = torch.randperm(num_rows, generator=gen)
+    gas = t.gradient_accumulation_steps
+    fixed = [order[i : i + t.batch_size] for i in range(0, num_rows, t.batch_size)]
+    if g2rpo_step_per_column(cfg):
+        return [Window(fixed, [c]) for c in range(num_cols)]
+    if paper_schedule(cfg):
+        count = cfg.sampler.num_batches_per_epoch
+        if num_rows % count:
+            raise ValueError(f"{num_rows} rows do not split into {count} minibatches (credit.py pads them to a multiple)")
+        size = num_rows // count
+        minibatches = list(order.reshape(count, size))
+        scale = 1.0 / (size * gas)
+        return [Window(minibatches[i : i + gas], None, scale) for i in range(0, count, gas)]
+    return [Window(fixed[i : i + gas]) for i in range(0, len(fixed), gas)]
+
+
+def count_minibatches(data: Transitions, cfg) -> int:
+    """Minibatch passes per epoch (all inner epochs), for the progress bar."""
+    t = cfg.train
+    per_inner = cfg.sampler.num_batches_per_epoch if paper_schedule(cfg) else -(-data.batch_size // t.batch_size)
+    if g2rpo_step_per_column(cfg):
+        per_inner *= data.num_steps
+    return per_inner * t.num_inner_epochs
+
+
 def train_epoch(
     policy,
     data: Transitions,
@@ -79,31 +145,39 @@ def train_epoch(
     per_forward: int,
     reference: Callable | None,
     on_update: Callable[[bool], None],
+    on_minibatch: Callable[[], None] | None = None,
     progress=None,
 ) -> TrainStats:
-    """Train on this rank's (kept, padded) ``data``; every rank has the same row count."""
+    """Train on this rank's (kept, padded) ``data``. ``on_update(applied)`` runs after each
+    optimizer step, ``on_minibatch()`` after each minibatch (after the step that ends a window),
+    where the paper steps its EMA."""
     t = cfg.train
     stats = TrainStats()
     n, num_cols = data.batch_size, data.num_steps
-    chunks = column_chunks(num_cols, per_forward)
+    all_chunks = column_chunks(num_cols, per_forward)
     for inner in range(t.num_inner_epochs):
         gen = torch.Generator().manual_seed(mix_seed(cfg.run.seed, _SHUFFLE, epoch_key, inner, rank))
-        order = torch.randperm(n, generator=gen)
-        minibatches = [order[i : i + t.batch_size] for i in range(0, n, t.batch_size)]
-        windows = [minibatches[i : i + t.gradient_accumulation_steps] for i in range(0, len(minibatches), t.gradient_accumulation_steps)]
-        for window in windows:
-            real = torch.tensor([float(data.weight[mb].sum()) * num_cols for mb in window]).sum().reshape(1)
-            real_rows = float(all_reduce_(real, "sum"))
-            scale = world_size / max(real_rows, 1.0)
-            for mb in window:
+        for plan in minibatch_plan(n, num_cols, cfg, gen):
+            window, step_cols = plan.minibatches, plan.columns
+            width = num_cols if step_cols is None else len(step_cols)
+            chunks = all_chunks if step_cols is None else [step_cols]
+            if plan.scale is None:
+                real = torch.tensor([float(data.weight[mb].sum()) * width for mb in window]).sum().reshape(1)
+                real_rows = float(all_reduce_(real, "sum"))
+                scale = world_size / max(real_rows, 1.0)
+            else:
+                scale = plan.scale / num_cols
+            for position, mb in enumerate(window):
                 batch = data.select(mb)
-                if t.shuffle_timesteps:
+                if step_cols is not None:
+                    cols_order = None  # the window's own column
+                elif t.shuffle_timesteps:
                     perm_gen = torch.Generator().manual_seed(mix_seed(cfg.run.seed, _SHUFFLE, epoch_key, inner, rank, int(mb[0])))
                     cols_order = torch.randperm(num_cols, generator=perm_gen).tolist()
                 else:
                     cols_order = list(range(num_cols))
                 for chunk in chunks:
-                    cols = [cols_order[c] for c in chunk]
+                    cols = list(chunk) if cols_order is None else [cols_order[c] for c in chunk]
                     rows = transition_losses(
                         policy, batch, cols, clip_range=t.clip_range, ratio_kind=t.ratio, beta=t.beta,
                         reference=reference, guard=policy.guard, step_backend=cfg.sampler.step_backend,
@@ -120,12 +194,15 @@ def train_epoch(
                     stats.add(rows, weight)
                 if progress is not None:
                     progress.update(1)
-            applied, norm = policy.step()
-            stats.updates += 1
-            stats.applied += int(applied)
-            stats.grad_norms.append(norm if applied else None)
-            on_update(applied)
-            crash_point("train_step", rank)
+                if position == len(window) - 1:
+                    applied, norm = policy.step()
+                    stats.updates += 1
+                    stats.applied += int(applied)
+                    stats.grad_norms.append(norm if applied else None)
+                    on_update(applied)
+                    crash_point("train_step", rank)
+                if on_minibatch is not None:
+                    on_minibatch()
     return stats
 
 

@@ -22,6 +22,7 @@ from precise_fast.models import (
 )
 from precise_fast.rollout import RolloutEngine
 
+# The paper's set (precise_sde/train/adapters.py of Tencent-Hunyuan/Precise): no single-block attn.to_out.
 EXPECTED_TARGETS = [
     "transformer_blocks.0.attn.to_q",
     "transformer_blocks.0.attn.to_k",
@@ -35,6 +36,11 @@ EXPECTED_TARGETS = [
     "transformer_blocks.0.ff.linear_out",
     "transformer_blocks.0.ff_context.linear_in",
     "transformer_blocks.0.ff_context.linear_out",
+    "single_transformer_blocks.0.attn.to_qkv_mlp_proj",
+    "single_transformer_blocks.1.attn.to_qkv_mlp_proj",
+]
+# The `paper_plus_single_out` option adds the single-stream output Linear.
+EXPECTED_TARGETS_PLUS = EXPECTED_TARGETS[:-2] + [
     "single_transformer_blocks.0.attn.to_qkv_mlp_proj",
     "single_transformer_blocks.0.attn.to_out",
     "single_transformer_blocks.1.attn.to_qkv_mlp_proj",
@@ -61,6 +67,9 @@ def _train_a_bit(params, seed=3):
 
 def test_targets_are_the_recipes(fresh_pipe):
     assert lora_target_modules(fresh_pipe.transformer) == EXPECTED_TARGETS
+    assert lora_target_modules(fresh_pipe.transformer, "paper_plus_single_out") == EXPECTED_TARGETS_PLUS
+    with pytest.raises(ValueError, match="unknown LoRA target set"):
+        lora_target_modules(fresh_pipe.transformer, "all")
 
 
 def test_gaussian_init_keeps_outputs_and_trains_only_lora(fresh_pipe):

@@ -52,7 +52,10 @@ def test_clipscore_conventions(model_root, mid_images, prompts):
         "cosine": cos,
     }
     for convention, want in expected.items():
-        out = build_scorer("clipscore", model_root=model_root, convention=convention)(mid_images, prompts, None)
+        # resize="processor": compared with the processor here; the paper's default resize is
+        # checked against torchvision in tests/rewards/test_reward_parity.py.
+        out = build_scorer("clipscore", model_root=model_root, convention=convention, resize="processor")(
+            mid_images, prompts, None)
         torch.testing.assert_close(out.scores, want, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out.extras["clipscore_cosine"], cos, atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="convention"):

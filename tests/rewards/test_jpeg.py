@@ -1,4 +1,5 @@
-"""JPEG (in)compressibility, as in DDPO: size in kB of a quality-95 JPEG."""
+"""JPEG (in)compressibility, as in DDPO: size in kB of a quality-95 JPEG; compressibility is
+-kB / 500 as the paper computes and logs it (Tencent-Hunyuan/Precise precise_sde/rewards/builtin.py)."""
 
 import io
 
@@ -24,7 +25,7 @@ def test_matches_ddpo_definition(images, prompts):
     inc = build_scorer("jpeg_incompressibility")(images, prompts, None)
     com = build_scorer("jpeg_compressibility")(images, prompts, None)
     torch.testing.assert_close(inc.scores, sizes)
-    torch.testing.assert_close(com.scores, -sizes)
+    torch.testing.assert_close(com.scores, -sizes / 500)
     assert inc.valid.all() and com.valid.all()
 
 
@@ -39,12 +40,12 @@ def test_quality_and_scale_options(images, prompts):
     hi = build_scorer("jpeg_incompressibility", quality=95)(images, prompts, None).scores
     lo = build_scorer("jpeg_incompressibility", quality=20)(images, prompts, None).scores
     assert (lo < hi).all()
-    scaled = build_scorer("jpeg_compressibility", scale=1 / 500)(images, prompts, None).scores  # Flow-GRPO's scale
-    torch.testing.assert_close(scaled, -hi / 500)
+    ddpo = build_scorer("jpeg_compressibility", scale=1.0)(images, prompts, None).scores  # DDPO's unscaled kB
+    torch.testing.assert_close(ddpo, -hi)
 
 
 def test_inside_multireward(images, prompts):
     result = build_reward("jpeg_compressibility")(images, prompts)
     assert result.valid.all()
-    torch.testing.assert_close(result.combined, -_ddpo_sizes(images))
+    torch.testing.assert_close(result.combined, -_ddpo_sizes(images) / 500)
     assert np.isfinite(result.combined.numpy()).all()

@@ -67,7 +67,8 @@ def geneval_url():
 
 def test_end_to_end_with_our_server(geneval_url):
     url, detector = geneval_url
-    client = GenEvalClient(url, batch_size=2, **FAST)  # 5 images -> 3 requests
+    # The scene detector reads each image's scene id from its pixels: lossless PNG on the wire.
+    client = GenEvalClient(url, batch_size=2, image_format="png", **FAST)  # 5 images -> 3 requests
     ids = [0, 1, 2, 0, 2]
     metas = [meta("cat"), meta("cat"), meta("cup", 3, "counting"), meta("cat"), meta("cup", 2, "counting")]
     out = client(scene_images(ids), ["p"] * 5, metas)
@@ -76,14 +77,15 @@ def test_end_to_end_with_our_server(geneval_url):
     torch.testing.assert_close(out.scores, torch.tensor([1.0, 0.0, 2 / 3, 1.0, 1.0]))
     torch.testing.assert_close(out.extras["geneval_strict"], torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0]))
     torch.testing.assert_close(out.extras["geneval_correct"], torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0]))
-    strict = GenEvalClient(url, reward="strict", only_strict=True, **FAST)(scene_images(ids), ["p"] * 5, metas)
+    strict = GenEvalClient(url, reward="strict", only_strict=True, image_format="png", **FAST)(
+        scene_images(ids), ["p"] * 5, metas)
     torch.testing.assert_close(strict.scores, torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0]))
     assert (strict.extras["geneval_correct"] == SENTINEL).all()  # not computed with only_strict
 
 
 def test_through_build_reward(geneval_url):
     url, _ = geneval_url
-    reward = build_reward({"geneval": {"urls": [url], **FAST}})
+    reward = build_reward({"geneval": {"urls": [url], "image_format": "png", **FAST}})
     assert reward.remote
     result = reward(scene_images([0, 1]), ["a", "b"], [meta(), meta()])
     assert result.combined.tolist() == [1.0, 0.0] and result.valid.all()

@@ -81,7 +81,8 @@ def test_g2rpo_sums_zscores_over_granularities(gen):
     rewards = torch.randn(n, k, g, generator=gen)
     valid = torch.ones(n, k, g, dtype=torch.bool)
     groups = torch.arange(n) // 4
-    adv = g2rpo_advantages(rewards, valid, groups, clip=100.0)
+    # The GRPO z-score form (algorithm.g2rpo_zscore=grpo); the paper's form: test_parity_g2rpo.py.
+    adv = g2rpo_advantages(rewards, valid, groups, clip=100.0, eps=1e-4, unbiased=False)
     assert adv.shape == (n, k)
     want = torch.zeros(n, k)
     for step in range(k):

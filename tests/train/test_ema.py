@@ -8,7 +8,7 @@ from precise_fast.train.ema import EMA
 
 def test_update_rule_interval_and_exact_restore():
     p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
-    ema = EMA([p], decay=0.9, interval=2)
+    ema = EMA([p], decay=0.9, interval=2, schedule="fixed")
     with torch.no_grad():
         p.copy_(torch.tensor([3.0, 4.0]))
     assert not ema.step(1)  # not on the interval
@@ -26,9 +26,9 @@ def test_update_rule_interval_and_exact_restore():
 
 def test_state_roundtrip_and_shape_check():
     p = torch.nn.Parameter(torch.randn(3))
-    ema = EMA([p], decay=0.5, interval=1)
+    ema = EMA([p], decay=0.5, interval=1, schedule="fixed")
     ema.step(1)
-    other = EMA([torch.nn.Parameter(torch.zeros(3))], decay=0.5, interval=1)
+    other = EMA([torch.nn.Parameter(torch.zeros(3))], decay=0.5, interval=1, schedule="fixed")
     other.load_state_dict(ema.state_dict())
     assert torch.equal(other.shadow[0], ema.shadow[0]) and other.num_updates == 1
     with pytest.raises(ValueError, match="EMA"):

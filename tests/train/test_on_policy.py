@@ -19,6 +19,10 @@ def test_first_ratio_is_exactly_one(dist1, tmp_path, ratio):
         "sampler.batch_size=4", "sampler.num_batches_per_epoch=1", "sampler.images_per_prompt=2",
         "train.batch_size=4", "train.gradient_accumulation_steps=1", "train.timesteps_per_forward=1",
         f"train.ratio={ratio}", "sampler.num_steps=6", "train.lr=0.05",
+        "train.update_schedule=fixed_size",  # the negative control splits by train.batch_size
+        # The targets this bitwise check was written with: under the paper set the second epoch's
+        # first ratio (training batch 2 vs sampling batch 4) lands 6e-8 off 1 on this CPU BLAS.
+        "model.lora_targets=paper_plus_single_out",
     )
     trainer = Trainer(cfg, dist1)
     try:

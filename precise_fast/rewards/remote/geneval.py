@@ -79,9 +79,14 @@ class GenEvalClient(RemoteReward):
         batch_size: int = 16,
         max_concurrency: int = 4,
         path: str = GENEVAL_PATH,
+        image_format: str = "jpeg",
+        jpeg_quality: int = 75,
         **kwargs,
     ):
-        super().__init__(urls, name=name, max_concurrency=max_concurrency, **kwargs)
+        # JPEG at Pillow's default quality 75, as the paper's client sends them
+        # (Tencent-Hunyuan/Precise precise_sde/rewards/remote.py, geneval_score); "png" is lossless.
+        super().__init__(urls, name=name, max_concurrency=max_concurrency, image_format=image_format,
+                         jpeg_quality=jpeg_quality, **kwargs)
         if reward not in GENEVAL_REWARDS:
             raise ValueError(f"geneval reward must be one of {GENEVAL_REWARDS}, got {reward!r}")
         if reward == "correct" and only_strict:

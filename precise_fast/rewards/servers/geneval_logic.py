@@ -16,8 +16,12 @@ partial-credit reward Flow-GRPO trains on (github.com/yifan123/reward-server
   count credit ``1 - |count - found| / count`` (negative when far too many objects are
   found, as in Flow-GRPO), a colour credit ``1 - |count - n_colour| / count`` or 0 when the
   count was wrong, and a position credit (1 or 0, or 0 when the count was wrong);
-  ``score`` is the mean credit. Deviation: Flow-GRPO's code appends a position credit of
-  1.0 even after a failed relation (so a failure scores 0.5); we give a failed relation 0.
+  ``score`` is the mean credit. A failed relation (target present, relation wrong): the
+  Precise paper's server (Tencent-Hunyuan/Precise precise_sde/rewards/servers/geneval/gen_eval.py,
+  ``evaluate_reward``, as Flow-GRPO's) appends 0.0 and then, unconditionally after its loop,
+  1.0 -- two credits, so the failure is worth 0.5. That looks like a bug but is what the paper
+  trained on, so it is the default (``failed_relation="paper"``); ``"zero"`` is the corrected
+  form (one credit of 0). No target (its clause failed): one credit of 0 in both.
 * Relative position: centres are compared after shrinking the offset by 0.1 x the summed
   box sizes per axis; the direction of the remaining offset decides left/right/above/below.
 * Colour: a CLIP zero-shot classifier over 10 colours on the object crop, with the
@@ -250,10 +254,16 @@ def evaluate_correct(
     return correct, reasons
 
 
+FAILED_RELATION = ("paper", "zero")
+
+
 def evaluate_partial(
-    objects: dict[str, list[Detection]], metadata: Mapping, colors: Callable[[str, int], list[str]], margin: float
+    objects: dict[str, list[Detection]], metadata: Mapping, colors: Callable[[str, int], list[str]], margin: float,
+    failed_relation: str = "paper",
 ) -> tuple[bool, float, list[str]]:
     """Flow-GRPO's exact-count criterion and partial-credit score (see the module docstring)."""
+    if failed_relation not in FAILED_RELATION:
+        raise ValueError(f"failed_relation must be one of {FAILED_RELATION}, got {failed_relation!r}")
     strict, credits, reasons, groups = True, [], [], []
     for req in metadata.get("include", []):
         name, count = req["class"], int(req["count"])
@@ -275,6 +285,8 @@ def evaluate_partial(
                 relation, target = req["position"][0], int(req["position"][1])
                 ok = groups[target] is not None and _relation_holds(found, groups[target], relation, margin)
                 credits.append(1.0 if ok else 0.0)
+                if not ok and groups[target] is not None and failed_relation == "paper":
+                    credits.append(1.0)
                 if not ok:
                     matched = False
                     reasons.append(
@@ -336,7 +348,11 @@ class GenEvalScorer:
         *,
         thresholds: Thresholds = Thresholds(),
         class_names: Sequence[str] = CLASS_NAMES,
+        failed_relation: str = "paper",
     ):
+        if failed_relation not in FAILED_RELATION:
+            raise ValueError(f"failed_relation must be one of {FAILED_RELATION}, got {failed_relation!r}")
+        self.failed_relation = failed_relation
         self.detector = detector
         self.color_classifier = color_classifier
         self.thresholds = thresholds
@@ -352,7 +368,7 @@ class GenEvalScorer:
         for image, meta, detections in zip(images, metadata, raw):
             objects = select_objects(detections, meta["tag"], self.thresholds, self.class_names)
             colors = _ColorCache(image, objects, self.color_classifier)
-            strict, score, reasons = evaluate_partial(objects, meta, colors, self.thresholds.position)
+            strict, score, reasons = evaluate_partial(objects, meta, colors, self.thresholds.position, self.failed_relation)
             correct = None
             if not only_strict:
                 correct, reasons_correct = evaluate_correct(objects, meta, colors, self.thresholds.position)

@@ -383,7 +383,7 @@ def build_scorer(args) -> GenEvalScorer:
     detector = MMDetDetector(config, detector_ckpt, device=args.device)
     colors = OpenClipColorClassifier(clip_ckpt, device=args.device)
     thresholds = Thresholds(confidence=args.threshold, counting_confidence=args.counting_threshold)
-    return GenEvalScorer(detector, colors, thresholds=thresholds)
+    return GenEvalScorer(detector, colors, thresholds=thresholds, failed_relation=args.failed_relation)
 
 
 def parse_args(argv=None):
@@ -401,6 +401,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--threshold", type=float, default=0.3)
     parser.add_argument("--counting-threshold", type=float, default=0.9)
+    parser.add_argument("--failed-relation", choices=("paper", "zero"), default="paper",
+                        help="credit of a wrong relation: paper = 0 then 1 (the paper's server), zero = 0 (corrected)")
     parser.add_argument("--max-images", type=int, default=256)
     parser.add_argument("--max-body-mb", type=int, default=256)
     return parser.parse_args(argv)
