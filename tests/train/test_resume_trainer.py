@@ -7,6 +7,7 @@
 - a run whose every epoch kept no sample warns per epoch and exits 3 saying why (item 5).
 """
 
+import json
 import logging
 
 import pytest
@@ -68,3 +69,29 @@ def test_a_run_that_keeps_nothing_warns_and_exits_non_zero(tmp_path, dist1, capl
     assert "the run trained nothing in 2 epochs" in err and "no epoch kept a sample" in err
     kept_zero = [r for r in caplog.records if "kept 0%" in r.getMessage()]
     assert [r.getMessage().split()[1] for r in kept_zero] == ["1", "2"]
+
+
+def test_rollback_then_plain_resume_stays_on_the_new_timeline(tmp_path, dist1, caplog):
+    """``--resume <epoch 1>`` in a run that reached epoch 3, then a plain ``--resume``: the
+    metrics read 1, 2, 3 of the new timeline (the issue saw 1, 2, 3, 4, 7)."""
+    from precise_fast.train import trainer as trainer_module
+
+    def run(*overrides, resume=None):
+        t = trainer_module.Trainer(small_config(tmp_path, *FAST, "checkpoint.every=1", "checkpoint.keep_last=5", *overrides), dist1, resume=resume)
+        try:
+            t.run()
+        finally:
+            t.close()
+
+    run("run.epochs=3")
+    root = tmp_path / "run" / "checkpoints"
+    with caplog.at_level(logging.WARNING, logger="precise_fast.train"):
+        run("run.epochs=2", resume=str(root / "epoch-000001"))
+    assert any("abandoned timeline" in r.getMessage() and "epoch-000002, epoch-000003" in r.getMessage()
+               for r in caplog.records)
+    assert [e for e, _ in list_checkpoints(root)] == [1, 2]
+    run("run.epochs=3", resume="latest")
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+    (abandoned,) = (root / "abandoned").iterdir()
+    assert sorted(p.name for p in abandoned.iterdir()) == ["epoch-000002", "epoch-000003", "metrics.jsonl"]
