@@ -107,7 +107,7 @@ class RewardConfig:
     # the client defaults (RetryPolicy: 4 attempts x (60 s read + 5 s connect) + backoff
     # 0.5 + 1 + 2 s, x1.1 jitter), then give the failed samples the sentinel (invalid).
     # The run stops when the invalid fraction over the last abort_window epochs reaches
-    # abort_invalid_fraction (train/health.py).
+    # abort_invalid_fraction (train/health.py); abort_window 0 never stops (the paper's behaviour).
     abort_invalid_fraction: float = 0.5
     abort_window: int = 3
 
@@ -471,7 +471,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"algorithm.g2rpo_steps_per_batch: must lie in [0, {len(a.g2rpo_steps)}]")
     if not 0 < cfg.reward.abort_invalid_fraction <= 1:
         raise ConfigError(f"reward.abort_invalid_fraction: must lie in (0, 1], got {cfg.reward.abort_invalid_fraction}")
-    _positive(cfg.reward.abort_window, "reward.abort_window")
+    _positive(cfg.reward.abort_window, "reward.abort_window", allow_zero=True)
     if not isinstance(cfg.reward.spec, (str, dict)) or not cfg.reward.spec:
         raise ConfigError(f"reward.spec: expected a reward name or mapping, got {cfg.reward.spec!r}")
 

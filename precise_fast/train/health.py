@@ -6,7 +6,7 @@
   ``images_per_prompt: 1`` without a fallback, or all invalid) or every update skipped.
 - Remote rewards that fail give sentinel (invalid) samples; when the invalid fraction over
   the last ``reward.abort_window`` epochs reaches ``reward.abort_invalid_fraction`` the run
-  stops (:class:`RewardsFailing`) instead of training on nothing.
+  stops (:class:`RewardsFailing`) instead of training on nothing (``abort_window: 0``: never).
 """
 
 from __future__ import annotations
@@ -51,9 +51,11 @@ class RewardHealth:
     def __init__(self, threshold: float, window: int):
         self.threshold = float(threshold)
         self.window = int(window)
-        self.recent: deque[float] = deque(maxlen=self.window)
+        self.recent: deque[float] = deque(maxlen=max(1, self.window))
 
     def update(self, epoch: int, invalid_fraction: float) -> None:
+        if self.window == 0:
+            return
         self.recent.append(float(invalid_fraction))
         if len(self.recent) < self.window:
             return

@@ -24,6 +24,9 @@ def test_window_threshold():
         h2.update(epoch, frac)  # means 0.47 and 0.47: below
     with pytest.raises(RewardsFailing, match=r"100% of the samples of epochs 1-3.*abort_invalid_fraction=0.5"):
         h.update(3, 1.0)
+    off = RewardHealth(0.5, 0)  # abort_window 0: never stops
+    for epoch in range(1, 10):
+        off.update(epoch, 1.0)
 
 
 def _closed_port() -> int:
