@@ -33,7 +33,8 @@ from .health import RewardHealth, check_trained, warn_if_nothing_kept
 from .objective import lora_reference, module_reference
 from .plots import save_reward_curve, save_sample_grid
 from .prompts import load_prompts
-from .resume import apply_optimizer_settings, changed_settings, check_optimizer_settings, choose_start, saved_config
+from .resume import (RunFolderError, apply_optimizer_settings, changed_settings, check_optimizer_settings, choose_start,
+                     saved_config)
 from .rng import capture_rng, restore_rng, seed_everything
 from .rollouts import Rollouts
 from .prompt_groups import GroupSampler
@@ -213,9 +214,9 @@ class Trainer:
             try:
                 folder = choose_start(self.out_dir, resume, or_start=resume_or_start, warn=logger.warning)
                 answer = ("ok", None if folder is None else str(folder))
-            except ValueError as err:  # CheckpointError, RunFolderError
+            except (CheckpointError, RunFolderError) as err:
                 answer = ("error", str(err))
-        kind, value = broadcast_object(answer)
+        kind, value = broadcast_object(answer)  # a rank-0 failure of any other kind kills the job (launcher)
         if kind != "ok":
             raise CheckpointError(value)
         return None if value is None else Path(value)
