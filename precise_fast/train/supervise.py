@@ -11,8 +11,9 @@ the command itself when it is a plain process), again to ranks that start later;
 stops at its next safe point (:mod:`.signals`: a checkpoint being written is finished, a
 partial epoch abandoned) and exits 128 + N. If the job is still running ``--grace``
 seconds later, or on a second signal, the whole group is SIGKILLed (checkpoints are
-atomic, so even that loses only the current epoch). When the job ends, anything left in its
-group is SIGKILLed: no process outlives this one. Exit status: 128 + N after signal N
+atomic, so even that loses only the current epoch). A signal sent to the runner alone
+(which then dies, orphaning its ranks) is handled the same way: its last-seen ranks get it.
+When the job ends, anything left in its group is SIGKILLed: no process outlives this one. Exit status: 128 + N after signal N
 (non-zero even when the ranks had just finished), else the job's.
 """
 
@@ -88,8 +89,8 @@ class Supervisor:
         print(f"[precise_fast] {signal.Signals(signum).name}: asking the ranks to stop at a safe point "
               f"(SIGKILL in {self.grace_s:g} s or on a second signal)", file=sys.stderr, flush=True)
 
-    def _forward(self, job_pid: int) -> None:
-        for p in training_processes(job_pid):
+    def _forward(self, procs: list[psutil.Process]) -> None:
+        for p in procs:
             if p.pid in self.signalled:
                 continue
             try:
@@ -105,19 +106,29 @@ class Supervisor:
         except OSError as err:
             print(f"[precise_fast] error: cannot start {self.command[0]}: {err.strerror}", file=sys.stderr)
             return 127
+        ranks: list[psutil.Process] = []  # last seen: they outlive a runner that was signalled directly
         try:
+            last_look = 0.0
             while True:
                 try:
                     rc = job.wait(timeout=0.2)
                     break
                 except subprocess.TimeoutExpired:
                     pass
+                if time.monotonic() - last_look > 1.0:
+                    ranks = training_processes(job.pid) or ranks
+                    last_look = time.monotonic()
                 if self.signum:
-                    self._forward(job.pid)
-                    if self.forced or time.monotonic() > self.deadline:
-                        why = "second signal" if self.forced else f"still running {self.grace_s:g} s after the signal"
-                        print(f"[precise_fast] {why}: SIGKILL to the job (checkpoints stay atomic)", file=sys.stderr, flush=True)
-                        _kill_group(job.pid)
+                    self._forward(training_processes(job.pid))
+                    self._kill_if_overdue(job.pid)
+            if -rc in (signal.SIGTERM, signal.SIGINT) and not self.signum:
+                self._on_signal(-rc, None)  # the runner itself got the signal: stop its orphaned ranks the same way
+            if self.signum:
+                while self._alive(ranks):
+                    self._forward(ranks)
+                    if self._kill_if_overdue(job.pid):
+                        break
+                    time.sleep(0.2)
         finally:
             _kill_group(job.pid)  # whatever the job left behind (its group outlives its leader)
             for sig, handler in previous.items():
@@ -125,6 +136,24 @@ class Supervisor:
         if self.signum:
             return 128 + self.signum
         return rc if rc >= 0 else 128 - rc
+
+    @staticmethod
+    def _alive(procs: list[psutil.Process]) -> bool:
+        for p in procs:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    return True
+            except psutil.Error:
+                continue
+        return False
+
+    def _kill_if_overdue(self, pgid: int) -> bool:
+        if not (self.forced or time.monotonic() > self.deadline):
+            return False
+        why = "second signal" if self.forced else f"still running {self.grace_s:g} s after the signal"
+        print(f"[precise_fast] {why}: SIGKILL to the job (checkpoints stay atomic)", file=sys.stderr, flush=True)
+        _kill_group(pgid)
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:
