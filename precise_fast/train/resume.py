@@ -28,8 +28,9 @@ from .config import Config
 
 # Sections that may change without changing what the remaining epochs compute.
 RESUME_FREE = ("run.epochs", "run.output_dir", "eval.", "log.", "checkpoint.")
-# Changing these would not load (tensor shapes, ZeRO partition layout).
-REFUSED = ("model.finetune", "model.lora_rank", "train.zero_stage")
+# Changing these would not load (tensor shapes, ZeRO partition layout, the EMA's state, the
+# prompt order's seed).
+REFUSED = ("model.finetune", "model.lora_rank", "train.zero_stage", "train.ema", "run.seed")
 OPTIMIZER_KEYS = ("train.lr", "train.betas", "train.weight_decay", "train.adam_eps", "train.max_grad_norm")
 PREVIOUS = "previous"  # where --resume-or-start puts the logs of an attempt that left no checkpoint
 

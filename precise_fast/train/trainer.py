@@ -225,23 +225,26 @@ class Trainer:
         _, ts, rs = self.ckpt.load(folder, read_engine=lambda p: self.policy.load(p, exclude_frozen=self.lora))
         # The optimizer state just loaded carries the interrupted run's settings; the config's win.
         apply_optimizer_settings(self.policy.engine, self.cfg)
-        if self.resume_changes and self.main:
-            logger.warning("resuming %s with changed settings %s: the run will not match an uninterrupted one",
-                           folder, self.resume_changes)
-        if self.main:
-            moved = set_aside_later(self.ckpt.root, ts["epoch"], warn=logger.warning)
-            if moved and (self.out_dir / "metrics.jsonl").is_file():  # the abandoned timeline's metrics go with it
-                shutil.copy2(self.out_dir / "metrics.jsonl", moved[0].parent / "metrics.jsonl")
-        barrier()
+        try:  # the states check that they fit this run (prompt set size, seed, adapter shapes)
+            self.sampler.load_state_dict(ts["sampler"])
+            self.tracker.load_state_dict(ts["tracker"])
+            if self.ema is not None:
+                self.ema.load_state_dict(rs["ema"] if self.cfg.train.zero_stage == 3 else ts["ema"])
+        except ValueError as err:
+            raise CheckpointError(f"--resume {folder}: {err}") from None
         self.epoch = ts["epoch"]
-        self.sampler.load_state_dict(ts["sampler"])
-        self.tracker.load_state_dict(ts["tracker"])
         self.history = ts["history"]
         self.policy.load_state_dict(ts["policy"])
         self.per_forward = ts["per_forward"]
-        if self.ema is not None:
-            self.ema.load_state_dict(rs["ema"] if self.cfg.train.zero_stage == 3 else ts["ema"])
         restore_rng(rs["rng"])
+        if self.resume_changes and self.main:
+            logger.warning("resuming %s with changed settings %s: the run will not match an uninterrupted one",
+                           folder, self.resume_changes)
+        if self.main:  # only once the resume is accepted: the later checkpoints are an abandoned timeline
+            moved = set_aside_later(self.ckpt.root, self.epoch, warn=logger.warning)
+            if moved and (self.out_dir / "metrics.jsonl").is_file():  # its metrics go with it
+                shutil.copy2(self.out_dir / "metrics.jsonl", moved[0].parent / "metrics.jsonl")
+        barrier()
         if self.main:
             logger.info("resumed from %s (epoch %d done)", folder, self.epoch)
 

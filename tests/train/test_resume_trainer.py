@@ -3,7 +3,8 @@
 - ``checkpoint.every: 0`` still saves the last epoch (item 3; the schema's promise);
 - a resume with a changed lr / betas / weight decay / Adam eps / grad-norm clip runs with
   the new values, not those the restored optimizer state brought back (item 1);
-- a resume that changes the LoRA rank is refused before any model loads;
+- a resume that changes the LoRA rank is refused before any model loads, one with another
+  prompt set with the checkpoint's own message (no traceback, nothing moved aside);
 - a run whose every epoch kept no sample warns per epoch and exits 3 saying why (item 5).
 """
 
@@ -45,6 +46,13 @@ def test_every_zero_saves_the_last_epoch_and_resume_applies_changed_optimizer_se
         }
     finally:
         resumed.close()
+
+    # A different prompt set cannot continue the prompt order: one clear error, and nothing moved.
+    fewer = tmp_path / "fewer.txt"
+    fewer.write_text("a cat\na dog\n")
+    with pytest.raises(CheckpointError, match="--resume .*epoch-000001: sampler state is for .* prompts"):
+        trainer_module.Trainer(small_config(tmp_path, *FAST, f"prompts.train={fewer}"), dist1, resume="latest")
+    assert [e for e, _ in list_checkpoints(root)] == [1]
 
     # A changed LoRA rank cannot load: refused with the key named, before the model loads.
     def no_model(*args, **kwargs):
