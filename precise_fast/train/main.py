@@ -5,10 +5,10 @@ precise_fast.train --config configs/tiny_cpu.yaml``; GPU: ``deepspeed --num_gpus
 or as one plain process (``python -m precise_fast.train --config ...``). ``make train`` goes
 through :mod:`precise_fast.train.supervise`, which stops the ranks cleanly on TERM / INT.
 
-Exit status: 0 done; 2 bad input (config, prompts, checkpoint to resume, run folder, full
-disk: one line naming the file or key, no traceback); 3 the run cannot train (nothing
-trained, rewards failing); 128 + N
-stopped by signal N at a safe point (143 TERM, 130 INT); anything else is a crash.
+Exit status (docs/RELIABILITY.md): 0 done; 2 bad input (config, prompts, rewards, checkpoint
+to resume, run folder, full disk: one line naming the file or key, no traceback); 3 the run
+cannot train (nothing trained, rewards failing); 128 + N stopped by signal N at a safe point
+(143 TERM, 130 INT); anything else is a crash (a bug: its traceback is kept).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 import warnings
 
 EXIT_BAD_INPUT = 2
-EXIT_NOTHING_TRAINED = 3
+EXIT_CANNOT_TRAIN = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", 0))
     _quiet_libraries(rank)
     from .distributed import all_reduce_max_, init_distributed
-    from .signals import StopRequest, StopRequested
     from .health import TrainingHealthError
+    from .signals import StopRequest, StopRequested
     from .trainer import Trainer
 
     stop = StopRequest(all_reduce_max_)  # before the slow start: a TERM while loading stops at the first safe point
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingHealthError as err:  # nothing trained, rewards failing
         if rank == 0:
             print(f"[precise_fast] error: {err}", file=sys.stderr, flush=True)
-        return EXIT_NOTHING_TRAINED
+        return EXIT_CANNOT_TRAIN
     except Exception as err:
         message = input_error_message(err)
         if message is None:

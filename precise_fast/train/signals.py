@@ -1,7 +1,8 @@
 """Stop a rank at a safe point on SIGTERM / SIGINT (a scheduler's TERM, a Ctrl-C, the launcher).
 
 The handler only records the signal; the trainer asks :meth:`StopRequest.agreed` at safe
-points (after each sampling batch and after each epoch, once its checkpoint is written).
+points: after each sampling batch, and after each epoch (saving that epoch's checkpoint
+first when ``checkpoint.every`` would not have, so a finished epoch is never lost).
 The question is a collective (a max all-reduce of the flag), so every rank stops at the
 same point even when the signal reached them at different moments; a rank never leaves a
 collective half-done. Stopping mid-epoch abandons that epoch (nothing of it is written; the

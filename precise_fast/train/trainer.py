@@ -22,7 +22,7 @@ import torch
 from ..models import apply_lora, enable_full_finetune, load_pipeline, lora_state_dict, save_lora, tiny_pipeline_path
 from ..rewards import RewardExecutor
 from .advantages import AdvantageTracker
-from .checkpoint import CheckpointError, CheckpointManager, set_aside_later
+from .checkpoint import CheckpointError, CheckpointManager, checkpoint_tag, set_aside_later
 from .config import Config, check_world, dump_config
 from .credit import assign_credit, balanced_rows
 from .distributed import DistInfo, all_reduce_, barrier, broadcast_object
@@ -39,7 +39,7 @@ from .rng import capture_rng, restore_rng, seed_everything
 from .rollouts import Rollouts
 from .prompt_groups import GroupSampler
 from .sampling_phase import TimedReward, sample_epoch
-from .signals import StopRequest
+from .signals import StopRequest, StopRequested
 from .tracking import RunLogger
 from .update_phase import train_epoch
 from .validation import build_checked_reward
@@ -387,8 +387,11 @@ class Trainer:
             if self._checkpoint_due(epoch):
                 self.save()
             self.reward_health.update(epoch, metrics["reward/invalid_fraction"])
-            if self.stop is not None:
-                self.stop.check(f"after epoch {epoch} (its checkpoint, if due, is complete)")
+            signum = self.stop.agreed() if self.stop is not None else 0
+            if signum:
+                if not self._checkpoint_due(epoch):
+                    self.save()  # the finished epoch is kept
+                raise StopRequested(signum, f"after epoch {epoch} (checkpoint {checkpoint_tag(epoch)} complete)")
         check_trained(epochs=self.epoch, applied_steps=self.policy.applied_steps,
                       skipped_updates=int(self.policy.guard.skipped_updates), images_per_prompt=cfg.sampler.images_per_prompt)
         summary = self._summary()

@@ -182,3 +182,26 @@ def test_term_to_make_train_stops_every_process_and_the_run_resumes(tmp_path):
     assert max(later) > max(done)
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == sorted(set(epochs)) and epochs[0] == 1  # each epoch once, in order
+
+
+def test_term_after_an_undue_epoch_saves_it_then_stops(tmp_path, dist1, monkeypatch):
+    """``checkpoint.every: 0`` would save only the last of 3 epochs; a TERM during epoch 1's
+    training still keeps epoch 1 (its checkpoint is written before the stop)."""
+    from precise_fast.train import trainer as trainer_module
+
+    stop = StopRequest(install=False)
+    real_train_epoch = trainer_module.train_epoch
+
+    def train_then_term(*args, **kwargs):
+        stop.signum = signal.SIGTERM  # arrives after sampling: the next safe point is the epoch's end
+        return real_train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_epoch", train_then_term)
+    t = trainer_module.Trainer(small_config(tmp_path, *FAST, "run.epochs=3"), dist1, stop=stop)
+    try:
+        with pytest.raises(StopRequested, match=r"after epoch 1 \(checkpoint epoch-000001 complete\)"):
+            t.run()
+    finally:
+        t.close()
+    root = tmp_path / "run" / "checkpoints"
+    assert [e for e, _ in list_checkpoints(root)] == [1] and verify_checkpoint(root / "epoch-000001") is None
