@@ -47,6 +47,10 @@ _LOW_SPACE = 1 << 20  # bytes free below which a failed write is taken for a ful
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be written or resumed; the message names the folder."""
+
+
+class DiskFullError(CheckpointError):
+    """No space left while saving (may hit one rank only)."""
 _TAG = re.compile(r"epoch-(\d+)")
 
 
@@ -243,7 +247,7 @@ class CheckpointManager:
             if not _disk_full(err, self.root):
                 raise
             shutil.rmtree(self.root / f".tmp-{checkpoint_tag(epoch)}", ignore_errors=True)
-            raise CheckpointError(f"no space left on {self.root} while saving {checkpoint_tag(epoch)} "
+            raise DiskFullError(f"no space left on {self.root} while saving {checkpoint_tag(epoch)} "
                                   "(earlier checkpoints are intact; free space, then --resume)") from err
 
     def _save(self, epoch, *, write_engine, trainer_state, rank_state, export, meta) -> Path:

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries(rank)
     from .distributed import all_reduce_max_, init_distributed
     from .health import TrainingHealthError
+    from .checkpoint import DiskFullError
     from .signals import StopRequest, StopRequested
     from .trainer import Trainer
 
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         message = input_error_message(err)
         if message is None:
             raise
-        if rank == 0 or isinstance(err, OSError):  # the others are the same collective error; a disk is per rank
+        if rank == 0 or isinstance(err, (OSError, DiskFullError)):  # else the same collective error on every rank
             print(f"[precise_fast] error: {message}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     finally:

@@ -119,3 +119,26 @@ def test_full_disk_while_saving_is_one_clear_error(tmp_path):
         m.save(2, write_engine=full, trainer_state={}, rank_state={})
     assert [e for e, _ in list_checkpoints(tmp_path)] == [1]
     assert verify_checkpoint(tmp_path / "epoch-000001") is None
+
+
+def test_torch_write_failure_on_a_full_disk_is_named_and_other_failures_are_not_masked(tmp_path, monkeypatch):
+    """torch.save reports a full disk as a RuntimeError ("file write failed"); it counts as a
+    full disk only when the disk is in fact (nearly) full, else the error stays as it was."""
+    from collections import namedtuple
+
+    from precise_fast.train import checkpoint as ckpt_module
+
+    m = _manager(tmp_path)
+
+    def torch_fails(folder):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/0: "
+                           "file write failed")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(ckpt_module.shutil, "disk_usage", lambda _: usage(10 << 30, 10 << 30, 4096))
+    with pytest.raises(ckpt_module.DiskFullError, match="no space left on"):
+        m.save(1, write_engine=torch_fails, trainer_state={}, rank_state={})
+    monkeypatch.setattr(ckpt_module.shutil, "disk_usage", lambda _: usage(10 << 30, 1 << 30, 9 << 30))
+    with pytest.raises(RuntimeError, match="file write failed") as info:
+        m.save(1, write_engine=torch_fails, trainer_state={}, rank_state={})
+    assert not isinstance(info.value, CheckpointError)
