@@ -1,9 +1,9 @@
 """Bad input is one line naming the file or key, exit status 2, and (except the full disk,
 which needs a running trainer) it comes before any model loads (issue 13, "says too little").
 
-Covers: malformed YAML (file and ``--set``), non-UTF-8 config and prompt files, an unknown
-reward, missing reward weights, GenEval rewards with prompts lacking GenEval metadata, and
-a full disk while writing the run's logs."""
+Covers: malformed YAML (file and ``--set``), non-UTF-8 config and prompt files, a missing
+prompt file, an unknown reward, missing reward weights, GenEval rewards with prompts lacking
+GenEval metadata, and a full disk while writing the run's logs."""
 
 import errno
 
@@ -57,6 +57,8 @@ def test_non_utf8_config_and_prompt_files(tmp_path, capsys, dist1, no_model):
     prompts.write_bytes(b"a cat\nan \xff dog\n")
     code, line = _run(tmp_path, capsys, f"prompts.train={prompts}")
     assert code == 2 and str(prompts) in line and "not UTF-8" in line
+    code, line = _run(tmp_path, capsys, f"prompts.train={tmp_path / 'missing.txt'}")
+    assert code == 2 and "prompt file" in line and "missing.txt not found" in line
 
 
 def test_reward_problems_fail_before_the_model_loads(tmp_path, capsys, dist1, no_model):
