@@ -71,15 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .config import ConfigError, dump_config, load_config
 
+    rank = int(os.environ.get("RANK", 0))  # set by the launcher; the process group comes later
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
+        if rank == 0:  # every rank reads the same file: say it once
+            print(f"[precise_fast] error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.print_config:
         print(dump_config(cfg))
         return 0
-    rank = int(os.environ.get("RANK", 0))
     _quiet_libraries(rank)
     from .distributed import all_reduce_max_, init_distributed
     from .health import TrainingHealthError
