@@ -26,8 +26,9 @@ TRAIN_CONFIG ?= configs/tiny_cpu.yaml
 TRAIN_RUN ?= runs/tiny_cpu
 TRAIN_PORT ?= 29517
 TRAIN_ARGS ?=
-DS_LAUNCH = OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu .venv/bin/deepspeed --num_gpus 2 --master_port $(TRAIN_PORT) \
-	--module precise_fast.train --config $(TRAIN_CONFIG) --set run.output_dir=$(TRAIN_RUN)
+# Through the supervisor: TERM / INT (Ctrl-C) stop the ranks at a safe point, nothing is left running.
+DS_LAUNCH = OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu $(PY) -m precise_fast.train.supervise -- .venv/bin/deepspeed --num_gpus 2 \
+	--master_port $(TRAIN_PORT) --module precise_fast.train --config $(TRAIN_CONFIG) --set run.output_dir=$(TRAIN_RUN)
 
 train: setup
 	rm -rf $(TRAIN_RUN)

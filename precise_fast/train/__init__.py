@@ -10,6 +10,9 @@ per rank), ``rollouts`` / ``sampling_phase`` (trajectories with overlapped rewar
 (re-scoring and the clipped loss), ``update_phase`` (accumulation windows),
 ``policy_engine`` / ``guard`` (DeepSpeed and the non-finite guard), ``ema``, ``checkpoint`` / ``rng`` (exact
 resume), ``evaluate``, ``tracking`` / ``plots`` (logs and PNGs), ``trainer`` (the loop).
+Reliability (docs/RELIABILITY.md): ``resume`` (start or resume, what a resume may change),
+``validation`` (reward checks before the model loads), ``health`` (runs that train nothing),
+``signals`` / ``supervise`` (TERM / INT stop at safe points; ``make train``'s wrapper).
 """
 
 from .config import Config, ConfigError, load_config

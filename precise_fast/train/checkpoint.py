@@ -4,7 +4,7 @@ A checkpoint is a folder ``<root>/epoch-000012/`` holding DeepSpeed's files (``d
 trained weights and optimizer partitions), ``trainer.pt`` (EMA, sampler position,
 advantage tracker, counters, metric history, config), one ``rank00000.pt`` per rank (RNG
 states and whatever that rank alone holds) and ``checkpoint.json``, the manifest with
-every file's size.
+every file's size and SHA-256 (hashed by rank 0 while publishing, after the fsync).
 
 Writing is atomic: every rank writes into ``<root>/.tmp-<tag>/``; after a barrier rank 0
 fsyncs every file, writes the manifest last, fsyncs, renames the folder to its final name
@@ -15,10 +15,18 @@ counts as a checkpoint; the newest such folder is "latest" (the ``latest`` file 
 convenience pointer, never trusted over the manifests). The last ``keep_last`` are kept;
 older ones are renamed away before deletion, so a half-deleted folder is never mistaken
 for a checkpoint. Assumes a filesystem shared by all ranks (the usual cluster setup).
+
+Resuming verifies the checksums (:func:`verify_checkpoint`): damage that keeps the size
+(zeroed blocks) is caught too. ``latest`` falls back to the newest checkpoint that
+verifies, warning about each broken one; an explicitly named checkpoint must verify.
+Resuming from a checkpoint older than the newest abandons the later ones: they are moved
+to ``<root>/abandoned/`` (:func:`set_aside_later`), so no later ``latest`` picks them up.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import re
@@ -33,6 +41,16 @@ from .faults import crash_point
 
 MANIFEST = "checkpoint.json"
 LATEST = "latest"
+ABANDONED = "abandoned"
+_LOW_SPACE = 1 << 20  # bytes free below which a failed write is taken for a full disk
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written or resumed; the message names the folder."""
+
+
+class DiskFullError(CheckpointError):
+    """No space left while saving (may hit one rank only)."""
 _TAG = re.compile(r"epoch-(\d+)")
 
 
@@ -66,6 +84,14 @@ def _file_sizes(root: Path) -> dict[str, int]:
     return sizes
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_manifest(folder: Path) -> dict | None:
     """The manifest of a complete checkpoint folder, or None (missing, unreadable or files differ)."""
     try:
@@ -82,6 +108,35 @@ def read_manifest(folder: Path) -> dict | None:
     return manifest
 
 
+def verify_checkpoint(folder: Path) -> str | None:
+    """None when every file of ``folder`` matches its manifest (size and SHA-256), else what is wrong."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        return f"{MANIFEST} unreadable ({err.__class__.__name__})"
+    sizes, digests = manifest.get("files"), manifest.get("sha256")
+    if not isinstance(sizes, dict) or not isinstance(digests, dict) or set(sizes) != set(digests):
+        return f"{MANIFEST} lists no SHA-256 for every file"
+    for rel in sorted(sizes):
+        p = folder / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        if p.stat().st_size != sizes[rel]:
+            return f"{rel} has {p.stat().st_size} bytes, the manifest says {sizes[rel]}"
+        if _sha256(p) != digests[rel]:
+            return f"{rel} fails its SHA-256 check"
+    return None
+
+
+def _tagged(root: Path) -> list[tuple[int, Path]]:
+    """Every ``epoch-*`` folder under ``root`` (complete or not), oldest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), c) for c in root.iterdir() if (m := _TAG.fullmatch(c.name)) and c.is_dir()]
+    return sorted(found)
+
+
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints under ``root`` as (epoch, folder), oldest first."""
     out = []
@@ -94,20 +149,67 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def resolve_resume(spec: str, default_root: Path) -> Path | None:
+def _newest_verified(root: Path, warn: Callable[[str], None]) -> Path | None:
+    """The newest checkpoint under ``root`` that verifies (None: there is none at all);
+    each broken newer one is named in a warning; raises when some exist but none verifies."""
+    broken = []
+    for _, folder in reversed(_tagged(root)):
+        problem = verify_checkpoint(folder)
+        if problem is None:
+            return folder
+        broken.append(f"{folder.name} ({problem})")
+        warn(f"checkpoint {folder} is broken, skipped: {problem}")
+    if broken:
+        raise CheckpointError(f"no checkpoint under {root} verifies: {'; '.join(broken)}")
+    return None
+
+
+def resolve_resume(spec: str, default_root: Path, *, warn: Callable[[str], None] = lambda _: None) -> Path | None:
     """``"latest"`` (in this run's checkpoint folder; None when there is none yet), a
-    checkpoint folder, a checkpoints root, or a run's output folder."""
+    checkpoint folder, a checkpoints root, or a run's output folder; always a checkpoint
+    that verifies (see the module docstring)."""
     if spec == "latest":
-        found = list_checkpoints(default_root)
-        return found[-1][1] if found else None
+        return _newest_verified(Path(default_root), warn)
     p = Path(spec).expanduser()
+    if (p / MANIFEST).is_file():
+        problem = verify_checkpoint(p)
+        if problem is not None:
+            raise CheckpointError(f"--resume {spec}: checkpoint {p.name} is broken: {problem}")
+        return p
     for candidate_root in (p, p / "checkpoints"):
-        if read_manifest(candidate_root) is not None:
-            return candidate_root
-        found = list_checkpoints(candidate_root)
-        if found:
-            return found[-1][1]
-    raise FileNotFoundError(f"--resume {spec}: no complete checkpoint there (a folder with a valid {MANIFEST})")
+        found = _newest_verified(candidate_root, warn)
+        if found is not None:
+            return found
+    raise CheckpointError(f"--resume {spec}: no complete checkpoint there (a folder with a valid {MANIFEST})")
+
+
+def set_aside_later(root: Path, epoch: int, *, warn: Callable[[str], None]) -> list[Path]:
+    """Move the checkpoints newer than ``epoch`` (an abandoned timeline) to ``root/abandoned/``."""
+    later = [folder for e, folder in _tagged(Path(root)) if e > epoch]
+    if not later:
+        return []
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    dest = Path(root) / ABANDONED / stamp
+    dest.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for folder in later:
+        os.rename(folder, dest / folder.name)
+        moved.append(dest / folder.name)
+    if (Path(root) / checkpoint_tag(epoch)).is_dir():  # the convenience pointer follows the live timeline
+        (Path(root) / LATEST).write_text(checkpoint_tag(epoch) + "\n")
+    _fsync_path(Path(root))
+    warn(f"resuming from epoch {epoch}: the later checkpoints {', '.join(f.name for f in later)} belong to an "
+         f"abandoned timeline and were moved to {dest}")
+    return moved
+
+
+def _disk_full(err: BaseException, where: Path) -> bool:
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    try:  # torch.save reports a full disk as a RuntimeError ("file write failed")
+        return isinstance(err, RuntimeError) and "write" in str(err) and shutil.disk_usage(where).free < _LOW_SPACE
+    except OSError:
+        return False
 
 
 class CheckpointManager:
@@ -138,6 +240,17 @@ class CheckpointManager:
         export: Callable[[Path], None] | None = None,
         meta: dict | None = None,
     ) -> Path:
+        try:
+            return self._save(epoch, write_engine=write_engine, trainer_state=trainer_state, rank_state=rank_state,
+                              export=export, meta=meta)
+        except (OSError, RuntimeError) as err:
+            if not _disk_full(err, self.root):
+                raise
+            shutil.rmtree(self.root / f".tmp-{checkpoint_tag(epoch)}", ignore_errors=True)
+            raise DiskFullError(f"no space left on {self.root} while saving {checkpoint_tag(epoch)} "
+                                  "(earlier checkpoints are intact; free space, then --resume)") from err
+
+    def _save(self, epoch, *, write_engine, trainer_state, rank_state, export, meta) -> Path:
         tag = checkpoint_tag(epoch)
         tmp = self.root / f".tmp-{tag}"
         final = self.root / tag
@@ -155,8 +268,9 @@ class CheckpointManager:
         self.barrier()
         if self.rank == 0:
             _fsync_tree(tmp)
+            sizes = _file_sizes(tmp)
             manifest = {"tag": tag, "epoch": int(epoch), "world_size": self.world_size, "created": time.time(),
-                        **(meta or {}), "files": _file_sizes(tmp)}
+                        **(meta or {}), "files": sizes, "sha256": {rel: _sha256(tmp / rel) for rel in sizes}}
             with open(tmp / MANIFEST, "w") as f:
                 json.dump(manifest, f, indent=1)
                 f.flush()
@@ -192,9 +306,9 @@ class CheckpointManager:
         """``(manifest, trainer_state, this rank's state)``; DeepSpeed state goes through ``read_engine``."""
         manifest = read_manifest(folder)
         if manifest is None:
-            raise ValueError(f"{folder} is not a complete checkpoint")
+            raise CheckpointError(f"{folder} is not a complete checkpoint")
         if manifest["world_size"] != self.world_size:
-            raise ValueError(
+            raise CheckpointError(
                 f"{folder} was written by {manifest['world_size']} ranks; this run has {self.world_size}. "
                 "ZeRO partitions (and the rank-major slot layout) need the same world size to resume."
             )

@@ -114,6 +114,13 @@ class RewardConfig:
     max_pending: int = 2  # bounded queue of batches waiting for scoring
     model_root: Union[str, None] = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Remote rewards (geneval, unifiedreward) retry each request wave for up to ~265 s with
+    # the client defaults (RetryPolicy: 4 attempts x (60 s read + 5 s connect) + backoff
+    # 0.5 + 1 + 2 s, x1.1 jitter), then give the failed samples the sentinel (invalid).
+    # The run stops when the invalid fraction over the last abort_window epochs reaches
+    # abort_invalid_fraction (train/health.py); abort_window 0 never stops (the paper's behaviour).
+    abort_invalid_fraction: float = 0.5
+    abort_window: int = 3
 
 
 @dataclass
@@ -329,13 +336,31 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{getattr(err, 'problem', None) or err}"
+
+
+def _parse_yaml_text(path: Path):
+    """The YAML document in ``path``; malformed or non-UTF-8 text is a one-line ConfigError naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: malformed YAML at {_yaml_problem(err)}") from None
+
+
 def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"base: cycle through {path}")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = _parse_yaml_text(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping at the top level")
     base = data.pop("base", None)
@@ -354,7 +379,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if len(parts) < 2 or not all(parts):
         raise ConfigError(f"override {text!r}: the key must be section.key (e.g. train.lr)")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: the value is malformed YAML ({_yaml_problem(err)})") from None
     return parts, value
 
 
@@ -485,6 +513,9 @@ def validate(cfg: Config) -> None:
             _positive(t.num_steps, f"{key}.num_steps")
         if t.eta is not None and t.eta < 0:
             raise ConfigError(f"{key}.eta: must be >= 0, got {t.eta}")
+    if not 0 < cfg.reward.abort_invalid_fraction <= 1:
+        raise ConfigError(f"reward.abort_invalid_fraction: must lie in (0, 1], got {cfg.reward.abort_invalid_fraction}")
+    _positive(cfg.reward.abort_window, "reward.abort_window", allow_zero=True)
     if not isinstance(cfg.reward.spec, (str, dict)) or not cfg.reward.spec:
         raise ConfigError(f"reward.spec: expected a reward name or mapping, got {cfg.reward.spec!r}")
 

@@ -2,16 +2,26 @@
 
 Launch with DeepSpeed (CPU: ``DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --module
 precise_fast.train --config configs/tiny_cpu.yaml``; GPU: ``deepspeed --num_gpus 8 ...``)
-or as one plain process (``python -m precise_fast.train --config ...``).
+or as one plain process (``python -m precise_fast.train --config ...``). ``make train`` goes
+through :mod:`precise_fast.train.supervise`, which stops the ranks cleanly on TERM / INT.
+
+Exit status (docs/RELIABILITY.md): 0 done; 2 bad input (config, prompts, rewards, checkpoint
+to resume, run folder, full disk: one line naming the file or key, no traceback); 3 the run
+cannot train (nothing trained, rewards failing); 128 + N stopped by signal N at a safe point
+(143 TERM, 130 INT); anything else is a crash (a bug: its traceback is kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
 import warnings
+
+EXIT_BAD_INPUT = 2
+EXIT_CANNOT_TRAIN = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.lr=1e-4 (repeatable)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None,
-                        help="continue from the latest checkpoint of this run (no value) or from a checkpoint / run folder")
+                        help="continue from the latest checkpoint of this run (no value) or from a checkpoint / run folder; "
+                             "an error when there is none")
+    parser.add_argument("--resume-or-start", action="store_true",
+                        help="continue from the latest checkpoint, or start fresh when the run has none yet")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
     return parser
@@ -30,34 +43,76 @@ def _quiet_libraries(rank: int) -> None:
     level = logging.INFO if rank == 0 else logging.WARNING
     logging.basicConfig(level=level, format=f"[rank{rank}] %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for name in ("deepspeed", "DeepSpeed", "torch.distributed", "diffusers", "transformers", "peft", "precise_fast.rollout",
-                 "precise_fast.models"):
+                 "precise_fast.models", "httpx", "httpcore"):  # httpx logs every reward request at INFO
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch.distributed")
+
+
+def input_error_message(err: BaseException) -> str | None:
+    """One line for an error in the user's input or machine (not a bug), else None.
+
+    Kept to the project's own error types, each of which names its file or key, so a bug
+    still shows its traceback."""
+    from ..rewards.paths import MissingCheckpointError
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .prompts import PromptError
+    from .resume import RunFolderError
+
+    if isinstance(err, (ConfigError, CheckpointError, RunFolderError, PromptError, MissingCheckpointError)):
+        return str(err)
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return f"no space left on {err.filename or 'the device'} ({err.strerror})"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .config import ConfigError, dump_config, load_config
 
+    rank = int(os.environ.get("RANK", 0))  # set by the launcher; the process group comes later
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+        if rank == 0:  # every rank reads the same file: say it once
+            print(f"[precise_fast] error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.print_config:
         print(dump_config(cfg))
         return 0
-    _quiet_libraries(int(os.environ.get("RANK", 0)))
-    from .distributed import init_distributed
+    _quiet_libraries(rank)
+    from .distributed import all_reduce_max_, init_distributed
+    from .health import TrainingHealthError
+    from .checkpoint import DiskFullError
+    from .signals import StopRequest, StopRequested
     from .trainer import Trainer
 
-    dist = init_distributed(cfg.run.device)
-    trainer = Trainer(cfg, dist, resume=args.resume)
+    stop = StopRequest(all_reduce_max_)  # before the slow start: a TERM while loading stops at the first safe point
+    trainer = None
     try:
+        dist = init_distributed(cfg.run.device)
+        trainer = Trainer(cfg, dist, resume=args.resume, resume_or_start=args.resume_or_start, stop=stop)
         trainer.run()
+    except StopRequested as err:
+        if rank == 0:
+            print(f"[precise_fast] {err}; resume with --resume", file=sys.stderr, flush=True)
+        return err.exit_code
+    except TrainingHealthError as err:  # nothing trained, rewards failing
+        if rank == 0:
+            print(f"[precise_fast] error: {err}", file=sys.stderr, flush=True)
+        return EXIT_CANNOT_TRAIN
+    except Exception as err:
+        message = input_error_message(err)
+        if message is None:
+            raise
+        if rank == 0 or isinstance(err, (OSError, DiskFullError)):  # else the same collective error on every rank
+            print(f"[precise_fast] error: {message}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
     finally:
-        trainer.close()
+        if trainer is not None:
+            trainer.close()
+        stop.restore()
     return 0
 
 

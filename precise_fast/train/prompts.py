@@ -18,6 +18,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_ENV = "PRECISE_FAST_DATA"
 
 
+class PromptError(ValueError):
+    """A prompt file that cannot be used; the message names the file (and line)."""
+
+
+class PromptNotFound(PromptError, FileNotFoundError):
+    pass
+
+
 @dataclass(frozen=True)
 class PromptSet:
     prompts: tuple[str, ...]
@@ -41,30 +49,33 @@ def resolve_data_path(path: str | os.PathLike) -> Path:
         if c.is_file():
             return c
     looked = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(f"prompt file {path} not found (looked at {looked}; set ${DATA_ENV} to a folder holding it)")
+    raise PromptNotFound(f"prompt file {path} not found (looked at {looked}; set ${DATA_ENV} to a folder holding it)")
 
 
 def load_prompts(path: str | os.PathLike) -> PromptSet:
     """Read a prompt set; empty lines are skipped, an empty set is an error."""
     file = resolve_data_path(path)
     prompts, metadata = [], []
-    with open(file, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if file.suffix == ".jsonl":
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{file}:{number}: not valid JSON: {err}") from err
-                if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-                    raise ValueError(f"{file}:{number}: a record needs a string 'prompt' field")
-                prompts.append(record["prompt"])
-                metadata.append(record)
-            else:
-                prompts.append(line)
-                metadata.append({})
+    try:
+        lines = file.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as err:
+        raise PromptError(f"{file}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from err
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        if file.suffix == ".jsonl":
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise PromptError(f"{file}:{number}: not valid JSON: {err}") from err
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+                raise PromptError(f"{file}:{number}: a record needs a string 'prompt' field")
+            prompts.append(record["prompt"])
+            metadata.append(record)
+        else:
+            prompts.append(line)
+            metadata.append({})
     if not prompts:
-        raise ValueError(f"{file} holds no prompts")
+        raise PromptError(f"{file} holds no prompts")
     return PromptSet(tuple(prompts), tuple(metadata), file)

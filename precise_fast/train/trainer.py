@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,48 +20,39 @@ import torch
 
 from ..models import (apply_lora, apply_precision, enable_full_finetune, init_lora_from, load_pipeline, lora_state_dict,
                       save_lora, tiny_pipeline_path)
-from ..rewards import RewardExecutor, build_reward
+from ..rewards import RewardExecutor
 from .advantages import AdvantageTracker
-from .checkpoint import CheckpointManager, list_checkpoints, resolve_resume
+from .checkpoint import CheckpointError, CheckpointManager, checkpoint_tag, set_aside_later
 from .config import Config, check_world, dump_config
 from .credit import assign_credit, epoch_rows
-from .distributed import DistInfo, all_reduce_, barrier
+from .distributed import DistInfo, all_reduce_, barrier, broadcast_object
 from .ema import EMA
 from .policy_engine import PolicyEngine
 from .evaluate import Evaluator, evaluate, resolve_targets
+from .health import RewardHealth, check_trained, warn_if_nothing_kept
 from .objective import lora_reference, module_reference
 from .plots import save_reward_curve, save_sample_grid
 from .prompts import load_prompts
+from .resume import (RunFolderError, apply_optimizer_settings, changed_settings, check_optimizer_settings, choose_start,
+                     saved_config)
 from .rng import capture_rng, restore_rng, seed_everything
 from .rollouts import Rollouts
 from .prompt_groups import GroupSampler
 from .sampling_phase import TimedReward, sample_epoch
+from .signals import StopRequest, StopRequested
 from .tracking import RunLogger
 from .update_phase import count_minibatches, train_epoch
+from .validation import build_checked_reward
 
 logger = logging.getLogger("precise_fast.train")
 
-# Config sections that may change between an interrupted run and its resume without
-# changing what the remaining epochs compute.
-_RESUME_FREE = ("run.epochs", "run.output_dir", "eval.", "log.", "checkpoint.")
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k != "spec":
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 class _Bar:
-    """A tqdm bar on rank 0 when progress is on, otherwise nothing."""
+    """A tqdm bar on rank 0 when progress is on, otherwise nothing. ``on_update`` runs on
+    every rank at every step (a collective safe point, e.g. the stop check)."""
 
-    def __init__(self, enabled: bool, **kwargs):
+    def __init__(self, enabled: bool, on_update=None, **kwargs):
         self.bar = None
+        self.on_update = on_update
         if enabled:
             from tqdm import tqdm
 
@@ -69,6 +61,8 @@ class _Bar:
     def update(self, n: int = 1) -> None:
         if self.bar is not None:
             self.bar.update(n)
+        if self.on_update is not None:
+            self.on_update()
 
     def close(self) -> None:
         if self.bar is not None:
@@ -76,22 +70,39 @@ class _Bar:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, dist: DistInfo, *, resume: str | None = None):
+    def __init__(self, cfg: Config, dist: DistInfo, *, resume: str | None = None, resume_or_start: bool = False,
+                 stop: StopRequest | None = None):
         self.cfg = cfg
         self.dist = dist
         self.out_dir = Path(cfg.run.output_dir)
         self.main = dist.is_main
+        self.stop = stop
         if cfg.run.num_threads:
             torch.set_num_threads(cfg.run.num_threads)
         check_world(cfg, dist.world_size)
+        # Where to start is settled (and a refused resume reported) before any model loads.
+        self.resumed_from = self._choose_start(resume, resume_or_start)
+        self.resume_changes = (changed_settings(saved_config(self.resumed_from), cfg, self.resumed_from)
+                               if self.resumed_from else [])
         # The same seed on every rank: initial weights (a LoRA's A) must agree, ZeRO-3
         # assembles parameters from every rank's partition. Per-rank randomness is keyed.
         seed_everything(cfg.run.seed)
         device = dist.device
 
         self.train_set = load_prompts(cfg.prompts.train)
-
+        needs_eval = cfg.eval.every > 0 or cfg.eval.at_start
+        self.test_set = load_prompts(cfg.prompts.test) if needs_eval else None
+        # The reward before the model: a bad reward setup fails in seconds, not after a 4B load.
         m = cfg.model
+        r = cfg.reward
+        reward_device = device if r.device == "auto" else torch.device(r.device)
+        # The paper scores in float32 (HPS under fp16 autocast on CUDA: rewards/hps.py); "pure" in model.dtype.
+        pure = m.precision == "pure" and reward_device.type != "cpu"
+        reward_dtype = getattr(torch, m.dtype) if pure else torch.float32
+        self.reward = build_checked_reward(cfg, device=reward_device, dtype=reward_dtype,
+                                           prompt_sets={"prompts.train": self.train_set, "prompts.test": self.test_set})
+        self.reward_health = RewardHealth(r.abort_invalid_fraction, r.abort_window)
+
         path = m.path
         if m.path == "tiny":  # rank 0 builds the offline tiny model once; the others then load it
             if self.main:
@@ -125,12 +136,6 @@ class Trainer:
 
         self.rollouts = Rollouts(self.pipeline, cfg)
 
-        r = cfg.reward
-        reward_device = device if r.device == "auto" else torch.device(r.device)
-        # The paper scores in float32 (HPS under fp16 autocast on CUDA: rewards/hps.py); "pure" in model.dtype.
-        pure = m.precision == "pure" and reward_device.type != "cpu"
-        reward_dtype = getattr(torch, m.dtype) if pure else torch.float32
-        self.reward = build_reward(r.spec, device=reward_device, dtype=reward_dtype, model_root=r.model_root)
         self.timed_reward = TimedReward(self.reward)
         self.executor = RewardExecutor(self.timed_reward, mode="thread" if r.overlap else "inline",
                                        max_pending=r.max_pending, device=reward_device)
@@ -154,16 +159,9 @@ class Trainer:
         self.ckpt = CheckpointManager(self.out_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last,
                                       rank=dist.rank, world_size=dist.world_size, barrier=barrier)
         self.ckpt.remove_stale()
-        self.resumed_from = None
-        if resume:
-            folder = resolve_resume(resume, self.out_dir / "checkpoints")
-            if folder is not None:
-                self._load(folder)
-                self.resumed_from = folder
-        elif list_checkpoints(self.out_dir / "checkpoints"):
-            # A fresh run would interleave its checkpoints with the old ones (and prune them).
-            raise FileExistsError(f"{self.out_dir / 'checkpoints'} already holds checkpoints: pass --resume to continue "
-                                  "that run, or choose another run.output_dir")
+        if self.resumed_from is not None:
+            self._load(self.resumed_from)
+        check_optimizer_settings(self.policy.engine, cfg)
         if self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.yaml").write_text(dump_config(cfg))
@@ -215,24 +213,48 @@ class Trainer:
             trainer_state=self._trainer_state(),
             rank_state=self._rank_state(),
             export=export,
-            meta={"zero_stage": self.cfg.train.zero_stage, "finetune": self.cfg.model.finetune},
+            meta={"zero_stage": self.cfg.train.zero_stage, "finetune": self.cfg.model.finetune,
+                  "config": self.cfg.to_dict()},
         )
+
+    def _choose_start(self, resume: str | None, resume_or_start: bool) -> Path | None:
+        """Rank 0 decides (it may move files aside); every rank gets the answer or the same error."""
+        answer = None
+        if self.main:
+            try:
+                folder = choose_start(self.out_dir, resume, or_start=resume_or_start, warn=logger.warning)
+                answer = ("ok", None if folder is None else str(folder))
+            except (CheckpointError, RunFolderError) as err:
+                answer = ("error", str(err))
+        kind, value = broadcast_object(answer)  # a rank-0 failure of any other kind kills the job (launcher)
+        if kind != "ok":
+            raise CheckpointError(value)
+        return None if value is None else Path(value)
 
     def _load(self, folder: Path) -> None:
         _, ts, rs = self.ckpt.load(folder, read_engine=lambda p: self.policy.load(p, exclude_frozen=self.lora))
-        changed = [k for k, v in _flatten(self.cfg.to_dict()).items()
-                   if _flatten(ts["config"]).get(k) != v and not k.startswith(_RESUME_FREE)]
-        if changed and self.main:
-            logger.warning("resuming %s with changed settings %s: the run will not match an uninterrupted one", folder, changed)
+        # The optimizer state just loaded carries the interrupted run's settings; the config's win.
+        apply_optimizer_settings(self.policy.engine, self.cfg)
+        try:  # the states check that they fit this run (prompt set size, seed, adapter shapes)
+            self.sampler.load_state_dict(ts["sampler"])
+            self.tracker.load_state_dict(ts["tracker"])
+            if self.ema is not None:
+                self.ema.load_state_dict(rs["ema"] if self.cfg.train.zero_stage == 3 else ts["ema"])
+        except ValueError as err:
+            raise CheckpointError(f"--resume {folder}: {err}") from None
         self.epoch = ts["epoch"]
-        self.sampler.load_state_dict(ts["sampler"])
-        self.tracker.load_state_dict(ts["tracker"])
         self.history = ts["history"]
         self.policy.load_state_dict(ts["policy"])
         self.per_forward = ts["per_forward"]
-        if self.ema is not None:
-            self.ema.load_state_dict(rs["ema"] if self.cfg.train.zero_stage == 3 else ts["ema"])
         restore_rng(rs["rng"])
+        if self.resume_changes and self.main:
+            logger.warning("resuming %s with changed settings %s: the run will not match an uninterrupted one",
+                           folder, self.resume_changes)
+        if self.main:  # only once the resume is accepted: the later checkpoints are an abandoned timeline
+            moved = set_aside_later(self.ckpt.root, self.epoch, warn=logger.warning)
+            if moved and (self.out_dir / "metrics.jsonl").is_file():  # its metrics go with it
+                shutil.copy2(self.out_dir / "metrics.jsonl", moved[0].parent / "metrics.jsonl")
+        barrier()
         if self.main:
             logger.info("resumed from %s (epoch %d done)", folder, self.epoch)
 
@@ -240,6 +262,13 @@ class Trainer:
 
     def _due(self, every: int, epoch: int) -> bool:
         return every > 0 and (epoch % every == 0 or epoch == self.cfg.run.epochs)
+
+    def _checkpoint_due(self, epoch: int) -> bool:
+        """``checkpoint.every`` epochs, and always the last one (also with ``every: 0``)."""
+        return self._due(self.cfg.checkpoint.every, epoch) or epoch == self.cfg.run.epochs
+
+    def _stop_check(self, where: str):
+        return None if self.stop is None else (lambda: self.stop.check(where))
 
     def _on_update(self, applied: bool) -> None:
         if applied and self.ema is not None and not self.ema.per_minibatch:
@@ -262,7 +291,8 @@ class Trainer:
         epoch_key, batches, _ = self.sampler.next_epoch()
         want_images = self.main and self._due(cfg.log.image_every, epoch)
         show = self.main and cfg.log.progress
-        bar = _Bar(show, total=len(batches), desc=f"epoch {epoch} sampling", position=0)
+        bar = _Bar(show, total=len(batches), desc=f"epoch {epoch} sampling", position=0,
+                   on_update=self._stop_check(f"while sampling epoch {epoch} (the epoch is abandoned)"))
         reward_bar = _Bar(show, total=len(batches), desc=f"epoch {epoch} rewards", position=1)
         self.policy.module.eval()
         er = sample_epoch(
@@ -283,7 +313,6 @@ class Trainer:
         metrics: dict[str, float] = {}
         if data is not None:
             per_forward = self._resolve_per_forward(data)
-            t = cfg.train
             minibatches = count_minibatches(data, cfg)
             bar = _Bar(self.main and cfg.log.progress, total=minibatches, desc=f"epoch {epoch} training")
             self.policy.module.train()
@@ -325,6 +354,7 @@ class Trainer:
         raw = credit.global_raw[valid].double()
         out["reward_mean"] = float(raw.mean()) if raw.numel() else float("nan")
         out["reward_std"] = float(raw.std(unbiased=False)) if raw.numel() else float("nan")
+        out["reward/invalid_fraction"] = 1.0 - float(valid.double().mean())
         for name, values in credit.global_components.items():
             ok = credit.global_component_valid[name]
             out[f"reward/{name}"] = float(values[ok].double().mean()) if bool(ok.any()) else float("nan")
@@ -358,6 +388,7 @@ class Trainer:
             self.logger.log(self.run_eval(0), 0)
         for epoch in range(self.epoch + 1, cfg.run.epochs + 1):
             metrics = self.run_epoch(epoch)
+            warn_if_nothing_kept(epoch, metrics["advantage/kept_fraction"], main=self.main)
             if self._due(cfg.eval.every, epoch):
                 metrics.update(self.run_eval(epoch))
             record = {"epoch": epoch, "reward_mean": metrics["reward_mean"], "reward_std": metrics["reward_std"]}
@@ -369,8 +400,16 @@ class Trainer:
                 self._print_epoch(epoch, metrics)
                 if self._due(cfg.log.image_every, epoch):
                     save_reward_curve(self.out_dir / "reward_curve.png", self.history, title=cfg.run.name)
-            if self._due(cfg.checkpoint.every, epoch):
+            if self._checkpoint_due(epoch):
                 self.save()
+            self.reward_health.update(epoch, metrics["reward/invalid_fraction"])
+            signum = self.stop.agreed() if self.stop is not None else 0
+            if signum:
+                if not self._checkpoint_due(epoch):
+                    self.save()  # the finished epoch is kept
+                raise StopRequested(signum, f"after epoch {epoch} (checkpoint {checkpoint_tag(epoch)} complete)")
+        check_trained(epochs=self.epoch, applied_steps=self.policy.applied_steps,
+                      skipped_updates=int(self.policy.guard.skipped_updates), images_per_prompt=cfg.sampler.images_per_prompt)
         summary = self._summary()
         if self.main:
             save_reward_curve(self.out_dir / "reward_curve.png", self.history, title=cfg.run.name)

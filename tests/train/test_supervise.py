@@ -1,0 +1,85 @@
+"""The supervisor behind ``make train`` (train/supervise.py) on a stand-in job with the same
+process tree as DeepSpeed's (runner -> per-node launcher -> 2 ranks; tests/train/fake_job):
+fast checks of the signal paths the slow 2-rank test (test_signals.py) cannot all afford."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+FAKE = Path(__file__).parent / "fake_job"
+
+
+def _start(tmp_path: Path, mode: str, grace: float = 30) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "precise_fast.train.supervise", "--grace", str(grace), "--",
+           sys.executable, str(FAKE / "fake_deepspeed.py"), str(tmp_path), mode]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    end = time.monotonic() + 60
+    while not all((tmp_path / f"started-{r}").exists() for r in (0, 1)):
+        assert time.monotonic() < end and proc.poll() is None, "the stand-in ranks did not start"
+        time.sleep(0.05)
+    time.sleep(1.2)  # the supervisor looks for ranks once a second
+    return proc
+
+
+def _tree(proc: subprocess.Popen) -> list[psutil.Process]:
+    return psutil.Process(proc.pid).children(recursive=True)
+
+
+def _none_left(family: list[psutil.Process]) -> None:
+    left = []
+    for p in family:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(p.pid)
+        except psutil.NoSuchProcess:
+            pass
+    assert not left, f"left behind: {left}"
+
+
+def _runner(family: list[psutil.Process]) -> psutil.Process:
+    return next(p for p in family if "fake_deepspeed.py" in " ".join(p.cmdline()))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_the_supervisor_reaches_the_ranks(tmp_path, sig):
+    proc = _start(tmp_path, "graceful")
+    family = _tree(proc)
+    assert len(family) == 4
+    proc.send_signal(sig)
+    assert proc.wait(timeout=30) == 128 + sig
+    assert [(tmp_path / f"stopped-{r}").read_text() for r in (0, 1)] == [str(int(sig))] * 2  # each rank stopped itself
+    _none_left(family)
+
+
+def test_term_to_the_runner_alone_still_stops_its_orphaned_ranks(tmp_path):
+    """The issue's case: the runner dies of the TERM, its launcher and ranks are re-parented."""
+    proc = _start(tmp_path, "graceful")
+    family = _tree(proc)
+    _runner(family).send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    assert all((tmp_path / f"stopped-{r}").exists() for r in (0, 1))
+    _none_left(family)
+
+
+def test_ranks_that_do_not_stop_are_killed_after_the_grace(tmp_path):
+    proc = _start(tmp_path, "stubborn", grace=1)
+    family = _tree(proc)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=30)
+    err = proc.stderr.read()
+    assert rc == 143 and "SIGKILL" in err and time.monotonic() - start < 10
+    assert not any((tmp_path / f"stopped-{r}").exists() for r in (0, 1))
+    _none_left(family)
+
+
+def test_a_job_that_ends_by_itself_passes_its_status_through(tmp_path):
+    cmd = [sys.executable, "-m", "precise_fast.train.supervise", "--", sys.executable, "-c", "import sys; sys.exit(5)"]
+    assert subprocess.run(cmd, timeout=60).returncode == 5
