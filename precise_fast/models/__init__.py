@@ -10,7 +10,8 @@ Public API::
     save_lora(pipeline_or_transformer, path, *, adapter_name="default", state_dict=None, dtype=None) -> Path
     load_lora(pipeline, path, *, adapter_name="default", trainable=False)
     enable_full_finetune(transformer) -> list[Parameter]
-    set_attention_backend(transformer, requested="auto") -> "sdpa" | "flash2" | "flash3"
+    set_attention_backend(transformer, requested="auto", use="training") -> "sdpa" | "flash2" | "flash3"
+    attention_backend_for(transformer, requested, use)          # context manager, e.g. flash-attn 3 for rollouts
     PromptEncoder(pipeline, *, max_length=128, layers=(9, 18, 27), cache_size=4096, device=None, dtype=None)
     predict_velocity(transformer, latents, timestep, prompt_embeds, text_ids, latent_ids, *, attention_kwargs=None)
     latent_layout(pipeline, height, width) -> LatentLayout
@@ -18,7 +19,7 @@ Public API::
     decode_latents(pipeline, packed, layout, *, chunk=None) -> images (B, 3, H, W) in [0, 1]
 """
 
-from .attention import AttentionBackendError, resolve_attention_backend, set_attention_backend
+from .attention import AttentionBackendError, attention_backend_for, resolve_attention_backend, set_attention_backend
 from .flux2 import (
     LatentLayout,
     decode_latents,
@@ -74,6 +75,7 @@ __all__ = [
     "pack_latents",
     "predict_velocity",
     "resolve_attention_backend",
+    "attention_backend_for",
     "resolve_model_path",
     "save_lora",
     "set_attention_backend",
