@@ -24,12 +24,14 @@ latent per prompt" option.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
+from ..models.attention import attention_backend_for
 from ..models.flux2 import LatentLayout, decode_latents, latent_ids, latent_layout, pack_latents, predict_velocity
 from ..models.text import RECIPE_LAYERS, RECIPE_MAX_LENGTH, PromptEncoder, text_ids
 from ..sde import DEFAULT_ETA, philox_normal, resolve_backend, sample_step
@@ -37,6 +39,9 @@ from ..sde.kinds import STOCHASTIC, check_kind
 from .plan import INIT_NOISE_STEP, Plan, PlanCache, Schedule, pipeline_schedule, trajectory_kinds
 
 logger = logging.getLogger("precise_fast.rollout")
+
+# The graph cache's floor when sized automatically (max_cached_graphs=None).
+MIN_CACHED_GRAPHS = 16
 
 
 def denoise_step(
@@ -188,7 +193,18 @@ class RolloutEngine:
         step_backend: backend of the fused op (``"auto"``: the fastest for the device).
         max_text_len, text_layers: prompt encoding when ``prompts=`` are given (recipe: 128, (9, 18, 27)).
         decode_chunk: VAE decode this many images at a time (``None``: all at once).
-        max_cached_graphs: captured graphs kept (oldest dropped first; each pins its buffers).
+        max_cached_graphs: captured graphs kept (least recently used dropped first; each pins
+            its buffers). ``None`` (default) sizes the cache to the plan set: at least
+            :data:`MIN_CACHED_GRAPHS`, and never fewer than the distinct (plan, shape) pairs
+            run so far, so every plan of a G2RPO batch (1 + K + K x n_g of them) stays
+            captured and the next batch replays them all.
+        attention_backend: the attention backend to sample with (``use="rollout"``, see
+            :func:`~precise_fast.models.attention_backend_for`; e.g. ``"auto"`` takes the
+            forward-only flash-attn 3 on Hopper); ``None`` keeps the transformer's own.
+
+    ``before_capture``: a callable run right before each CUDA-graph warm-up and capture
+    (never before a replay); the trainer sets it to drain the reward worker, so no other
+    thread issues CUDA work while a graph is captured.
     """
 
     def __init__(
@@ -207,7 +223,8 @@ class RolloutEngine:
         max_text_len: int = RECIPE_MAX_LENGTH,
         text_layers: Sequence[int] = RECIPE_LAYERS,
         decode_chunk: int | None = None,
-        max_cached_graphs: int = 16,
+        max_cached_graphs: int | None = None,
+        attention_backend: str | None = None,
     ):
         self.pipeline = pipeline
         self.transformer = pipeline.transformer
@@ -238,8 +255,11 @@ class RolloutEngine:
         self.decode_chunk = decode_chunk
         self._prompt_encoder: PromptEncoder | None = None
         self._graphs: dict[tuple, tuple[object, _Buffers]] = {}
-        self.max_cached_graphs = max(1, int(max_cached_graphs))
+        self.max_cached_graphs = None if max_cached_graphs is None else max(1, int(max_cached_graphs))
+        self._graph_shapes: set[tuple] = set()  # distinct (plan, shape) keys ever run through a graph
         self._graph_pool = None
+        self.attention_backend = attention_backend
+        self.before_capture = None
         logger.info(
             "rollout engine: kind=%s eta=%g steps=%d %dx%d (%d tokens), op backend=%s, cuda graph=%s, compiled=%s",
             self.kind, self.eta, num_steps, height, width, self.layout.seq_len, resolved, self.cuda_graph, compile_step,
@@ -314,7 +334,15 @@ class RolloutEngine:
             for m in self.transformer.modules()
             if hasattr(m, "active_adapters") and hasattr(m, "merged")
         )
-        return params, adapters
+        # The attention kernels are baked in too: a graph captured with flash-attn 3 keeps it.
+        attention = getattr(self.transformer, "precise_fast_attention_backend", None)
+        return params, adapters, attention
+
+    def graph_cache_bound(self) -> int:
+        """How many captured graphs the cache keeps now (see ``max_cached_graphs``)."""
+        if self.max_cached_graphs is not None:
+            return self.max_cached_graphs
+        return max(MIN_CACHED_GRAPHS, len(self._graph_shapes))
 
     def _capture(self, run) -> object:
         """Warm up ``run`` on a side stream, then capture it into a CUDA graph (``.replay()``)."""
@@ -327,19 +355,25 @@ class RolloutEngine:
         graph = torch.cuda.CUDAGraph()
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self._graph_pool):
+        # "thread_local": CUDA calls of other threads (the reward worker's side stream) are
+        # not this capture's business; the default "global" mode would fail the capture on them.
+        with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):
             run()
         return graph
 
     def _graph_for(self, plan: Plan, batch: int, text_len: int, embed_dim: int, embed_dtype) -> tuple:
-        key = (plan.key, batch, text_len, embed_dim, embed_dtype, self._weights_key())
+        shape = (plan.key, batch, text_len, embed_dim, embed_dtype)
+        key = (*shape, self._weights_key())
+        self._graph_shapes.add(shape)
         if key in self._graphs:
             self._graphs[key] = self._graphs.pop(key)  # most recently used last
         else:
             bufs = _Buffers(batch, plan, self.layout, text_len, embed_dim, embed_dtype, self.latent_dtype, self.device)
-            while len(self._graphs) >= self.max_cached_graphs:
-                # Each graph pins its static buffers: bound the memory (e.g. G2RPO makes many plans).
+            while len(self._graphs) >= self.graph_cache_bound():
+                # Each graph pins its static buffers: bound the memory.
                 self._graphs.pop(next(iter(self._graphs)))
+            if self.before_capture is not None:
+                self.before_capture()
             graph = self._capture(lambda: self._run_plan(plan, bufs))
             self._graphs[key] = (graph, bufs)
             logger.info("captured a CUDA graph: %d hops, batch %d, %d text tokens", len(plan), batch, text_len)
@@ -348,10 +382,20 @@ class RolloutEngine:
     def reset_graphs(self) -> None:
         """Drop every captured graph and its static buffers (frees their memory)."""
         self._graphs.clear()
+        self._graph_shapes.clear()
+
+    def _attention(self):
+        if self.attention_backend is None:
+            return contextlib.nullcontext()
+        return attention_backend_for(self.transformer, self.attention_backend, "rollout")
 
     @torch.no_grad()
     def run_plan(self, plan: Plan, prompt_embeds: torch.Tensor, seeds: torch.Tensor, start: torch.Tensor) -> _Buffers:
         """Run ``plan`` from packed latents ``start`` (B, S, C); returns buffers owned by the caller."""
+        with self._attention():
+            return self._run_plan_on_buffers(plan, prompt_embeds, seeds, start)
+
+    def _run_plan_on_buffers(self, plan: Plan, prompt_embeds, seeds, start) -> _Buffers:
         batch, text_len, embed_dim = prompt_embeds.shape
         if self.cuda_graph:
             graph, static = self._graph_for(plan, batch, text_len, embed_dim, prompt_embeds.dtype)
