@@ -222,6 +222,27 @@ void check_cuda(const at::Tensor& x) {
   TORCH_CHECK_VALUE(x.size(0) <= 65535, "the CUDA kernels take at most 65535 rows, got ", x.size(0));
 }
 
+// The sample pass into given buffers (checked by the callers): prev in x's type, log_prob
+// (B,) float32, mean float32 or undefined.
+void sample_into(const StepViews& s, const at::Tensor& prev, const at::Tensor& log_prob, const at::Tensor& mean) {
+  const int64_t n_blocks = blocks_per_row(s.row_elems);
+  at::Tensor partial = at::empty({s.batch, n_blocks}, s.x.options().dtype(at::kFloat));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(s.batch));
+  sample_kernel<<<grid, kThreads, 0, stream>>>(
+      s.family, s.row_elems, s.sigma.data_ptr<float>(), s.next_sigma.data_ptr<float>(), s.std_dev.data_ptr<float>(),
+      s.x.data_ptr(), elem_of(s.x, "x"), s.v.data_ptr(), elem_of(s.v, "v"),
+      s.noise.defined() ? s.noise.data_ptr() : nullptr, s.noise.defined() ? elem_of(s.noise, "noise") : Elem::F32,
+      s.seeds.defined() ? s.seeds.data_ptr<int64_t>() : nullptr,
+      s.step_index.defined() ? s.step_index.data_ptr<int64_t>() : nullptr, prev.data_ptr(),
+      mean.defined() ? mean.data_ptr<float>() : nullptr, partial.data_ptr<float>(), n_blocks);
+  check_launch();
+  finalize_kernel<<<static_cast<unsigned>(s.batch), kFinalizeThreads, 0, stream>>>(
+      s.family, s.row_elems, s.sigma.data_ptr<float>(), s.next_sigma.data_ptr<float>(), s.std_dev.data_ptr<float>(),
+      partial.data_ptr<float>(), nullptr, n_blocks, log_prob.data_ptr<float>(), nullptr);
+  check_launch();
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_step_cuda(
     const at::Tensor& x, const at::Tensor& v, const at::Tensor& sigma, const at::Tensor& next_sigma,
     const at::Tensor& std_dev, const c10::optional<at::Tensor>& seeds, const c10::optional<at::Tensor>& step_index,
@@ -232,23 +253,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_step_cuda(
   at::Tensor prev = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor mean = at::empty(return_mean ? x.sizes() : at::IntArrayRef{0}, x.options().dtype(at::kFloat));
   at::Tensor log_prob = at::empty({s.batch}, x.options().dtype(at::kFloat));
-  const int64_t n_blocks = blocks_per_row(s.row_elems);
-  at::Tensor partial = at::empty({s.batch, n_blocks}, x.options().dtype(at::kFloat));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(s.batch));
-  sample_kernel<<<grid, kThreads, 0, stream>>>(
-      s.family, s.row_elems, s.sigma.data_ptr<float>(), s.next_sigma.data_ptr<float>(), s.std_dev.data_ptr<float>(),
-      s.x.data_ptr(), elem_of(s.x, "x"), s.v.data_ptr(), elem_of(s.v, "v"),
-      s.noise.defined() ? s.noise.data_ptr() : nullptr, s.noise.defined() ? elem_of(s.noise, "noise") : Elem::F32,
-      s.seeds.defined() ? s.seeds.data_ptr<int64_t>() : nullptr,
-      s.step_index.defined() ? s.step_index.data_ptr<int64_t>() : nullptr, prev.data_ptr(),
-      return_mean ? mean.data_ptr<float>() : nullptr, partial.data_ptr<float>(), n_blocks);
-  check_launch();
-  finalize_kernel<<<static_cast<unsigned>(s.batch), kFinalizeThreads, 0, stream>>>(
-      s.family, s.row_elems, s.sigma.data_ptr<float>(), s.next_sigma.data_ptr<float>(), s.std_dev.data_ptr<float>(),
-      partial.data_ptr<float>(), nullptr, n_blocks, log_prob.data_ptr<float>(), nullptr);
-  check_launch();
+  sample_into(s, prev, log_prob, return_mean ? mean : at::Tensor());
   return {prev, log_prob, mean};
+}
+
+void sample_step_out_cuda(const at::Tensor& x, const at::Tensor& v, const at::Tensor& sigma,
+                          const at::Tensor& next_sigma, const at::Tensor& std_dev,
+                          const c10::optional<at::Tensor>& seeds, const c10::optional<at::Tensor>& step_index,
+                          const c10::optional<at::Tensor>& noise, c10::string_view kind, const at::Tensor& prev,
+                          const at::Tensor& log_prob, const c10::optional<at::Tensor>& mean) {
+  check_cuda(x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const StepViews s = sample_views(x, v, sigma, next_sigma, std_dev, seeds, step_index, noise, std::string(kind));
+  check_sample_out(x, prev, log_prob, mean);
+  sample_into(s, prev, log_prob, mean.has_value() ? *mean : at::Tensor());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> score_step_cuda(
@@ -336,6 +354,7 @@ at::Tensor philox_normal_cuda(const at::Tensor& seeds, const at::Tensor& step_in
 
 TORCH_LIBRARY_IMPL(precise_fast, CUDA, m) {
   m.impl("sample_step", &sample_step_cuda);
+  m.impl("sample_step_out", &sample_step_out_cuda);
   m.impl("score_step", &score_step_cuda);
   m.impl("score_step_backward", &score_step_backward_cuda);
   m.impl("philox_normal", &philox_normal_cuda);
