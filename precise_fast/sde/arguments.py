@@ -70,7 +70,7 @@ def per_row(value, name: str, batch: int, device: torch.device, dtype: torch.dty
             value = value.expand(batch)
         elif value.shape != (batch,):
             raise ValueError(f"{name} must be a float or a tensor of shape ({batch},), got shape {tuple(value.shape)}")
-        return value.to(dtype)
+        return value if value.dtype == dtype else value.to(dtype)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return torch.full((batch,), float(value), dtype=dtype, device=device)
     raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")

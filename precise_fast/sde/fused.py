@@ -30,10 +30,9 @@ from .reference import reference_step
 
 def _row_values(x: torch.Tensor, sigma, next_sigma, std):
     batch, device = x.shape[0], x.device
-    return tuple(
-        per_row(value, name, batch, device, torch.float32).contiguous()
-        for value, name in ((sigma, "sigma"), (next_sigma, "next_sigma"), (std, "std"))
-    )
+    rows = (per_row(sigma, "sigma", batch, device, torch.float32), per_row(next_sigma, "next_sigma", batch, device, torch.float32),
+            per_row(std, "std", batch, device, torch.float32))
+    return tuple(r if r.is_contiguous() else r.contiguous() for r in rows)
 
 
 def sample_step(
