@@ -4,8 +4,11 @@ One step = :func:`denoise_step`: the policy forward (:func:`predict_velocity`, t
 function the trainer calls) and the fused sampler op ``precise_fast.sde.sample_step`` in
 sample mode, on the whole batch, with per-row (B,) step values and per-row Philox seeds.
 A rollout runs a static :class:`~precise_fast.rollout.plan.Plan` over preallocated
-buffers: latents (B, H + 1, S, C), transition means (B, H, S, C), log-probs (B, H). The
-step loop has no host synchronisation and no data-dependent Python (the hop sequence and
+step-major buffers: latents (H + 1, B, S, C), transition means (H, B, S, C), log-probs
+(H, B). Step j reads the contiguous slice ``latents[j]`` and the fused op writes its three
+results straight into ``latents[j + 1]``, ``log_probs[j]``, ``means[j]`` (its ``out=``
+buffers): no strided copy in or out. Callers see batch-major views, (B, H + 1, S, C) etc.
+The step loop has no host synchronisation and no data-dependent Python (the hop sequence and
 every per-hop value are fixed by the plan; the Philox step index lives in a device tensor),
 so on CUDA the whole loop is captured once per (batch, text length, plan) into a CUDA graph
 and replayed with new inputs copied into its static buffers. On CPU the same loop runs
@@ -59,16 +62,20 @@ def denoise_step(
     *,
     kind: str,
     backend: str = "auto",
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batched rollout step: ``(prev_sample [x.dtype], log_prob (B,) f32, mean f32)``.
 
     ``timestep``, ``sigma``, ``next_sigma``, ``std`` are (B,) float32; ``seeds`` (B,) int64;
-    ``step_index`` an int64 device tensor (0-d or (B,)). Free of host synchronisation
-    when the op backend is a fused one, so it compiles with ``fullgraph=True`` and captures.
+    ``step_index`` an int64 device tensor (0-d or (B,)). ``out=(prev, log_prob, mean)``:
+    contiguous buffers the fused op writes into (and returns). Free of host
+    synchronisation when the op backend is a fused one, so it compiles with
+    ``fullgraph=True`` and captures.
     """
     v = predict_velocity(transformer, x, timestep, prompt_embeds, text_ids, latent_ids)
     prev, log_prob, mean = sample_step(
-        x, v, sigma, next_sigma, std, kind=kind, seeds=seeds, step_index=step_index, return_mean=True, backend=backend
+        x, v, sigma, next_sigma, std, kind=kind, seeds=seeds, step_index=step_index, return_mean=True, backend=backend,
+        out=out,
     )
     return prev, log_prob, mean
 
@@ -81,6 +88,8 @@ class Rollout:
     latents[:, i + 1]`` with transition mean ``means[:, i]``, std ``stds[:, i]`` (0 on ODE
     steps), log-prob ``log_probs[:, i]`` (0 on ODE steps) and transformer input
     ``timesteps[:, i]``. Per-row tables are (B, ...) so rows can be shuffled into minibatches.
+    ``latents``, ``means`` and ``log_probs`` are batch-major views of the engine's step-major
+    storage (not contiguous; index them, or ``.contiguous()`` where a kernel needs it).
     """
 
     latents: torch.Tensor  # (B, N + 1, S, C), latent dtype
@@ -138,24 +147,44 @@ class Rollout:
 
 
 class _Buffers:
-    """Static per-shape buffers: inputs are copied in, the plan writes the outputs."""
+    """Static per-shape buffers: inputs are copied in, the plan writes the outputs.
+
+    The trajectory is stored step-major (``step_latents`` (H + 1, B, S, C), ``step_means``
+    (H, B, S, C), ``step_log_probs`` (H, B)) so every step's slices are contiguous;
+    ``latents``, ``means``, ``log_probs`` are their batch-major views.
+    """
+
+    _TENSORS = ("step_latents", "step_means", "step_log_probs", "prompt_embeds", "seeds", "text_ids", "latent_ids")
 
     def __init__(self, batch, plan: Plan, layout: LatentLayout, text_len, embed_dim, embed_dtype, latent_dtype, device):
         hops = len(plan)
         self.batch = batch
-        self.latents = torch.zeros((batch, hops + 1, layout.seq_len, layout.channels), dtype=latent_dtype, device=device)
-        self.means = torch.zeros((batch, hops, layout.seq_len, layout.channels), dtype=torch.float32, device=device)
-        self.log_probs = torch.zeros((batch, hops), dtype=torch.float32, device=device)
+        shape = (layout.seq_len, layout.channels)
+        self.step_latents = torch.zeros((hops + 1, batch, *shape), dtype=latent_dtype, device=device)
+        self.step_means = torch.zeros((hops, batch, *shape), dtype=torch.float32, device=device)
+        self.step_log_probs = torch.zeros((hops, batch), dtype=torch.float32, device=device)
         self.prompt_embeds = torch.zeros((batch, text_len, embed_dim), dtype=embed_dtype, device=device)
         self.seeds = torch.zeros((batch,), dtype=torch.int64, device=device)
         self.text_ids = text_ids(batch, text_len, device)
         self.latent_ids = latent_ids(layout, batch, device)
 
+    @property
+    def latents(self) -> torch.Tensor:  # (B, H + 1, S, C) view
+        return self.step_latents.transpose(0, 1)
+
+    @property
+    def means(self) -> torch.Tensor:  # (B, H, S, C) view
+        return self.step_means.transpose(0, 1)
+
+    @property
+    def log_probs(self) -> torch.Tensor:  # (B, H) view
+        return self.step_log_probs.transpose(0, 1)
+
     def clone(self) -> "_Buffers":
         """A private copy (a graph's static buffers are overwritten by the next replay)."""
         out = object.__new__(_Buffers)
         out.batch = self.batch
-        for name in ("latents", "means", "log_probs", "prompt_embeds", "seeds", "text_ids", "latent_ids"):
+        for name in self._TENSORS:
             setattr(out, name, getattr(self, name).clone())
         return out
 
@@ -305,9 +334,9 @@ class RolloutEngine:
         """Every hop of ``plan`` on ``bufs``: no host sync, no data-dependent Python."""
         batch = bufs.batch
         for j, hop in enumerate(plan.hops):
-            prev, log_prob, mean = self.step_fn(
+            self.step_fn(
                 self.transformer,
-                bufs.latents[:, j],
+                bufs.step_latents[j],
                 plan.timestep[j].expand(batch),
                 plan.sigma[j].expand(batch),
                 plan.next_sigma[j].expand(batch),
@@ -319,10 +348,8 @@ class RolloutEngine:
                 plan.noise_step[j],
                 kind=hop.kind,
                 backend=self.step_backend,
+                out=(bufs.step_latents[j + 1], bufs.step_log_probs[j], bufs.step_means[j]),
             )
-            bufs.latents[:, j + 1].copy_(prev)
-            bufs.means[:, j].copy_(mean)
-            bufs.log_probs[:, j].copy_(log_prob)
 
     def _weights_key(self) -> tuple:
         # A captured graph bakes in parameter storage and Python-side adapter flags: in-place
@@ -401,13 +428,13 @@ class RolloutEngine:
             graph, static = self._graph_for(plan, batch, text_len, embed_dim, prompt_embeds.dtype)
             static.prompt_embeds.copy_(prompt_embeds)
             static.seeds.copy_(seeds)
-            static.latents[:, 0].copy_(start)
+            static.step_latents[0].copy_(start)
             graph.replay()
             return static.clone()
         bufs = _Buffers(batch, plan, self.layout, text_len, embed_dim, prompt_embeds.dtype, self.latent_dtype, self.device)
         bufs.prompt_embeds.copy_(prompt_embeds)
         bufs.seeds.copy_(seeds)
-        bufs.latents[:, 0].copy_(start)
+        bufs.step_latents[0].copy_(start)
         self._run_plan(plan, bufs)
         return bufs
 
@@ -473,7 +500,7 @@ class RolloutEngine:
             layout=self.layout,
             kind=self.kind,
             eta=self.eta,
-            images=self.decode(bufs.latents[:, n]) if decode else None,
+            images=self.decode(bufs.step_latents[n]) if decode else None,
         )
 
     def sample_g2rpo(self, *args, **kwargs):

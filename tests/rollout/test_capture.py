@@ -308,3 +308,30 @@ def test_sampling_phase_drains_rewards_before_a_capture(tiny_pipe, tmp_path, mon
                      metadata=[{}] * 4, cfg=cfg, epoch_key=0)
     assert len(real_capture) == 3 and [len(s) for s in at_capture] == [0, 1, 2]
     assert all(all(done) for done in at_capture), "a capture ran while reward work was pending"
+
+
+def test_steps_write_into_step_major_buffers(tiny_pipe, embeds, monkeypatch):
+    """Issue 12 item 7: each step reads a contiguous latent slice and the fused op writes its
+    results into the step-major buffers' slices (``out=``), nothing copied after; callers
+    still get batch-major (B, N + 1, S, C) views."""
+    import precise_fast.rollout.engine as engine_mod
+
+    calls = []
+    real = engine_mod.sample_step
+
+    def recording(x, *args, out=None, **kwargs):
+        calls.append((x.is_contiguous(), x.data_ptr(), None if out is None else [t.data_ptr() for t in out]))
+        return real(x, *args, out=out, **kwargs)
+
+    monkeypatch.setattr(engine_mod, "sample_step", recording)
+    engine = RolloutEngine(tiny_pipe, kind="precise", num_steps=STEPS, height=SIZE, width=SIZE)
+    ro = engine.sample(embeds, seeds=[1, 2], decode=False)
+    assert ro.latents.shape == (2, STEPS + 1, *engine.layout.packed_shape(2)[1:])
+    step_major = ro.latents.transpose(0, 1)
+    assert step_major.is_contiguous() and ro.means.transpose(0, 1).is_contiguous()
+    assert len(calls) == STEPS
+    for j, (contiguous, x_ptr, out) in enumerate(calls):
+        assert contiguous and x_ptr == step_major[j].data_ptr()
+        want = [step_major[j + 1].data_ptr(), ro.log_probs[:, j].data_ptr(), ro.means[:, j].data_ptr()]
+        assert out == want, f"step {j} did not write into the rollout buffers"
+    # Values: tests/rollout/test_equivalence.py holds the engine to the plain per-row loop.
