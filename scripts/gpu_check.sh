@@ -25,6 +25,10 @@ PY="${PYTHON:-$ROOT/.venv/bin/python}"
 # Test files holding @pytest.mark.gpu tests this check must run (each must collect >= 1);
 # the run itself selects every gpu-marked test under tests/.
 GPU_TEST_FILES=(
+  tests/kernels/test_fused_step_cpu.py
+  tests/kernels/test_fused_step_triton.py
+  tests/kernels/test_noise_stream.py
+  tests/kernels/test_op_registration.py
   tests/models/test_attention.py
   tests/rollout/test_capture.py
   tests/rollout/test_capture_gpu.py
