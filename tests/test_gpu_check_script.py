@@ -69,6 +69,16 @@ def test_smoke_benchmarks_feed_the_report_and_a_failed_step_fails_it(tmp_path, m
     assert data["benchmarks"]["gpu_rollout"]["results"]["eager"]["images_per_s"] > 0
     md = (out / "gpu_report.md").read_text()
     assert md.startswith("# GPU check (PASS)") and "## One training update" in md
+    junit = '<testsuites><testsuite tests="2" failures="0" errors="0" skipped="{s}">{cases}</testsuite></testsuites>'
+    skipped = '<testcase classname="t" name="{n}"><skipped message="needs a CUDA GPU"/></testcase>'
+    (out / "gpu_tests.xml").write_text(junit.format(s=2, cases=skipped.format(n="a") + skipped.format(n="b")))
+    all_skipped = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_report.py"), str(out)], capture_output=True,
+                                 text=True, timeout=60)
+    assert all_skipped.returncode == 1 and "skipped x2: needs a CUDA GPU" in (out / "gpu_report.md").read_text()
+    (out / "gpu_tests.xml").write_text(junit.format(s=1, cases=skipped.format(n="a") + '<testcase classname="t" name="b"/>'))
+    one_passed = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_report.py"), str(out)], capture_output=True,
+                                text=True, timeout=60)
+    assert one_passed.returncode == 0, one_passed.stdout
     (out / "steps.tsv").write_text("\n".join(steps + ["gpu_tests\t1\t5"]) + "\n")
     failed = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_report.py"), str(out)], capture_output=True, text=True,
                             timeout=60)
