@@ -335,3 +335,33 @@ def test_steps_write_into_step_major_buffers(tiny_pipe, embeds, monkeypatch):
         want = [step_major[j + 1].data_ptr(), ro.log_probs[:, j].data_ptr(), ro.means[:, j].data_ptr()]
         assert out == want, f"step {j} did not write into the rollout buffers"
     # Values: tests/rollout/test_equivalence.py holds the engine to the plain per-row loop.
+
+
+def test_rollout_attention_backend_is_installed_only_while_sampling(fresh_pipe, embeds, monkeypatch):
+    """``attention_backend=`` samples with the rollout-only choice (e.g. flash-attn 3, which
+    has no backward in diffusers) and gives the trained policy its own backend back; a graph
+    captured under one backend is never replayed under another."""
+    from precise_fast.models import attention as attention_mod
+
+    tr = fresh_pipe.transformer
+    # As on an H100 with both flash-attn packages; installs are recorded, the math stays SDPA.
+    monkeypatch.setattr(attention_mod, "_why_not_flash", lambda version, device, dtype, use: (
+        "forward-only" if use == "training" and f"flash{version}" in attention_mod.FORWARD_ONLY else None))
+    installed, seen = [], []
+    monkeypatch.setattr(tr, "set_attention_backend", installed.append)
+    tr.precise_fast_attention_backend = "flash2"
+    engine = RolloutEngine(fresh_pipe, kind="precise", num_steps=STEPS, height=SIZE, width=SIZE, attention_backend="auto")
+    captures = _counting_capture(engine, monkeypatch)
+    inner = engine._capture
+
+    def capture(run):
+        seen.append(tr.precise_fast_attention_backend)
+        return inner(run)
+
+    monkeypatch.setattr(engine, "_capture", capture)
+    engine.sample(embeds, seeds=[1, 2], decode=False)
+    assert seen == ["flash3"] and installed == ["_flash_3", "flash"]
+    assert tr.precise_fast_attention_backend == "flash2"
+    engine.attention_backend = "sdpa"
+    engine.sample(embeds, seeds=[1, 2], decode=False)
+    assert len(captures) == 2 and seen == ["flash3", "sdpa"], "a flash3 graph must not replay for an sdpa rollout"
