@@ -4,8 +4,8 @@ prompt encoding, and the one transformer forward shared by sampling and training
 Public API::
 
     load_pipeline(path_or_id, *, dtype=torch.float32, device="cpu", attention_backend="auto", model_root=None)
-    build_tiny_pipeline(out_dir, seed=0, *, overwrite=False) -> Path
-    tiny_pipeline_path(seed=0, cache_dir=None) -> Path          # built once, then reused
+    build_tiny_pipeline(out_dir, seed=0, *, overwrite=False, widths="tiny") -> Path   # widths="klein4b": real widths
+    tiny_pipeline_path(seed=0, cache_dir=None, widths="tiny") -> Path          # built once, then reused
     apply_lora(transformer, rank=16, alpha=16.0, init="gaussian", *, adapter_name="default", dropout=0.0)
     save_lora(pipeline_or_transformer, path, *, adapter_name="default", state_dict=None, dtype=None) -> Path
     load_lora(pipeline, path, *, adapter_name="default", trainable=False)
