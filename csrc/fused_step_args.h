@@ -127,6 +127,26 @@ inline StepViews score_views(const at::Tensor& x, const at::Tensor& v, const at:
   return s;
 }
 
+// The out= buffers of sample_step_out: written in place, so they must already be what the
+// functional op would allocate (contiguous, x's shape and dtype / (B,) float32 / float32).
+inline void check_sample_out(const at::Tensor& x, const at::Tensor& prev, const at::Tensor& log_prob,
+                             const c10::optional<at::Tensor>& mean) {
+  TORCH_CHECK_VALUE(prev.sizes() == x.sizes() && prev.scalar_type() == x.scalar_type() && prev.device() == x.device() &&
+                        prev.is_contiguous(),
+                    "prev_sample out buffer must be contiguous, of x's shape ", x.sizes(), " and dtype ",
+                    x.scalar_type(), ", got ", prev.sizes(), " ", prev.scalar_type());
+  TORCH_CHECK_VALUE(log_prob.dim() == 1 && log_prob.size(0) == x.size(0) && log_prob.scalar_type() == at::kFloat &&
+                        log_prob.device() == x.device() && log_prob.is_contiguous(),
+                    "log_prob out buffer must be a contiguous (", x.size(0), ",) float32 tensor, got ",
+                    log_prob.sizes(), " ", log_prob.scalar_type());
+  if (mean.has_value()) {
+    TORCH_CHECK_VALUE(mean->sizes() == x.sizes() && mean->scalar_type() == at::kFloat && mean->device() == x.device() &&
+                          mean->is_contiguous(),
+                      "mean out buffer must be contiguous float32 of x's shape ", x.sizes(), ", got ", mean->sizes(),
+                      " ", mean->scalar_type());
+  }
+}
+
 // The incoming gradients of the score op, checked once for the CPU and CUDA backwards.
 struct BackwardGrads {
   at::Tensor log_prob;  // (B,) float32

@@ -96,6 +96,29 @@ PF_CPU_INLINE void store_block(void* base, Elem elem, int64_t offset, int64_t n,
   }
 }
 
+// Outputs at least this large go to memory with non-temporal stores: they cannot stay in
+// the 32 MiB L3 next to the inputs anyway, and a plain store first reads each line it
+// writes (read-for-ownership), so streaming saves a third of the traffic of a
+// float32 mean output and keeps the inputs cached.
+constexpr int64_t kStreamingStoreBytes = int64_t{4} << 20;
+
+// dst[0, n) = src[0, n) with SSE non-temporal stores where 16-byte aligned (plain stores
+// at the ragged ends). The caller fences (stream_fence) before the results are read.
+PF_CPU_INLINE void stream_copy(float* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+#if defined(__x86_64__)
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15u) != 0; ++i) dst[i] = src[i];
+  for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+PF_CPU_INLINE void stream_fence() {
+#if defined(__x86_64__)
+  _mm_sfence();
+#endif
+}
+
 // ----------------------------------------------------------------------------- noise
 
 enum Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
@@ -286,6 +309,7 @@ struct ScoreTask {
   const void* old_mean;  // nullptr: no guard bias
   Elem old_elem;
   float* mean;           // nullptr unless asked
+  bool stream_mean;      // write the mean with non-temporal stores (see kStreamingStoreBytes)
 };
 
 struct ScoreSums {
@@ -339,7 +363,7 @@ PF_CPU_INLINE ScoreSums score_chunk_impl(const ScoreTask& t, int64_t row, int64_
     }
     const float* xp = load_block(t.x, t.x_elem, off, n, xs);
     const float* vp = load_block(t.v, t.v_elem, off, n, vs);
-    float* mp = t.mean != nullptr ? t.mean + off : ms;
+    float* mp = (t.mean != nullptr && !t.stream_mean) ? t.mean + off : ms;
     if (stochastic) {
       const float* pp = load_block(t.prev, t.prev_elem, off, n, ps);
       float sum = 0.0f;
@@ -364,7 +388,9 @@ PF_CPU_INLINE ScoreSums score_chunk_impl(const ScoreTask& t, int64_t row, int64_
       }
       acc.bias += sum;
     }
+    if (t.stream_mean) stream_copy(t.mean + off, ms, n);
   }
+  if (t.stream_mean) stream_fence();
   return acc;
 }
 
@@ -528,17 +554,10 @@ void check_cpu(const at::Tensor& x) {
   TORCH_CHECK(x.device().is_cpu(), "the CPU kernel got tensors on ", x.device());
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_step_cpu(
-    const at::Tensor& x, const at::Tensor& v, const at::Tensor& sigma, const at::Tensor& next_sigma,
-    const at::Tensor& std_dev, const c10::optional<at::Tensor>& seeds, const c10::optional<at::Tensor>& step_index,
-    const c10::optional<at::Tensor>& noise, c10::string_view kind, bool return_mean) {
-  check_cpu(x);
-  const StepViews s = sample_views(x, v, sigma, next_sigma, std_dev, seeds, step_index, noise, std::string(kind));
+// The sample pass into given buffers (checked by the callers): prev in x's type, log_prob
+// (B,) float32, mean float32 or undefined.
+void sample_into(const StepViews& s, const at::Tensor& prev, const at::Tensor& log_prob, const at::Tensor& mean) {
   const auto rows = coefficients(s);
-  at::Tensor prev = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  at::Tensor mean = at::empty(return_mean ? x.sizes() : at::IntArrayRef{0}, x.options().dtype(at::kFloat));
-  at::Tensor log_prob = at::zeros({s.batch}, x.options().dtype(at::kFloat));
-
   SampleTask t{};
   t.family = s.family;
   t.row_elems = s.row_elems;
@@ -552,7 +571,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_step_cpu(
   t.seeds = s.seeds.defined() ? s.seeds.data_ptr<int64_t>() : nullptr;
   t.steps = s.step_index.defined() ? s.step_index.data_ptr<int64_t>() : nullptr;
   t.prev = prev.data_ptr();
-  t.mean = return_mean ? mean.data_ptr<float>() : nullptr;
+  t.mean = mean.defined() ? mean.data_ptr<float>() : nullptr;
 
   const int64_t chunks = chunks_per_row(s.row_elems);
   std::vector<double> partial(static_cast<size_t>(s.batch * chunks), 0.0);
@@ -560,16 +579,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_step_cpu(
   for_each_chunk(s.batch, s.row_elems, [&](int64_t task, int64_t row, int64_t b, int64_t e) {
     partial[task] = fn(t, row, b, e);
   });
-  if (s.family != Family::Ode) {
-    float* lp = log_prob.data_ptr<float>();
-    for (int64_t row = 0; row < s.batch; ++row) {
-      double sum = 0.0;
-      for (int64_t c = 0; c < chunks; ++c) sum += partial[row * chunks + c];
-      lp[row] = static_cast<float>(-0.5 * rows[row].inv_var * sum / static_cast<double>(s.row_elems) +
-                                   rows[row].log_norm);
+  float* lp = log_prob.data_ptr<float>();
+  for (int64_t row = 0; row < s.batch; ++row) {
+    if (s.family == Family::Ode) {
+      lp[row] = 0.0f;
+      continue;
     }
+    double sum = 0.0;
+    for (int64_t c = 0; c < chunks; ++c) sum += partial[row * chunks + c];
+    lp[row] = static_cast<float>(-0.5 * rows[row].inv_var * sum / static_cast<double>(s.row_elems) +
+                                 rows[row].log_norm);
   }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_step_cpu(
+    const at::Tensor& x, const at::Tensor& v, const at::Tensor& sigma, const at::Tensor& next_sigma,
+    const at::Tensor& std_dev, const c10::optional<at::Tensor>& seeds, const c10::optional<at::Tensor>& step_index,
+    const c10::optional<at::Tensor>& noise, c10::string_view kind, bool return_mean) {
+  check_cpu(x);
+  const StepViews s = sample_views(x, v, sigma, next_sigma, std_dev, seeds, step_index, noise, std::string(kind));
+  at::Tensor prev = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor mean = at::empty(return_mean ? x.sizes() : at::IntArrayRef{0}, x.options().dtype(at::kFloat));
+  at::Tensor log_prob = at::empty({s.batch}, x.options().dtype(at::kFloat));
+  sample_into(s, prev, log_prob, return_mean ? mean : at::Tensor());
   return {prev, log_prob, mean};
+}
+
+void sample_step_out_cpu(const at::Tensor& x, const at::Tensor& v, const at::Tensor& sigma,
+                         const at::Tensor& next_sigma, const at::Tensor& std_dev,
+                         const c10::optional<at::Tensor>& seeds, const c10::optional<at::Tensor>& step_index,
+                         const c10::optional<at::Tensor>& noise, c10::string_view kind, const at::Tensor& prev,
+                         const at::Tensor& log_prob, const c10::optional<at::Tensor>& mean) {
+  check_cpu(x);
+  const StepViews s = sample_views(x, v, sigma, next_sigma, std_dev, seeds, step_index, noise, std::string(kind));
+  check_sample_out(x, prev, log_prob, mean);
+  sample_into(s, prev, log_prob, mean.has_value() ? *mean : at::Tensor());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> score_step_cpu(
@@ -597,6 +641,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> score_step_cpu(
   t.old_mean = with_bias ? s.old_mean.data_ptr() : nullptr;
   t.old_elem = with_bias ? elem_of(s.old_mean, "old_mean") : Elem::F32;
   t.mean = return_mean ? mean.data_ptr<float>() : nullptr;
+  t.stream_mean = return_mean && mean.numel() * static_cast<int64_t>(sizeof(float)) >= kStreamingStoreBytes;
 
   const int64_t chunks = chunks_per_row(s.row_elems);
   std::vector<ScoreSums> partial(static_cast<size_t>(s.batch * chunks));
@@ -696,6 +741,7 @@ const char* cpu_isa() { return kernels().isa; }
 
 TORCH_LIBRARY_IMPL(precise_fast, CPU, m) {
   m.impl("sample_step", &sample_step_cpu);
+  m.impl("sample_step_out", &sample_step_out_cpu);
   m.impl("score_step", &score_step_cpu);
   m.impl("score_step_backward", &score_step_backward_cpu);
   m.impl("philox_normal", &philox_normal_cpu);

@@ -33,6 +33,12 @@ TORCH_LIBRARY(precise_fast, m) {
   m.def(
       "sample_step(Tensor x, Tensor v, Tensor sigma, Tensor next_sigma, Tensor std, Tensor? seeds, "
       "Tensor? step_index, Tensor? noise, str kind, bool return_mean) -> (Tensor, Tensor, Tensor)");
+  // sample_step writing into caller-owned buffers (e.g. one step of a step-major rollout
+  // buffer): prev_sample in x's dtype, log_prob (B,) float32, mean float32 or None.
+  m.def(
+      "sample_step_out(Tensor x, Tensor v, Tensor sigma, Tensor next_sigma, Tensor std, Tensor? seeds, "
+      "Tensor? step_index, Tensor? noise, str kind, Tensor(a!) prev_sample, Tensor(b!) log_prob, "
+      "Tensor(c!)? mean) -> ()");
   m.def(
       "score_step(Tensor x, Tensor v, Tensor prev_sample, Tensor sigma, Tensor next_sigma, Tensor std, "
       "Tensor? old_mean, str kind, bool return_mean) -> (Tensor, Tensor, Tensor)");

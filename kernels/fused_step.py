@@ -2,8 +2,9 @@
 
 Ops (same arguments and results as the C++ ops, see ``precise_fast/sde/ops.py``):
 ``precise_fast::triton_sample_step``, ``triton_score_step``, ``triton_score_step_backward``,
-``triton_philox_normal``. They run on CUDA; under ``TRITON_INTERPRET=1`` on CPU tensors,
-which is how CI tests them.
+``triton_philox_normal``, and ``triton_sample_step_out`` (sample_step writing into given
+buffers). They run on CUDA; under ``TRITON_INTERPRET=1`` on CPU tensors, which is how CI
+tests them, through the same ``triton_op`` registration.
 
 Layout: a 2-D grid (block of a row, row). Each program owns ``4 * GROUPS`` consecutive
 elements of one row: Philox runs once per group of 4 (``tl.philox``, the library's
@@ -19,7 +20,11 @@ import os
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
+from torch._subclasses.functional_tensor import FunctionalTensorMode
 from torch.library import triton_op, wrap_triton
+
+from precise_fast.sde.arguments import MAX_GRID_ROWS
 
 # 256 groups = 1024 elements per program: 4 KiB of float32 per stream, enough bytes in
 # flight per SM for a memory-bound kernel, and few programs under the interpreter.
@@ -38,7 +43,11 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 @triton.jit
 def _row_coefficients(sigma_ptr, next_sigma_ptr, std_ptr, row, FAMILY: tl.constexpr):
-    """(cx, cv, sd, inv_var, log_norm) of a row: mean = cx x + cv v; float64 per-row math."""
+    """(cx, cv, sd, inv_var, log_norm) of a row: mean = cx x + cv v; float64 per-row math.
+
+    float64 ``/`` and ``tl.sqrt`` lower to IEEE ``div.rn.f64`` / ``sqrt.rn.f64`` (only the
+    float32 forms have approximate variants), so cx and cv round as in csrc/step_coefficients.h.
+    """
     s = tl.load(sigma_ptr + row).to(tl.float64)
     sn = tl.load(next_sigma_ptr + row).to(tl.float64)
     sd = tl.load(std_ptr + row).to(tl.float64)
@@ -97,7 +106,7 @@ def _minus_two_log_uniform(n):
     m = tl.where(big, 0.5 * m, m)
     e = tl.where(big, e + 1, e)
     f = m - 1.0
-    s = f / (2.0 + f)
+    s = tl.div_rn(f, 2.0 + f)
     s2 = s * s
     poly = s2 * (0.6666666666666666 + s2 * (0.4 + s2 * (0.2857142857142857 + s2 * 0.2222222222222222)))
     log_m = 2.0 * s + s * poly
@@ -139,8 +148,8 @@ def _philox_block_normals(seed, step, block, GROUPS_: tl.constexpr):
     c2 = ((zero + step) & 0xFFFFFFFF).to(tl.uint32)
     c3 = (((zero + step) >> 32) & 0xFFFFFFFF).to(tl.uint32)
     w0, w1, w2, w3 = tl.philox(seed, c0, c1, c2, c3, 10)
-    r01 = tl.sqrt(_minus_two_log_uniform(_uniform_numerator(w0)))
-    r23 = tl.sqrt(_minus_two_log_uniform(_uniform_numerator(w2)))
+    r01 = tl.sqrt_rn(_minus_two_log_uniform(_uniform_numerator(w0)))
+    r23 = tl.sqrt_rn(_minus_two_log_uniform(_uniform_numerator(w2)))
     s1, k1 = _sincos_two_pi_uniform(_uniform_numerator(w1))
     s3, k3 = _sincos_two_pi_uniform(_uniform_numerator(w3))
     z0, z1, z2, z3 = r01 * k1, r01 * s1, r23 * k3, r23 * s3
@@ -286,85 +295,116 @@ def _normals_kernel(seeds_ptr, steps_ptr, out_ptr, M, GROUPS_: tl.constexpr):
     tl.store(out_ptr + row.to(tl.int64) * M + idx, z, mask=idx < M)
 
 
-# ----------------------------------------------------------------------------- argument checks
-# Same rules and messages as csrc/fused_step_args.h; shapes and dtypes only, so they also
-# run on FakeTensors while torch.compile traces.
+# ----------------------------------------------------------------------------- launchers
+# The argument rules live in precise_fast/sde/arguments.py (the public sample_step /
+# score_step apply them); a launcher only asserts the invariants they establish, so a
+# direct call of the raw op with bad input fails with a RuntimeError, never in a kernel.
+
+# Every launch: no fp contraction (a * b + c stays two IEEE roundings, no FMA), as the
+# CPU build's -ffp-contract=off and nvcc's --fmad=false, with tl.div_rn / tl.sqrt_rn in
+# the float32 noise math: one seed gives bitwise the same normals and samples as the C++
+# kernels (the interpreter always computes that way).
+LAUNCH_OPTIONS = {"enable_fp_fusion": False}
+
+
+def _expect(ok: bool, what: str) -> None:
+    if not ok:
+        raise RuntimeError(f"precise_fast Triton op: invariant violated: {what} (call precise_fast.sde.sample_step / score_step for checked arguments)")
+
+
+def _expect_latents(x: torch.Tensor, **tensors) -> None:
+    _expect(x.dim() >= 1 and x.shape[0] > 0 and x.numel() > 0, f"x has no rows or no elements: {tuple(x.shape)}")
+    _expect(x.shape[0] <= MAX_GRID_ROWS, f"{x.shape[0]} rows exceed the grid's {MAX_GRID_ROWS}")
+    _expect(x.device.type == "cuda" or _INTERPRETING, f"tensors on {x.device} need TRITON_INTERPRET=1")
+    for name, t in (("x", x), *tensors.items()):
+        if t is None:
+            continue
+        _expect(t.dtype in _DTYPES, f"{name} is {t.dtype}, not float32 / bfloat16 / float16")
+        _expect(t.shape == x.shape and t.device == x.device, f"{name} is not shaped and placed like x")
+
+
+def _expect_rows(x: torch.Tensor, dtype: torch.dtype = torch.float32, **rows) -> None:
+    for name, t in rows.items():
+        if t is None:
+            continue
+        _expect(
+            t.shape == (x.shape[0],) and t.dtype == dtype and t.device == x.device and t.is_contiguous(),
+            f"{name} is not a contiguous ({x.shape[0]},) {dtype} tensor",
+        )
 
 
 def _family(kind: str) -> int:
-    if kind not in _FAMILY:
-        raise ValueError(f"kind={kind!r} is not a sampler kind; expected one of {', '.join(_FAMILY)}")
+    _expect(kind in _FAMILY, f"kind={kind!r} is not a sampler kind")
     return _FAMILY[kind]
 
 
-def _check_x(x: torch.Tensor) -> None:
-    if x.dim() < 1 or x.shape[0] == 0 or x.numel() == 0:
-        raise ValueError(f"x must have a non-empty batch dimension and elements, got shape {tuple(x.shape)}")
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
+def _launch(kernel, grid, *args, **meta) -> None:
+    """``kernel[grid](*args, **meta)`` with LAUNCH_OPTIONS, through ``wrap_triton``.
+
+    On GPU, tracing (FakeTensors) turns the call into Inductor's triton-kernel node. The
+    interpreter runs kernels in numpy and cannot run one on FakeTensors: there the launch
+    is skipped while tracing, the launcher having already made the outputs' shapes.
+    """
+    if _INTERPRETING and any(isinstance(a, torch.Tensor) and is_fake(a) for a in args):
+        return
+    kernel[grid](*args, **meta, **LAUNCH_OPTIONS)
 
 
-def _check_latent(x: torch.Tensor, t: torch.Tensor, name: str) -> torch.Tensor:
-    if t.shape != x.shape:
-        raise ValueError(f"{name} has shape {tuple(t.shape)} but x has shape {tuple(x.shape)}")
-    if t.device != x.device:
-        raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-    if t.dtype not in _DTYPES:
-        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
-    return t.contiguous()
-
-
-def _row_values(x: torch.Tensor, t: torch.Tensor, name: str) -> torch.Tensor:
-    if t.device != x.device:
-        raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
-    if t.shape != (x.shape[0],):
-        raise ValueError(f"{name} must have shape ({x.shape[0]},), got {tuple(t.shape)}")
-    return t.to(torch.float32).contiguous()
-
-
-def _row_integers(batch: int, device, t: torch.Tensor, name: str) -> torch.Tensor:
-    if t.device != device:
-        raise ValueError(f"{name} is on {t.device} but x is on {device}")
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
-    if not (t.dim() == 0 or t.shape == (batch,)):
-        raise ValueError(f"{name} must be 0-d or of shape ({batch},), got {tuple(t.shape)}")
-    return t.to(torch.int64).expand(batch).contiguous()
-
-
-def _check_device(x: torch.Tensor) -> None:
-    if x.device.type == "cpu":
-        if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-            raise RuntimeError("the Triton kernels run on CUDA tensors, or on CPU only under TRITON_INTERPRET=1")
-
-
-def _score_inputs(x, v, prev_sample, old_mean, kind: str):
-    """Checked, contiguous inputs of the score pass (forward and backward read the same)."""
-    _check_x(x)
-    _check_device(x)
-    v = _check_latent(x, v, "v")
-    prev_sample = _check_latent(x, prev_sample, "prev_sample")
-    if old_mean is not None:
-        old_mean = _check_latent(x, old_mean, "old_mean")
-    return _family(kind), v, prev_sample, old_mean
+def _sample_into(x, v, sigma, next_sigma, std, seeds, step_index, noise, kind, prev, log_prob, mean) -> None:
+    family = _family(kind)
+    _expect_latents(x, v=v, noise=noise)
+    _expect_rows(x, sigma=sigma, next_sigma=next_sigma, std=std, log_prob=log_prob)
+    has_noise = family != 0 and noise is not None
+    if family != 0 and not has_noise:
+        _expect(seeds is not None and step_index is not None, "sampling without noise needs seeds and step_index")
+        _expect_rows(x, torch.int64, seeds=seeds, step_index=step_index)
+    _expect(prev.shape == x.shape and prev.dtype == x.dtype and prev.is_contiguous(), "prev_sample buffer is not x-like and contiguous")
+    if mean is not None:
+        _expect(mean.shape == x.shape and mean.dtype == torch.float32 and mean.is_contiguous(), "mean buffer is not float32, x-like and contiguous")
+    x, v = x.contiguous(), v.contiguous()
+    noise = noise.contiguous() if has_noise else None
+    batch, m = x.shape[0], x.numel() // x.shape[0]
+    n_blocks = triton.cdiv(m, ELEMS_PER_PROGRAM)
+    partial = torch.empty((batch, n_blocks), dtype=torch.float32, device=x.device)
+    dummy = partial  # stands for pointers the constexpr flags switch off
+    draws = family != 0 and not has_noise
+    _launch(
+        wrap_triton(_sample_kernel), (n_blocks, batch),
+        x, v, sigma, next_sigma, std,
+        seeds if draws else dummy, step_index if draws else dummy, noise if has_noise else dummy,
+        prev, dummy if mean is None else mean, partial, m, n_blocks,
+        FAMILY=family, HAS_NOISE=has_noise, RETURN_MEAN=mean is not None, GROUPS_=GROUPS,
+    )
+    _launch(
+        wrap_triton(_finalize_kernel), (batch,),
+        partial, partial, sigma, next_sigma, std, log_prob, log_prob, m, n_blocks,
+        FAMILY=family, HAS_BIAS=False, BLOCK=FINALIZE_BLOCK,
+    )
 
 
 # ----------------------------------------------------------------------------- ops
 
 
-def _define_op(name: str):
-    """``triton_op`` on GPU (torch.compile then sees and fuses around the Triton kernels).
+def _define_op(name: str, mutates_args=()):
+    """The one registration of each Triton op, on GPU and under TRITON_INTERPRET=1 alike:
+    ``triton_op``, whose fake (meta) kernel is the launcher itself run on FakeTensors.
 
-    Under TRITON_INTERPRET=1 an opaque ``custom_op`` with the same schema instead: tracing a
-    triton_op runs its launcher on FakeTensors, and the interpreter cannot execute a kernel
-    on tensors without data.
+    On GPU torch.compile decomposes the op into its launcher and sees the kernels. The
+    interpreter's kernels are Python functions Inductor cannot lower, so there the op
+    stays opaque under functionalization (as ``torch.export`` keeps it on GPU).
     """
-    if _INTERPRETING:
-        return torch.library.custom_op(name, mutates_args=())
-    return triton_op(name, mutates_args=())
 
+    def register(fn):
+        op = triton_op(name, mutates_args=mutates_args)(fn)
+        if _INTERPRETING:
+            op.register_torch_dispatch(FunctionalTensorMode, _opaque_under_functionalization)
+        return op
+
+    return register
+
+
+def _opaque_under_functionalization(mode, op, types, args, kwargs):
+    return mode.__torch_dispatch__(op, types, args, kwargs)
 
 
 @_define_op("precise_fast::triton_sample_step")
@@ -380,45 +420,29 @@ def triton_sample_step(
     kind: str,
     return_mean: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    family = _family(kind)
-    _check_x(x)
-    _check_device(x)
-    v = _check_latent(x, v, "v")
-    x = x.contiguous()
-    batch, m = x.shape[0], x.numel() // x.shape[0]
-    sigma, next_sigma, std = (_row_values(x, t, n) for t, n in ((sigma, "sigma"), (next_sigma, "next_sigma"), (std, "std")))
-    has_noise = noise is not None
-    if family != 0:
-        if (seeds is None) == (noise is None):
-            raise ValueError(f"kind={kind!r} needs exactly one of seeds (Philox stream) or noise (explicit normals)")
-        if has_noise:
-            noise = _check_latent(x, noise, "noise")
-        else:
-            if step_index is None:
-                raise ValueError("sampling from seeds needs step_index")
-            seeds = _row_integers(batch, x.device, seeds, "seeds")
-            step_index = _row_integers(batch, x.device, step_index, "step_index")
-    else:
-        has_noise = False
     prev = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     mean = torch.empty(x.shape if return_mean else (0,), dtype=torch.float32, device=x.device)
-    log_prob = torch.empty((batch,), dtype=torch.float32, device=x.device)
-    n_blocks = triton.cdiv(m, ELEMS_PER_PROGRAM)
-    partial = torch.empty((batch, n_blocks), dtype=torch.float32, device=x.device)
-    dummy = partial  # stands for pointers the constexpr flags switch off
-    wrap_triton(_sample_kernel)[(n_blocks, batch)](
-        x, v, sigma, next_sigma, std,
-        seeds if (family != 0 and not has_noise) else dummy,
-        step_index if (family != 0 and not has_noise) else dummy,
-        noise if has_noise else dummy,
-        prev, mean if return_mean else dummy, partial, m, n_blocks,
-        FAMILY=family, HAS_NOISE=has_noise, RETURN_MEAN=return_mean, GROUPS_=GROUPS,
-    )
-    wrap_triton(_finalize_kernel)[(batch,)](
-        partial, partial, sigma, next_sigma, std, log_prob, log_prob, m, n_blocks,
-        FAMILY=family, HAS_BIAS=False, BLOCK=FINALIZE_BLOCK,
-    )
+    log_prob = torch.empty((x.shape[0],), dtype=torch.float32, device=x.device)
+    _sample_into(x, v, sigma, next_sigma, std, seeds, step_index, noise, kind, prev, log_prob, mean if return_mean else None)
     return prev, log_prob, mean
+
+
+@_define_op("precise_fast::triton_sample_step_out", mutates_args=("prev_sample", "log_prob", "mean"))
+def triton_sample_step_out(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    sigma: torch.Tensor,
+    next_sigma: torch.Tensor,
+    std: torch.Tensor,
+    seeds: torch.Tensor | None,
+    step_index: torch.Tensor | None,
+    noise: torch.Tensor | None,
+    kind: str,
+    prev_sample: torch.Tensor,
+    log_prob: torch.Tensor,
+    mean: torch.Tensor | None,
+) -> None:
+    _sample_into(x, v, sigma, next_sigma, std, seeds, step_index, noise, kind, prev_sample, log_prob, mean)
 
 
 @_define_op("precise_fast::triton_score_step")
@@ -433,23 +457,27 @@ def triton_score_step(
     kind: str,
     return_mean: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    family, v, prev_sample, old_mean = _score_inputs(x, v, prev_sample, old_mean, kind)
+    family = _family(kind)
+    _expect_latents(x, v=v, prev_sample=prev_sample, old_mean=old_mean)
+    _expect_rows(x, sigma=sigma, next_sigma=next_sigma, std=std)
     has_old = old_mean is not None
-    x = x.contiguous()
+    x, v, prev_sample = x.contiguous(), v.contiguous(), prev_sample.contiguous()
+    old_mean = old_mean.contiguous() if has_old else None
     batch, m = x.shape[0], x.numel() // x.shape[0]
-    sigma, next_sigma, std = (_row_values(x, t, n) for t, n in ((sigma, "sigma"), (next_sigma, "next_sigma"), (std, "std")))
     mean = torch.empty(x.shape if return_mean else (0,), dtype=torch.float32, device=x.device)
     log_prob = torch.empty((batch,), dtype=torch.float32, device=x.device)
     bias = torch.empty((batch if has_old else 0,), dtype=torch.float32, device=x.device)
     n_blocks = triton.cdiv(m, ELEMS_PER_PROGRAM)
     partial = torch.empty((batch, n_blocks), dtype=torch.float32, device=x.device)
     bias_partial = torch.empty((batch, n_blocks) if has_old else (1,), dtype=torch.float32, device=x.device)
-    wrap_triton(_score_kernel)[(n_blocks, batch)](
+    _launch(
+        wrap_triton(_score_kernel), (n_blocks, batch),
         x, v, prev_sample, old_mean if has_old else partial, sigma, next_sigma, std,
         mean if return_mean else partial, partial, bias_partial, m, n_blocks,
         FAMILY=family, HAS_OLD=has_old, RETURN_MEAN=return_mean, BLOCK=ELEMS_PER_PROGRAM,
     )
-    wrap_triton(_finalize_kernel)[(batch,)](
+    _launch(
+        wrap_triton(_finalize_kernel), (batch,),
         partial, bias_partial, sigma, next_sigma, std, log_prob, bias if has_old else log_prob, m, n_blocks,
         FAMILY=family, HAS_BIAS=has_old, BLOCK=FINALIZE_BLOCK,
     )
@@ -472,22 +500,19 @@ def triton_score_step_backward(
     need_grad_x: bool,
     need_grad_old_mean: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    family, v, prev_sample, old_mean = _score_inputs(x, v, prev_sample, old_mean, kind)
+    family = _family(kind)
+    _expect_latents(x, v=v, prev_sample=prev_sample, old_mean=old_mean)
+    _expect_rows(x, sigma=sigma, next_sigma=next_sigma, std=std, grad_log_prob=grad_log_prob, grad_guard_bias=grad_guard_bias)
     has_old = old_mean is not None
-    if grad_guard_bias is not None and not has_old:
-        raise ValueError("grad_guard_bias needs old_mean")
-    x = x.contiguous()
-    batch, m = x.shape[0], x.numel() // x.shape[0]
-    sigma, next_sigma, std = (_row_values(x, t, n) for t, n in ((sigma, "sigma"), (next_sigma, "next_sigma"), (std, "std")))
-    grad_log_prob = _row_values(x, grad_log_prob, "grad_log_prob")
-    has_gbias = grad_guard_bias is not None
-    if has_gbias:
-        grad_guard_bias = _row_values(x, grad_guard_bias, "grad_guard_bias")
+    _expect(grad_guard_bias is None or has_old, "grad_guard_bias needs old_mean")
     has_gmean = grad_mean is not None
     if has_gmean:
-        if grad_mean.shape != x.shape:
-            raise ValueError(f"grad_mean has shape {tuple(grad_mean.shape)} but x has shape {tuple(x.shape)}")
-        grad_mean = grad_mean.to(torch.float32).contiguous()
+        _expect(grad_mean.shape == x.shape and grad_mean.dtype == torch.float32, "grad_mean is not float32 and x-like")
+        grad_mean = grad_mean.contiguous()
+    x, v, prev_sample = x.contiguous(), v.contiguous(), prev_sample.contiguous()
+    old_mean = old_mean.contiguous() if has_old else None
+    batch, m = x.shape[0], x.numel() // x.shape[0]
+    has_gbias = grad_guard_bias is not None
     need_old = need_grad_old_mean and has_old
     grad_v = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     grad_x = torch.empty(x.shape if need_grad_x else (0,), dtype=x.dtype, device=x.device)
@@ -496,7 +521,8 @@ def triton_score_step_backward(
         grad_old = (torch.empty if has_gbias else torch.zeros)(old_mean.shape, dtype=old_mean.dtype, device=x.device)
     else:
         grad_old = torch.empty((0,), dtype=torch.float32, device=x.device)
-    wrap_triton(_backward_kernel)[(triton.cdiv(m, ELEMS_PER_PROGRAM), batch)](
+    _launch(
+        wrap_triton(_backward_kernel), (triton.cdiv(m, ELEMS_PER_PROGRAM), batch),
         grad_log_prob, grad_mean if has_gmean else grad_log_prob, grad_guard_bias if has_gbias else grad_log_prob,
         x, v, prev_sample, old_mean if has_old else grad_log_prob, sigma, next_sigma, std,
         grad_v, grad_x if need_grad_x else grad_v, grad_old if (need_old and has_gbias) else grad_v, m,
@@ -508,38 +534,25 @@ def triton_score_step_backward(
 
 @_define_op("precise_fast::triton_philox_normal")
 def triton_philox_normal(seeds: torch.Tensor, step_index: torch.Tensor, row_elems: int) -> torch.Tensor:
-    if seeds.dim() != 1 or seeds.shape[0] == 0:
-        raise ValueError(f"seeds must have shape (B,), got {tuple(seeds.shape)}")
-    if row_elems <= 0:
-        raise ValueError(f"row_elems must be positive, got {row_elems}")
-    _check_device(seeds)
+    _expect(seeds.dim() == 1 and 0 < seeds.shape[0] <= MAX_GRID_ROWS, f"seeds has shape {tuple(seeds.shape)}")
+    _expect(row_elems > 0, f"row_elems must be positive, got {row_elems}")
+    _expect(seeds.device.type == "cuda" or _INTERPRETING, f"tensors on {seeds.device} need TRITON_INTERPRET=1")
     batch = seeds.shape[0]
-    seeds = _row_integers(batch, seeds.device, seeds, "seeds")
-    step_index = _row_integers(batch, seeds.device, step_index, "step_index")
+    seeds = seeds.to(torch.int64).contiguous()
+    step_index = step_index.to(torch.int64).expand(batch).contiguous()
     out = torch.empty((batch, row_elems), dtype=torch.float32, device=seeds.device)
-    wrap_triton(_normals_kernel)[(triton.cdiv(row_elems, ELEMS_PER_PROGRAM), batch)](
-        seeds, step_index, out, row_elems, GROUPS_=GROUPS
-    )
+    _launch(wrap_triton(_normals_kernel), (triton.cdiv(row_elems, ELEMS_PER_PROGRAM), batch), seeds, step_index, out, row_elems, GROUPS_=GROUPS)
     return out
 
 
-def _register_fake_and_autograd() -> None:
+def _register_autograd() -> None:
     from precise_fast.sde import ops
 
-    if _INTERPRETING:
-        # Explicit fake kernels, shared with the C++ ops: a custom_op needs one, and the
-        # interpreter cannot run the launcher on FakeTensors. (A triton_op traces its
-        # launcher for that instead.)
-        triton_sample_step.register_fake(ops.sample_step_fake)
-        triton_score_step.register_fake(ops.score_step_fake)
-        triton_score_step_backward.register_fake(ops.score_step_backward_fake)
-        triton_philox_normal.register_fake(ops.philox_normal_fake)
-    _make_score_backward, _score_setup_context = ops._make_score_backward, ops._score_setup_context
     torch.library.register_autograd(
         "precise_fast::triton_score_step",
-        _make_score_backward(triton_score_step_backward),
-        setup_context=_score_setup_context,
+        ops._make_score_backward(triton_score_step_backward),
+        setup_context=ops._score_setup_context,
     )
 
 
-_register_fake_and_autograd()
+_register_autograd()

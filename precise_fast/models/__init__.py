@@ -4,15 +4,16 @@ prompt encoding, and the one transformer forward shared by sampling and training
 Public API::
 
     load_pipeline(path_or_id, *, dtype=torch.float32, device="cpu", attention_backend="auto", model_root=None)
-    build_tiny_pipeline(out_dir, seed=0, *, overwrite=False) -> Path
-    tiny_pipeline_path(seed=0, cache_dir=None) -> Path          # built once, then reused
+    build_tiny_pipeline(out_dir, seed=0, *, overwrite=False, widths="tiny") -> Path   # widths="klein4b": real widths
+    tiny_pipeline_path(seed=0, cache_dir=None, widths="tiny") -> Path          # built once, then reused
     apply_lora(transformer, rank=16, alpha=16.0, init="gaussian", *, adapter_name="default", dropout=0.0, targets="paper")
     init_lora_from(transformer, path, *, adapter_name="default")  # start from a saved LoRA (diffusers or peft)
     save_lora(pipeline_or_transformer, path, *, adapter_name="default", state_dict=None, dtype=None) -> Path
     load_lora(pipeline, path, *, adapter_name="default", trainable=False)
     enable_full_finetune(transformer) -> list[Parameter]
     apply_precision(pipeline, "autocast_bf16" | "pure")  # the paper's fp32 masters under bf16 autocast
-    set_attention_backend(transformer, requested="auto") -> "sdpa" | "flash2" | "flash3"
+    set_attention_backend(transformer, requested="auto", use="training") -> "sdpa" | "flash2" | "flash3"
+    attention_backend_for(transformer, requested, use)          # context manager, e.g. flash-attn 3 for rollouts
     PromptEncoder(pipeline, *, max_length=128, layers=(9, 18, 27), cache_size=4096, device=None, dtype=None)
     predict_velocity(transformer, latents, timestep, prompt_embeds, text_ids, latent_ids, *, attention_kwargs=None)
     latent_layout(pipeline, height, width) -> LatentLayout
@@ -20,7 +21,7 @@ Public API::
     decode_latents(pipeline, packed, layout, *, chunk=None) -> images (B, 3, H, W) in [0, 1]
 """
 
-from .attention import AttentionBackendError, resolve_attention_backend, set_attention_backend
+from .attention import AttentionBackendError, attention_backend_for, resolve_attention_backend, set_attention_backend
 from .flux2 import (
     LatentLayout,
     decode_latents,
@@ -84,6 +85,7 @@ __all__ = [
     "pack_latents",
     "predict_velocity",
     "resolve_attention_backend",
+    "attention_backend_for",
     "resolve_model_path",
     "save_lora",
     "set_attention_backend",

@@ -77,6 +77,45 @@ TINY_VAE_CONFIG = {
     "patch_size": (2, 2),
 }
 
+# Width presets: overrides of the three configs above. "klein4b" has FLUX.2 Klein 4B's real
+# widths where shapes meet - 24 heads x 128 (3072 wide), 128 packed latent channels (a
+# 32-channel VAE x the 2x2 patch), joint_attention_dim 7680 (three Qwen3 layers of hidden
+# 2560), rope axes (32, 32, 32, 32) with theta 2000 - but one double and one single block and
+# a thin, tiny-vocabulary text encoder (hidden 2560, 64-wide attention and MLP), so it loads
+# and trains on a CPU and catches the shape bugs a 32-wide model cannot.
+WIDTHS = {
+    "tiny": {"transformer": {}, "text_encoder": {}, "vae": {}},
+    "klein4b": {
+        "transformer": {
+            "in_channels": 128,
+            "num_layers": 1,
+            "num_single_layers": 1,
+            "attention_head_dim": 128,
+            "num_attention_heads": 24,
+            "joint_attention_dim": 3 * 2560,
+            "timestep_guidance_channels": 256,
+            "mlp_ratio": 3.0,
+            "axes_dims_rope": (32, 32, 32, 32),
+            "rope_theta": 2000,
+        },
+        "text_encoder": {
+            "hidden_size": 2560,
+            "intermediate_size": 64,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 32,
+        },
+        "vae": {"latent_channels": 32},
+    },
+}
+
+
+def _check_widths(widths: str) -> str:
+    if widths not in WIDTHS:
+        raise ValueError(f"widths={widths!r} is not one of {', '.join(WIDTHS)}")
+    return widths
+
+
 # A Qwen3-style chat template (same rendered text for the single-user-turn case the
 # pipeline uses: `<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n`, plus the empty
 # think block when `enable_thinking=False`). Written here from the format's description.
@@ -152,7 +191,7 @@ def _train_tokenizer(vocab_size: int = 600):
     return tokenizer
 
 
-def _build_components(seed: int):
+def _build_components(seed: int, widths: str = "tiny"):
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -162,12 +201,13 @@ def _build_components(seed: int):
     gen_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        text_config = Qwen3Config(vocab_size=len(tokenizer), **TINY_TEXT_ENCODER_CONFIG)
+        sizes = WIDTHS[_check_widths(widths)]
+        text_config = Qwen3Config(vocab_size=len(tokenizer), **{**TINY_TEXT_ENCODER_CONFIG, **sizes["text_encoder"]})
         text_config.pad_token_id = tokenizer.pad_token_id
         text_config.eos_token_id = tokenizer.eos_token_id
         text_encoder = Qwen3ForCausalLM(text_config).eval()
-        transformer = Flux2Transformer2DModel(**TINY_TRANSFORMER_CONFIG).eval()
-        vae = AutoencoderKLFlux2(**TINY_VAE_CONFIG).eval()
+        transformer = Flux2Transformer2DModel(**{**TINY_TRANSFORMER_CONFIG, **sizes["transformer"]}).eval()
+        vae = AutoencoderKLFlux2(**{**TINY_VAE_CONFIG, **sizes["vae"]}).eval()
         # Non-trivial latent statistics (the real VAE's are far from 0 / 1): the pipeline
         # de-normalises packed latents with them before decoding.
         channels = vae.bn.num_features
@@ -179,10 +219,11 @@ def _build_components(seed: int):
     return dict(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
 
 
-def build_tiny_pipeline(out_dir: str | os.PathLike, seed: int = 0, *, overwrite: bool = False) -> Path:
+def build_tiny_pipeline(out_dir: str | os.PathLike, seed: int = 0, *, overwrite: bool = False, widths: str = "tiny") -> Path:
     """Write a tiny FLUX.2 Klein pipeline (diffusers format) to ``out_dir`` and return its path.
 
-    Deterministic in ``seed``. The folder is complete (``model_index.json`` and the five
+    Deterministic in ``seed``; ``widths`` picks a preset of :data:`WIDTHS` (``"klein4b"``:
+    the real model's widths, ~2.3 GB of float32 weights). The folder is complete (``model_index.json`` and the five
     component folders) and loads with ``load_pipeline(path)`` or stock
     ``Flux2KleinPipeline.from_pretrained(path)``. Refuses a non-empty ``out_dir`` unless
     ``overwrite``. The write goes to a temporary sibling first, so an interrupted build never
@@ -190,17 +231,19 @@ def build_tiny_pipeline(out_dir: str | os.PathLike, seed: int = 0, *, overwrite:
     """
     from diffusers import Flux2KleinPipeline
 
+    _check_widths(widths)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pipe = Flux2KleinPipeline(is_distilled=False, **_build_components(int(seed)))
+    pipe = Flux2KleinPipeline(is_distilled=False, **_build_components(int(seed), widths))
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         pipe.save_pretrained(staging, safe_serialization=True)
-        (staging / _MARKER).write_text(json.dumps({"version": TINY_BUILDER_VERSION, "seed": int(seed)}))
+        info = {"version": TINY_BUILDER_VERSION, "seed": int(seed), "widths": widths}
+        (staging / _MARKER).write_text(json.dumps(info))
         if out.exists():
             out.rmdir()
         staging.rename(out)
@@ -216,22 +259,27 @@ def default_cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "precise_fast"
 
 
-def tiny_pipeline_path(seed: int = 0, cache_dir: str | os.PathLike | None = None) -> Path:
+def _folder_name(seed: int, widths: str) -> str:
+    tag = "" if widths == "tiny" else f"-{widths}"
+    return f"tiny-flux2-klein{tag}-v{TINY_BUILDER_VERSION}-seed{int(seed)}"
+
+
+def tiny_pipeline_path(seed: int = 0, cache_dir: str | os.PathLike | None = None, widths: str = "tiny") -> Path:
     """The tiny pipeline's folder in the cache, built on first use (tests and benchmarks share it)."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = root / f"tiny-flux2-klein-v{TINY_BUILDER_VERSION}-seed{int(seed)}"
+    path = root / _folder_name(seed, _check_widths(widths))
     marker = path / _MARKER
     if marker.is_file():
         info = json.loads(marker.read_text())
-        if info.get("version") == TINY_BUILDER_VERSION and info.get("seed") == int(seed):
+        if (info.get("version"), info.get("seed"), info.get("widths", "tiny")) == (TINY_BUILDER_VERSION, int(seed), widths):
             return path
-    return build_tiny_pipeline(path, seed=seed, overwrite=True)
+    return build_tiny_pipeline(path, seed=seed, overwrite=True, widths=widths)
 
 
-_PROCESS_TINY: dict[int, Path] = {}
+_PROCESS_TINY: dict[tuple[int, str], Path] = {}
 
 
-def process_tiny_pipeline_path(seed: int = 0) -> Path:
+def process_tiny_pipeline_path(seed: int = 0, widths: str = "tiny") -> Path:
     """A tiny pipeline built once per process into a temporary folder removed at exit.
 
     Test suites share it through their session fixtures (one build per pytest run, no
@@ -239,9 +287,9 @@ def process_tiny_pipeline_path(seed: int = 0) -> Path:
     """
     import atexit
 
-    seed = int(seed)
-    if seed not in _PROCESS_TINY:
+    key = (int(seed), _check_widths(widths))
+    if key not in _PROCESS_TINY:
         root = Path(tempfile.mkdtemp(prefix="precise_fast_tiny_"))
         atexit.register(shutil.rmtree, root, ignore_errors=True)
-        _PROCESS_TINY[seed] = build_tiny_pipeline(root / f"seed{seed}", seed=seed)
-    return _PROCESS_TINY[seed]
+        _PROCESS_TINY[key] = build_tiny_pipeline(root / _folder_name(*key), seed=key[0], widths=key[1])
+    return _PROCESS_TINY[key]

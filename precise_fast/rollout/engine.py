@@ -4,8 +4,11 @@ One step = :func:`denoise_step`: the policy forward (:func:`predict_velocity`, t
 function the trainer calls) and the fused sampler op ``precise_fast.sde.sample_step`` in
 sample mode, on the whole batch, with per-row (B,) step values and per-row Philox seeds.
 A rollout runs a static :class:`~precise_fast.rollout.plan.Plan` over preallocated
-buffers: latents (B, H + 1, S, C), transition means (B, H, S, C), log-probs (B, H). The
-step loop has no host synchronisation and no data-dependent Python (the hop sequence and
+step-major buffers: latents (H + 1, B, S, C), transition means (H, B, S, C), log-probs
+(H, B). Step j reads the contiguous slice ``latents[j]`` and the fused op writes its three
+results straight into ``latents[j + 1]``, ``log_probs[j]``, ``means[j]`` (its ``out=``
+buffers): no strided copy in or out. Callers see batch-major views, (B, H + 1, S, C) etc.
+The step loop has no host synchronisation and no data-dependent Python (the hop sequence and
 every per-hop value are fixed by the plan; the Philox step index lives in a device tensor),
 so on CUDA the whole loop is captured once per (batch, text length, plan) into a CUDA graph
 and replayed with new inputs copied into its static buffers. On CPU the same loop runs
@@ -24,12 +27,14 @@ latent per prompt" option.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
+from ..models.attention import attention_backend_for
 from ..models.flux2 import LatentLayout, decode_latents, latent_ids, latent_layout, pack_latents, predict_velocity
 from ..models.text import RECIPE_LAYERS, RECIPE_MAX_LENGTH, PromptEncoder, text_ids
 from ..sde import DEFAULT_ETA, philox_normal, resolve_backend, sample_step
@@ -37,6 +42,9 @@ from ..sde.kinds import STOCHASTIC, check_kind
 from .plan import INIT_NOISE_STEP, Plan, PlanCache, Schedule, pipeline_schedule, trajectory_kinds
 
 logger = logging.getLogger("precise_fast.rollout")
+
+# The graph cache's floor when sized automatically (max_cached_graphs=None).
+MIN_CACHED_GRAPHS = 16
 
 
 def denoise_step(
@@ -54,16 +62,20 @@ def denoise_step(
     *,
     kind: str,
     backend: str = "auto",
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batched rollout step: ``(prev_sample [x.dtype], log_prob (B,) f32, mean f32)``.
 
     ``timestep``, ``sigma``, ``next_sigma``, ``std`` are (B,) float32; ``seeds`` (B,) int64;
-    ``step_index`` an int64 device tensor (0-d or (B,)). Free of host synchronisation
-    when the op backend is a fused one, so it compiles with ``fullgraph=True`` and captures.
+    ``step_index`` an int64 device tensor (0-d or (B,)). ``out=(prev, log_prob, mean)``:
+    contiguous buffers the fused op writes into (and returns). Free of host
+    synchronisation when the op backend is a fused one, so it compiles with
+    ``fullgraph=True`` and captures.
     """
     v = predict_velocity(transformer, x, timestep, prompt_embeds, text_ids, latent_ids)
     prev, log_prob, mean = sample_step(
-        x, v, sigma, next_sigma, std, kind=kind, seeds=seeds, step_index=step_index, return_mean=True, backend=backend
+        x, v, sigma, next_sigma, std, kind=kind, seeds=seeds, step_index=step_index, return_mean=True, backend=backend,
+        out=out,
     )
     return prev, log_prob, mean
 
@@ -76,6 +88,8 @@ class Rollout:
     latents[:, i + 1]`` with transition mean ``means[:, i]``, std ``stds[:, i]`` (0 on ODE
     steps), log-prob ``log_probs[:, i]`` (0 on ODE steps) and transformer input
     ``timesteps[:, i]``. Per-row tables are (B, ...) so rows can be shuffled into minibatches.
+    ``latents``, ``means`` and ``log_probs`` are batch-major views of the engine's step-major
+    storage (not contiguous; index them, or ``.contiguous()`` where a kernel needs it).
     """
 
     latents: torch.Tensor  # (B, N + 1, S, C), latent dtype
@@ -133,24 +147,44 @@ class Rollout:
 
 
 class _Buffers:
-    """Static per-shape buffers: inputs are copied in, the plan writes the outputs."""
+    """Static per-shape buffers: inputs are copied in, the plan writes the outputs.
+
+    The trajectory is stored step-major (``step_latents`` (H + 1, B, S, C), ``step_means``
+    (H, B, S, C), ``step_log_probs`` (H, B)) so every step's slices are contiguous;
+    ``latents``, ``means``, ``log_probs`` are their batch-major views.
+    """
+
+    _TENSORS = ("step_latents", "step_means", "step_log_probs", "prompt_embeds", "seeds", "text_ids", "latent_ids")
 
     def __init__(self, batch, plan: Plan, layout: LatentLayout, text_len, embed_dim, embed_dtype, latent_dtype, device):
         hops = len(plan)
         self.batch = batch
-        self.latents = torch.zeros((batch, hops + 1, layout.seq_len, layout.channels), dtype=latent_dtype, device=device)
-        self.means = torch.zeros((batch, hops, layout.seq_len, layout.channels), dtype=torch.float32, device=device)
-        self.log_probs = torch.zeros((batch, hops), dtype=torch.float32, device=device)
+        shape = (layout.seq_len, layout.channels)
+        self.step_latents = torch.zeros((hops + 1, batch, *shape), dtype=latent_dtype, device=device)
+        self.step_means = torch.zeros((hops, batch, *shape), dtype=torch.float32, device=device)
+        self.step_log_probs = torch.zeros((hops, batch), dtype=torch.float32, device=device)
         self.prompt_embeds = torch.zeros((batch, text_len, embed_dim), dtype=embed_dtype, device=device)
         self.seeds = torch.zeros((batch,), dtype=torch.int64, device=device)
         self.text_ids = text_ids(batch, text_len, device)
         self.latent_ids = latent_ids(layout, batch, device)
 
+    @property
+    def latents(self) -> torch.Tensor:  # (B, H + 1, S, C) view
+        return self.step_latents.transpose(0, 1)
+
+    @property
+    def means(self) -> torch.Tensor:  # (B, H, S, C) view
+        return self.step_means.transpose(0, 1)
+
+    @property
+    def log_probs(self) -> torch.Tensor:  # (B, H) view
+        return self.step_log_probs.transpose(0, 1)
+
     def clone(self) -> "_Buffers":
         """A private copy (a graph's static buffers are overwritten by the next replay)."""
         out = object.__new__(_Buffers)
         out.batch = self.batch
-        for name in ("latents", "means", "log_probs", "prompt_embeds", "seeds", "text_ids", "latent_ids"):
+        for name in self._TENSORS:
             setattr(out, name, getattr(self, name).clone())
         return out
 
@@ -188,7 +222,18 @@ class RolloutEngine:
         step_backend: backend of the fused op (``"auto"``: the fastest for the device).
         max_text_len, text_layers: prompt encoding when ``prompts=`` are given (recipe: 128, (9, 18, 27)).
         decode_chunk: VAE decode this many images at a time (``None``: all at once).
-        max_cached_graphs: captured graphs kept (oldest dropped first; each pins its buffers).
+        max_cached_graphs: captured graphs kept (least recently used dropped first; each pins
+            its buffers). ``None`` (default) sizes the cache to the plan set: at least
+            :data:`MIN_CACHED_GRAPHS`, and never fewer than the distinct (plan, shape) pairs
+            run so far, so every plan of a G2RPO batch (1 + K + K x n_g of them) stays
+            captured and the next batch replays them all.
+        attention_backend: the attention backend to sample with (``use="rollout"``, see
+            :func:`~precise_fast.models.attention_backend_for`; e.g. ``"auto"`` takes the
+            forward-only flash-attn 3 on Hopper); ``None`` keeps the transformer's own.
+
+    ``before_capture``: a callable run right before each CUDA-graph warm-up and capture
+    (never before a replay); the trainer sets it to drain the reward worker, so no other
+    thread issues CUDA work while a graph is captured.
     """
 
     def __init__(
@@ -207,7 +252,8 @@ class RolloutEngine:
         max_text_len: int = RECIPE_MAX_LENGTH,
         text_layers: Sequence[int] = RECIPE_LAYERS,
         decode_chunk: int | None = None,
-        max_cached_graphs: int = 16,
+        max_cached_graphs: int | None = None,
+        attention_backend: str | None = None,
     ):
         self.pipeline = pipeline
         self.transformer = pipeline.transformer
@@ -238,8 +284,11 @@ class RolloutEngine:
         self.decode_chunk = decode_chunk
         self._prompt_encoder: PromptEncoder | None = None
         self._graphs: dict[tuple, tuple[object, _Buffers]] = {}
-        self.max_cached_graphs = max(1, int(max_cached_graphs))
+        self.max_cached_graphs = None if max_cached_graphs is None else max(1, int(max_cached_graphs))
+        self._graph_shapes: set[tuple] = set()  # distinct (plan, shape) keys ever run through a graph
         self._graph_pool = None
+        self.attention_backend = attention_backend
+        self.before_capture = None
         logger.info(
             "rollout engine: kind=%s eta=%g steps=%d %dx%d (%d tokens), op backend=%s, cuda graph=%s, compiled=%s",
             self.kind, self.eta, num_steps, height, width, self.layout.seq_len, resolved, self.cuda_graph, compile_step,
@@ -285,9 +334,9 @@ class RolloutEngine:
         """Every hop of ``plan`` on ``bufs``: no host sync, no data-dependent Python."""
         batch = bufs.batch
         for j, hop in enumerate(plan.hops):
-            prev, log_prob, mean = self.step_fn(
+            self.step_fn(
                 self.transformer,
-                bufs.latents[:, j],
+                bufs.step_latents[j],
                 plan.timestep[j].expand(batch),
                 plan.sigma[j].expand(batch),
                 plan.next_sigma[j].expand(batch),
@@ -299,10 +348,8 @@ class RolloutEngine:
                 plan.noise_step[j],
                 kind=hop.kind,
                 backend=self.step_backend,
+                out=(bufs.step_latents[j + 1], bufs.step_log_probs[j], bufs.step_means[j]),
             )
-            bufs.latents[:, j + 1].copy_(prev)
-            bufs.means[:, j].copy_(mean)
-            bufs.log_probs[:, j].copy_(log_prob)
 
     def _weights_key(self) -> tuple:
         # A captured graph bakes in parameter storage and Python-side adapter flags: in-place
@@ -314,7 +361,15 @@ class RolloutEngine:
             for m in self.transformer.modules()
             if hasattr(m, "active_adapters") and hasattr(m, "merged")
         )
-        return params, adapters
+        # The attention kernels are baked in too: a graph captured with flash-attn 3 keeps it.
+        attention = getattr(self.transformer, "precise_fast_attention_backend", None)
+        return params, adapters, attention
+
+    def graph_cache_bound(self) -> int:
+        """How many captured graphs the cache keeps now (see ``max_cached_graphs``)."""
+        if self.max_cached_graphs is not None:
+            return self.max_cached_graphs
+        return max(MIN_CACHED_GRAPHS, len(self._graph_shapes))
 
     def _capture(self, run) -> object:
         """Warm up ``run`` on a side stream, then capture it into a CUDA graph (``.replay()``)."""
@@ -327,19 +382,25 @@ class RolloutEngine:
         graph = torch.cuda.CUDAGraph()
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self._graph_pool):
+        # "thread_local": CUDA calls of other threads (the reward worker's side stream) are
+        # not this capture's business; the default "global" mode would fail the capture on them.
+        with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):
             run()
         return graph
 
     def _graph_for(self, plan: Plan, batch: int, text_len: int, embed_dim: int, embed_dtype) -> tuple:
-        key = (plan.key, batch, text_len, embed_dim, embed_dtype, self._weights_key())
+        shape = (plan.key, batch, text_len, embed_dim, embed_dtype)
+        key = (*shape, self._weights_key())
+        self._graph_shapes.add(shape)
         if key in self._graphs:
             self._graphs[key] = self._graphs.pop(key)  # most recently used last
         else:
             bufs = _Buffers(batch, plan, self.layout, text_len, embed_dim, embed_dtype, self.latent_dtype, self.device)
-            while len(self._graphs) >= self.max_cached_graphs:
-                # Each graph pins its static buffers: bound the memory (e.g. G2RPO makes many plans).
+            while len(self._graphs) >= self.graph_cache_bound():
+                # Each graph pins its static buffers: bound the memory.
                 self._graphs.pop(next(iter(self._graphs)))
+            if self.before_capture is not None:
+                self.before_capture()
             graph = self._capture(lambda: self._run_plan(plan, bufs))
             self._graphs[key] = (graph, bufs)
             logger.info("captured a CUDA graph: %d hops, batch %d, %d text tokens", len(plan), batch, text_len)
@@ -348,22 +409,32 @@ class RolloutEngine:
     def reset_graphs(self) -> None:
         """Drop every captured graph and its static buffers (frees their memory)."""
         self._graphs.clear()
+        self._graph_shapes.clear()
+
+    def _attention(self):
+        if self.attention_backend is None:
+            return contextlib.nullcontext()
+        return attention_backend_for(self.transformer, self.attention_backend, "rollout")
 
     @torch.no_grad()
     def run_plan(self, plan: Plan, prompt_embeds: torch.Tensor, seeds: torch.Tensor, start: torch.Tensor) -> _Buffers:
         """Run ``plan`` from packed latents ``start`` (B, S, C); returns buffers owned by the caller."""
+        with self._attention():
+            return self._run_plan_on_buffers(plan, prompt_embeds, seeds, start)
+
+    def _run_plan_on_buffers(self, plan: Plan, prompt_embeds, seeds, start) -> _Buffers:
         batch, text_len, embed_dim = prompt_embeds.shape
         if self.cuda_graph:
             graph, static = self._graph_for(plan, batch, text_len, embed_dim, prompt_embeds.dtype)
             static.prompt_embeds.copy_(prompt_embeds)
             static.seeds.copy_(seeds)
-            static.latents[:, 0].copy_(start)
+            static.step_latents[0].copy_(start)
             graph.replay()
             return static.clone()
         bufs = _Buffers(batch, plan, self.layout, text_len, embed_dim, prompt_embeds.dtype, self.latent_dtype, self.device)
         bufs.prompt_embeds.copy_(prompt_embeds)
         bufs.seeds.copy_(seeds)
-        bufs.latents[:, 0].copy_(start)
+        bufs.step_latents[0].copy_(start)
         self._run_plan(plan, bufs)
         return bufs
 
@@ -429,7 +500,7 @@ class RolloutEngine:
             layout=self.layout,
             kind=self.kind,
             eta=self.eta,
-            images=self.decode(bufs.latents[:, n]) if decode else None,
+            images=self.decode(bufs.step_latents[n]) if decode else None,
         )
 
     def sample_g2rpo(self, *args, **kwargs):

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import torch
 
+from .arguments import check_latents, check_step_values
 from .fused import sample_step, score_step
-from .kinds import STOCHASTIC, check_kind
+from .kinds import STOCHASTIC
 from .ops import BACKENDS, resolve_backend
-from .reference import StepOutput, _check_step_values, per_row, reference_step
+from .reference import StepOutput, reference_step
 
 
 def step(
@@ -35,31 +36,29 @@ def step(
     """One sampler step ``sigma -> next_sigma``; see :func:`reference_step` for the math.
 
     Returns ``StepOutput(prev_sample, log_prob, mean)``: with ``prev_sample`` given it only
-    scores it (no noise drawn). ``log_prob`` is per row, the mean over non-batch elements.
-    The noise of sample mode is, in this order: ``noise`` if given; else the Philox stream
-    of ``seeds`` at ``step_index`` (:func:`philox_normal`, identical on every backend);
-    else ``torch.randn`` with ``generator`` (the global one when None).
+    scores it (no noise drawn). ``log_prob`` is per row, the mean over non-batch elements;
+    the math is float32 for every input dtype, on every backend. The noise of sample mode
+    is, in this order: ``noise`` if given; else the Philox stream of ``seeds`` at
+    ``step_index`` (:func:`philox_normal`, identical on every backend); else ``torch.randn``
+    with ``generator`` (the global one when None).
+
+    Unlike :func:`sample_step` / :func:`score_step`, ``step`` checks the step values
+    (sigma in (0, 1], next_sigma in [0, sigma), std > 0); a (B,) tensor is checked once
+    per version, so passing a schedule's rows again costs no synchronisation.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
-    kind = check_kind(kind)
+    check_latents(x, v, kind)
     if noise is not None and seeds is not None:
         raise ValueError("pass seeds= or noise=, not both")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError("x and v must be tensors")
     chosen = resolve_backend(backend, x)
+    sigma, next_sigma, std = check_step_values(sigma, next_sigma, std, kind, x.shape[0], x.device)
     if chosen == "reference" and seeds is None:
-        # The original behaviour, bit for bit (randn draws from `generator`).
+        # The original behaviour (randn draws from `generator`), in float32 math.
         return reference_step(
-            x, v, sigma, next_sigma, std, kind=kind, noise=noise, prev_sample=prev_sample, generator=generator
+            x, v, sigma, next_sigma, std, kind=kind, noise=noise, prev_sample=prev_sample, generator=generator,
+            math_dtype=torch.float32,
         )
-    # step() keeps the reference's value checks (sigma in (0, 1], next_sigma in [0, sigma),
-    # std > 0): they synchronise, so the capture-safe path is sample_step / score_step.
-    if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[0] > 0:
-        batch, device = x.shape[0], x.device
-        rows = [per_row(val, name, batch, device, torch.float32) for val, name in
-                ((sigma, "sigma"), (next_sigma, "next_sigma"), (std, "std"))]
-        _check_step_values(*rows, kind)
     if prev_sample is not None:
         log_prob, mean, _ = score_step(
             x, v, prev_sample, sigma, next_sigma, std, kind=kind, return_mean=True, backend=chosen

@@ -11,55 +11,28 @@ from __future__ import annotations
 
 import torch
 
-from .kinds import STOCHASTIC, check_kind
-from .ops import SUPPORTED_DTYPES, op_table, resolve_backend
+from .arguments import (
+    FUSED_DTYPES,
+    check_fused_dtypes,
+    check_grid_rows,
+    check_latent_pair,
+    check_latents,
+    check_sample_out,
+    check_seeds,
+    int_rows,
+    per_row,
+)
+from .kinds import STOCHASTIC
+from .ops import op_table, resolve_backend, sample_out_op
 from .philox import philox_normal
-from .reference import check_latent_pair, per_row, reference_step
-
-
-def _check_inputs(x, v, kind: str) -> None:
-    check_kind(kind)
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a tensor, got {type(x).__name__}")
-    if x.dim() < 1 or x.shape[0] == 0 or x.numel() == 0:
-        raise ValueError(f"x must have a non-empty batch dimension and elements, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating tensor, got {x.dtype}")
-    check_latent_pair(x, v, "v")
-
-
-def _check_fused_dtypes(backend: str, **tensors) -> None:
-    for name, t in tensors.items():
-        if t is not None and t.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(
-                f"backend={backend!r} supports float32, bfloat16 and float16 tensors, but {name} is {t.dtype}"
-            )
+from .reference import reference_step
 
 
 def _row_values(x: torch.Tensor, sigma, next_sigma, std):
     batch, device = x.shape[0], x.device
-    return tuple(
-        per_row(value, name, batch, device, torch.float32).contiguous()
-        for value, name in ((sigma, "sigma"), (next_sigma, "next_sigma"), (std, "std"))
-    )
-
-
-def _int_rows(value, name: str, batch: int, device: torch.device) -> torch.Tensor:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or an integer tensor, got bool")
-    if isinstance(value, int):
-        return torch.full((batch,), value, dtype=torch.int64, device=device)
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be an int or an integer tensor, got {type(value).__name__}")
-    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integers, got {value.dtype}")
-    if value.device != device:
-        raise ValueError(f"{name} is on {value.device} but x is on {device}")
-    if value.dim() == 0:
-        value = value.expand(batch)
-    elif value.shape != (batch,):
-        raise ValueError(f"{name} must be 0-d or of shape ({batch},), got {tuple(value.shape)}")
-    return value.to(torch.int64).contiguous()
+    rows = (per_row(sigma, "sigma", batch, device, torch.float32), per_row(next_sigma, "next_sigma", batch, device, torch.float32),
+            per_row(std, "std", batch, device, torch.float32))
+    return tuple(r if r.is_contiguous() else r.contiguous() for r in rows)
 
 
 def sample_step(
@@ -75,6 +48,7 @@ def sample_step(
     noise: torch.Tensor | None = None,
     return_mean: bool = False,
     backend: str = "auto",
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One rollout step ``sigma -> next_sigma``: ``(prev_sample, log_prob, mean or None)``.
 
@@ -86,9 +60,16 @@ def sample_step(
     for the stochastic kinds (``ode`` draws nothing and needs neither).
     ``sigma``, ``next_sigma``, ``std``: floats or (B,) tensors; ``step_index``: an int, a
     0-d or (B,) integer tensor (a device tensor lets a CUDA graph advance it).
-    Not differentiable (the drawn sample is data).
+    The math is float32 for every input dtype (float64 inputs: prev_sample float64 holding
+    the float32 result). Not differentiable (the drawn sample is data).
+
+    ``out=(prev_sample, log_prob, mean)``: write the results into these buffers instead of
+    new tensors and return them (e.g. ``(latents[i + 1], log_probs[i], means[i])`` of
+    step-major rollout buffers, so nothing is copied): ``prev_sample`` contiguous of x's
+    shape and dtype, ``log_prob`` contiguous (B,) float32, ``mean`` contiguous float32 of
+    x's shape, or None for no mean (then ``return_mean`` must be False).
     """
-    _check_inputs(x, v, kind)
+    check_latents(x, v, kind)
     batch, device = x.shape[0], x.device
     if seeds is not None and noise is not None:
         raise ValueError("pass seeds= or noise=, not both")
@@ -96,35 +77,41 @@ def sample_step(
         raise ValueError(f"kind={kind!r} needs exactly one of seeds= (Philox stream) or noise= (explicit normals)")
     if noise is not None:
         check_latent_pair(x, noise, "noise")
-    seeds_t = None
-    if seeds is not None:
-        if not isinstance(seeds, torch.Tensor):
-            raise TypeError(f"seeds must be an int64 tensor of shape ({batch},), got {type(seeds).__name__}")
-        if seeds.dim() != 1:
-            raise ValueError(f"seeds must have shape ({batch},), got {tuple(seeds.shape)}")
-        seeds_t = _int_rows(seeds, "seeds", batch, device)
-    steps_t = _int_rows(step_index, "step_index", batch, device)
+    seeds_t = None if seeds is None else check_seeds(seeds, batch, device)
+    steps_t = int_rows(step_index, "step_index", batch, device)
     s, s_next, sd = _row_values(x, sigma, next_sigma, std)
+    if out is not None:
+        out = check_sample_out(x, out, return_mean)
+        return_mean = out[2] is not None
 
     chosen = resolve_backend(backend, x)
     if chosen == "reference":
         if kind in STOCHASTIC and noise is None:
             noise = philox_normal(seeds_t, steps_t, x.shape)
-        out = reference_step(x, v, s, s_next, sd, kind=kind, noise=noise)
-        mean = out.mean.detach() if return_mean else None
-        return out.prev_sample, out.log_prob.detach(), mean
+        res = reference_step(x, v, s, s_next, sd, kind=kind, noise=noise, math_dtype=torch.float32)
+        prev, log_prob, mean = res.prev_sample, res.log_prob.detach(), res.mean.detach()
+        if out is not None:
+            out[0].copy_(prev)
+            out[1].copy_(log_prob)
+            if return_mean:
+                out[2].copy_(mean)
+            return out[0], out[1], out[2]
+        return prev, log_prob, (mean if return_mean else None)
 
-    _check_fused_dtypes(chosen, x=x, v=v)
+    check_fused_dtypes(chosen, x=x, v=v)
+    check_grid_rows(chosen, batch)
     if kind not in STOCHASTIC:  # ode: nothing is drawn; the kernels ignore seeds and noise
         seeds_t, noise = None, None
     if noise is not None:
         # The kernels read float32, bfloat16 or float16 noise as it is; float64 is rounded once here.
-        noise = (noise.to(torch.float32) if noise.dtype not in SUPPORTED_DTYPES else noise).contiguous()
-    sample_op, _ = op_table(chosen)
+        noise = (noise.to(torch.float32) if noise.dtype not in FUSED_DTYPES else noise).contiguous()
     # The drawn sample is data, not a function of the policy: sample mode has no autograd.
-    prev, log_prob, mean = sample_op(
-        x.detach().contiguous(), v.detach().contiguous(), s, s_next, sd, seeds_t, steps_t, noise, kind, bool(return_mean)
-    )
+    x, v = x.detach().contiguous(), v.detach().contiguous()
+    if out is not None:
+        sample_out_op(chosen)(x, v, s, s_next, sd, seeds_t, steps_t, noise, kind, *out)
+        return out[0], out[1], out[2]
+    sample_op, _ = op_table(chosen)
+    prev, log_prob, mean = sample_op(x, v, s, s_next, sd, seeds_t, steps_t, noise, kind, bool(return_mean))
     return prev, log_prob, (mean if return_mean else None)
 
 
@@ -146,9 +133,10 @@ def score_step(
     ``log_prob`` is the per-row mean Gaussian log density of ``prev_sample`` under the
     transition from ``(x, v)``; with ``old_mean`` (the old policy's transition mean) also
     the GRPO-Guard bias ``mean((mean - old_mean)**2)`` per row. Differentiable w.r.t.
-    ``v``, ``x`` (and ``old_mean``); ``prev_sample`` is data. float32 results.
+    ``v``, ``x`` (and ``old_mean``); ``prev_sample`` is data. float32 math and results for
+    every input dtype.
     """
-    _check_inputs(x, v, kind)
+    check_latents(x, v, kind)
     check_latent_pair(x, prev_sample, "prev_sample")
     if old_mean is not None:
         check_latent_pair(x, old_mean, "old_mean")
@@ -156,14 +144,15 @@ def score_step(
 
     chosen = resolve_backend(backend, x)
     if chosen == "reference":
-        out = reference_step(x, v, s, s_next, sd, kind=kind, prev_sample=prev_sample)
+        res = reference_step(x, v, s, s_next, sd, kind=kind, prev_sample=prev_sample, math_dtype=torch.float32)
         bias = None
         if old_mean is not None:
-            diff = out.mean - old_mean.to(out.mean.dtype)
+            diff = res.mean - old_mean.to(res.mean.dtype)
             bias = (diff * diff).reshape(x.shape[0], -1).mean(dim=1)
-        return out.log_prob, (out.mean if return_mean else None), bias
+        return res.log_prob, (res.mean if return_mean else None), bias
 
-    _check_fused_dtypes(chosen, x=x, v=v, prev_sample=prev_sample, old_mean=old_mean)
+    check_fused_dtypes(chosen, x=x, v=v, prev_sample=prev_sample, old_mean=old_mean)
+    check_grid_rows(chosen, x.shape[0])
     _, score_op = op_table(chosen)
     log_prob, mean, bias = score_op(
         x.contiguous(),

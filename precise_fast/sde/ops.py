@@ -5,6 +5,8 @@ ones take the same arguments under a ``triton_`` name, ``kernels/fused_step.py``
 
     sample_step(x, v, sigma, next_sigma, std, seeds?, step_index?, noise?, kind, return_mean)
         -> (prev_sample [x.dtype], log_prob [B] f32, mean [x.shape] f32 or [0])
+    sample_step_out(x, v, sigma, next_sigma, std, seeds?, step_index?, noise?, kind,
+                    prev_sample!, log_prob!, mean!?) -> ()      (the same, written in place)
     score_step(x, v, prev_sample, sigma, next_sigma, std, old_mean?, kind, return_mean)
         -> (log_prob [B] f32, mean [x.shape] f32 or [0], guard_bias [B] f32 or [0])
     score_step_backward(grad_log_prob, grad_mean?, grad_guard_bias?, x, v, prev_sample,
@@ -27,8 +29,9 @@ import warnings
 
 import torch
 
+from .arguments import FUSED_DTYPES
+
 OP_NAMESPACE = "precise_fast"
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 _native_error: str | None = None
 try:  # The extension registers the schema and the CPU/CUDA kernels on import.
@@ -63,6 +66,10 @@ def sample_step_fake(x, v, sigma, next_sigma, std, seeds, step_index, noise, kin
     log_prob = x.new_empty((x.shape[0],), dtype=torch.float32)
     mean = x.new_empty(x.shape if return_mean else (0,), dtype=torch.float32)
     return prev, log_prob, mean
+
+
+def sample_step_out_fake(x, v, sigma, next_sigma, std, seeds, step_index, noise, kind, prev_sample, log_prob, mean):
+    return None
 
 
 def score_step_fake(x, v, prev_sample, sigma, next_sigma, std, old_mean, kind, return_mean):
@@ -137,6 +144,7 @@ def _make_score_backward(backward_op):
 def _register_native() -> None:
     lib_ops = getattr(torch.ops, OP_NAMESPACE)
     torch.library.register_fake(f"{OP_NAMESPACE}::sample_step")(sample_step_fake)
+    torch.library.register_fake(f"{OP_NAMESPACE}::sample_step_out")(sample_step_out_fake)
     torch.library.register_fake(f"{OP_NAMESPACE}::score_step")(score_step_fake)
     torch.library.register_fake(f"{OP_NAMESPACE}::score_step_backward")(score_step_backward_fake)
     torch.library.register_fake(f"{OP_NAMESPACE}::philox_normal")(philox_normal_fake)
@@ -210,7 +218,7 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
             return "reference"
         _warn_fallback(dev, "no backend supports this device")
         return "reference"
-    if x.dtype not in SUPPORTED_DTYPES:
+    if x.dtype not in FUSED_DTYPES:
         raise TypeError(
             f"backend={backend!r} supports float32, bfloat16 and float16 inputs, got {x.dtype} "
             "(use backend='reference' for float64)"
@@ -250,4 +258,15 @@ def op_table(backend: str):
         from precise_fast.kernels import fused_step
 
         return fused_step.triton_sample_step, fused_step.triton_score_step
+    raise ValueError(f"no fused ops for backend {backend!r}")
+
+
+def sample_out_op(backend: str):
+    """The ``sample_step_out`` op (results written into given buffers) of a fused backend."""
+    if backend in ("cpu", "cuda"):
+        return getattr(torch.ops, OP_NAMESPACE).sample_step_out.default
+    if backend == "triton":
+        from precise_fast.kernels import fused_step
+
+        return fused_step.triton_sample_step_out
     raise ValueError(f"no fused ops for backend {backend!r}")

@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 import torch
 
-from .kinds import COEFFICIENT_PRESERVING, EULER_MARUYAMA, MIN_STD, STOCHASTIC, check_eta, check_kind
+from .arguments import check_latent_pair, check_latents, check_step_values
+from .kinds import COEFFICIENT_PRESERVING, EULER_MARUYAMA, MIN_STD, check_eta, check_kind
 from .schedules import as_schedule
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -22,9 +23,10 @@ class StepOutput(NamedTuple):
     """Result of one sampler step.
 
     prev_sample: the latent at ``s'`` in ``x``'s dtype (sample mode), or the given one (score mode).
-    log_prob:    per-row Gaussian log density, the MEAN over non-batch elements, float32
-                 (float64 for float64 inputs). Zero for ``ode``.
-    mean:        the transition mean, in the compute dtype (float32, or float64).
+    log_prob:    per-row Gaussian log density, the MEAN over non-batch elements, in the
+                 compute dtype (float32; ``reference_step`` alone keeps float64 for float64
+                 inputs). Zero for ``ode``.
+    mean:        the transition mean, in the compute dtype.
     """
 
     prev_sample: torch.Tensor
@@ -33,7 +35,12 @@ class StepOutput(NamedTuple):
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Arithmetic runs in float32 for every input dtype (bf16 overflows), float64 for float64."""
+    """``reference_step``'s default arithmetic: float32 (bf16 overflows), float64 for float64.
+
+    float64 math is the spec's exact form, the truth the tests measure every backend
+    against; the public step API (``step``, ``sample_step``, ``score_step``) asks for
+    float32 on every input dtype, as all its backends compute.
+    """
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -129,46 +136,6 @@ def mean_jacobian(sigma, next_sigma, std, kind: str) -> torch.Tensor:
     return mean_coefficients(sigma, next_sigma, std, kind)[1]
 
 
-# ----------------------------------------------------------------------------- validation
-
-
-def check_latent_pair(x: torch.Tensor, other: torch.Tensor, name: str) -> None:
-    """``other`` must be a floating tensor shaped and placed like ``x``; errors name it."""
-    if not isinstance(other, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(other).__name__}")
-    if other.shape != x.shape:
-        raise ValueError(f"{name} has shape {tuple(other.shape)} but x has shape {tuple(x.shape)}")
-    if other.device != x.device:
-        raise ValueError(f"{name} is on {other.device} but x is on {x.device}")
-    if not other.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got {other.dtype}")
-
-
-def per_row(value, name: str, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A float or a (B,) / 0-d tensor as a (B,) tensor; errors name the argument."""
-    if isinstance(value, torch.Tensor):
-        if value.device != device:
-            raise ValueError(f"{name} is on {value.device} but x is on {device}")
-        if value.dim() == 0:
-            value = value.expand(batch)
-        elif value.shape != (batch,):
-            raise ValueError(f"{name} must be a float or a tensor of shape ({batch},), got shape {tuple(value.shape)}")
-        return value.to(dtype)
-    if isinstance(value, (int, float)):
-        return torch.full((batch,), float(value), dtype=dtype, device=device)
-    raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
-
-
-def _check_step_values(sigma, next_sigma, std, kind) -> None:
-    # The reference may synchronise: it is the readable spec, not the capture-safe path.
-    if not torch.isfinite(sigma).all() or ((sigma <= 0) | (sigma > 1)).any():
-        raise ValueError("sigma must lie in (0, 1]")
-    if not torch.isfinite(next_sigma).all() or (next_sigma < 0).any() or (next_sigma >= sigma).any():
-        raise ValueError("next_sigma must lie in [0, sigma): a step goes from sigma down to next_sigma")
-    if kind in STOCHASTIC and (not torch.isfinite(std).all() or (std <= 0).any()):
-        raise ValueError(f"std must be finite and > 0 for kind={kind!r} (noise_std clamps it to >= 1e-6)")
-
-
 # ----------------------------------------------------------------------------- the step
 
 
@@ -183,6 +150,7 @@ def reference_step(
     noise: torch.Tensor | None = None,
     prev_sample: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    math_dtype: torch.dtype | None = None,
 ) -> StepOutput:
     """One sampler step from ``sigma`` to ``next_sigma``, written as SAMPLERS.md states it.
 
@@ -197,28 +165,19 @@ def reference_step(
         ode:                      mean = x + dt v
         log_prob[row] = mean_i( -(prev_i - mean_i)**2 / (2 std**2) - log std - log(2 pi) / 2 )
 
-    ``sigma``, ``next_sigma``, ``std`` are floats or per-row tensors of shape (B,). All math
-    runs in float32 (float64 for float64 inputs); gradients flow through ``v`` and ``x``.
+    ``sigma``, ``next_sigma``, ``std`` are floats or per-row tensors of shape (B,). The math
+    runs in ``math_dtype``: by default float32, float64 for float64 inputs (see
+    :func:`compute_dtype`); gradients flow through ``v`` and ``x``.
     """
-    kind = check_kind(kind)
-    if not isinstance(x, torch.Tensor) or not isinstance(v, torch.Tensor):
-        raise TypeError("x and v must be tensors")
-    if x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError(f"x must have a non-empty batch dimension, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating tensor, got {x.dtype}")
-    check_latent_pair(x, v, "v")
+    check_latents(x, v, kind)
     if prev_sample is not None:
         check_latent_pair(x, prev_sample, "prev_sample")
     if noise is not None:
         check_latent_pair(x, noise, "noise")
 
     batch, device = x.shape[0], x.device
-    cdt = compute_dtype(x.dtype)
-    s = per_row(sigma, "sigma", batch, device, cdt)
-    s_next = per_row(next_sigma, "next_sigma", batch, device, cdt)
-    sd = per_row(std, "std", batch, device, cdt)
-    _check_step_values(s, s_next, sd, kind)
+    cdt = compute_dtype(x.dtype) if math_dtype is None else math_dtype
+    s, s_next, sd = check_step_values(sigma, next_sigma, std, kind, batch, device, cdt)
 
     def rows(t: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, 1, ..., 1) to broadcast over x
         return t.view((batch,) + (1,) * (x.dim() - 1))

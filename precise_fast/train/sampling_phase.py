@@ -11,6 +11,7 @@ queue or collecting results) and the overlap saved, reward seconds minus the wai
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import threading
 import time
@@ -100,6 +101,8 @@ def sample_epoch(
     rollout_s = wait_s = 0.0
     parts: list[Transitions] = []
     futures, group_ids, prompt_index, row_prompts = [], [], [], []
+    # No reward work may run on another thread while a CUDA graph is captured: drain it first.
+    rollouts.engine.before_capture = lambda: concurrent.futures.wait(futures)
     preview, preview_rows = [], []
     reward_shapes = []
     epoch_start = time.perf_counter()

@@ -46,7 +46,7 @@ def latents(shape, dtype: torch.dtype, seed: int, scale: float = 1.0) -> torch.T
 
 def non_contiguous(t: torch.Tensor) -> torch.Tensor:
     """The same values as ``t`` in a non-contiguous layout (every other column of a wider buffer)."""
-    wide = torch.empty(t.shape[:-1] + (2 * t.shape[-1],), dtype=t.dtype)
+    wide = torch.empty(t.shape[:-1] + (2 * t.shape[-1],), dtype=t.dtype, device=t.device)
     wide[..., ::2] = t
     wide[..., 1::2] = float("nan")  # poison: reading the gaps would show
     out = wide[..., ::2]

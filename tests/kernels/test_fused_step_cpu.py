@@ -1,4 +1,5 @@
-"""The C++ CPU kernel (backend "cpu") against the reference: every kind x mode x dtype x odd shape."""
+"""The C++ kernels against the reference: every kind x mode x dtype x odd shape, on CPU
+(backend "cpu") and, where a GPU and the CUDA build exist, CUDA (backend "cuda", marked gpu)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import pytest
 import torch
 
 import precise_fast.sde.ops as ops
-from .backend_checks import check_grad, check_mixed_dtypes, check_sample, check_score
+from .backend_checks import check_grad, check_mixed_dtypes, check_sample, check_sample_out, check_score
+from .device_backends import NATIVE
 from .fused_cases import latents, step_rows
 from precise_fast.sde import KINDS, sample_step, score_step
 
@@ -18,44 +20,50 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SHAPES = [(1, 7), (3, 4099), (2, 3, 5, 7)]
 
 
+@pytest.mark.parametrize("case", NATIVE)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("kind", KINDS)
-def test_sample_matches_reference(kind, dtype, shape):
-    check_sample("cpu", kind, shape, dtype)
+def test_sample_matches_reference(case, kind, dtype, shape):
+    check_sample(case, kind, shape, dtype)
 
 
+@pytest.mark.parametrize("case", NATIVE)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("kind", KINDS)
-def test_score_matches_reference(kind, dtype, shape):
-    check_score("cpu", kind, shape, dtype)
+def test_score_matches_reference(case, kind, dtype, shape):
+    check_score(case, kind, shape, dtype)
 
 
+@pytest.mark.parametrize("case", NATIVE)
 @pytest.mark.parametrize("kind", ["precise", "flow_grpo", "ode"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_non_contiguous_inputs(kind, dtype):
-    check_sample("cpu", kind, (3, 1031), dtype, strided=True)
-    check_sample("cpu", kind, (3, 1031), dtype, strided=True, explicit_noise=True, seed=1)
-    check_score("cpu", kind, (3, 1031), dtype, strided=True)
+def test_non_contiguous_inputs(case, kind, dtype):
+    check_sample(case, kind, (3, 1031), dtype, strided=True)
+    check_sample(case, kind, (3, 1031), dtype, strided=True, explicit_noise=True, seed=1)
+    check_score(case, kind, (3, 1031), dtype, strided=True)
 
 
+@pytest.mark.parametrize("case", NATIVE)
 @pytest.mark.parametrize("kind", ["cps", "dance_precise", "dance_grpo"])
-def test_explicit_noise(kind):
-    check_sample("cpu", kind, (3, 4099), torch.bfloat16, explicit_noise=True)
+def test_explicit_noise(case, kind):
+    check_sample(case, kind, (3, 4099), torch.bfloat16, explicit_noise=True)
 
 
+@pytest.mark.parametrize("case", NATIVE)
 @pytest.mark.parametrize("mode", ["sample", "score"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("kind", ["precise", "flow_grpo"])
-def test_full_size(kind, dtype, mode):
+def test_full_size(case, kind, dtype, mode):
     """16 x 131072: the benchmark shape, many chunks per row, both threads busy."""
     if mode == "sample":
-        check_sample("cpu", kind, (16, 131072), dtype)
+        check_sample(case, kind, (16, 131072), dtype)
     else:
-        check_score("cpu", kind, (16, 131072), dtype)
+        check_score(case, kind, (16, 131072), dtype)
 
 
+@pytest.mark.parametrize("case", NATIVE)
 @pytest.mark.parametrize(
     "need_x,with_old,use_mean",
     [(False, False, False), (True, False, False), (False, True, False), (True, True, True)],
@@ -63,10 +71,18 @@ def test_full_size(kind, dtype, mode):
 )
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("kind", KINDS)
-def test_gradients_match_reference_autograd(kind, dtype, need_x, with_old, use_mean):
+def test_gradients_match_reference_autograd(case, kind, dtype, need_x, with_old, use_mean):
     if kind == "ode" and not (with_old or use_mean):
         pytest.skip("ode has no log-prob: nothing to differentiate")
-    check_grad("cpu", kind, (3, 1031), dtype, need_x=need_x, with_old=with_old, use_mean=use_mean)
+    check_grad(case, kind, (3, 1031), dtype, need_x=need_x, with_old=with_old, use_mean=use_mean)
+
+
+@pytest.mark.parametrize("case", NATIVE)
+@pytest.mark.parametrize("return_mean", [True, False], ids=["mean", "no-mean"])
+@pytest.mark.parametrize("kind", ["precise", "flow_grpo", "ode"])
+def test_sample_into_out_buffers(case, kind, return_mean):
+    check_sample_out(case, kind, (3, 4099), torch.bfloat16, return_mean=return_mean)
+    check_sample_out(case, kind, (2, 3, 5, 7), torch.float32, return_mean=return_mean, explicit_noise=True)
 
 
 def test_results_do_not_depend_on_thread_count():
@@ -106,6 +122,7 @@ def test_scalar_step_values_broadcast():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+@pytest.mark.parametrize("case", NATIVE)
 @pytest.mark.parametrize("kind", ["precise", "flow_grpo"])
-def test_mixed_input_dtypes(kind):
-    check_mixed_dtypes("cpu", kind)
+def test_mixed_input_dtypes(case, kind):
+    check_mixed_dtypes(case, kind)

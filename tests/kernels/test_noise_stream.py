@@ -3,21 +3,16 @@ across backends, and the distribution of the normals."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from scipy import stats
 
 import precise_fast.sde.ops as ops
+from .device_backends import ALL
 from precise_fast.sde import philox_normal, sample_step
 from precise_fast.sde.philox import philox4x32
 
 needs_cpu = pytest.mark.skipif(not ops.native_available(), reason=f"precise_fast._C not built: {ops.native_error()}")
-needs_triton = pytest.mark.skipif(
-    not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"),
-    reason="Triton needs CUDA or TRITON_INTERPRET=1",
-)
 
 
 def _words(*values):
@@ -42,45 +37,50 @@ def test_philox_known_answers(counter, key, expected):
     assert tuple(int(w) for w in out) == expected
 
 
-def _backend_normals(backend: str, seeds, step, m):
+def _backend_normals(case, seeds, step, m):
+    """The Philox normals of one backend on its device, brought back to CPU."""
+    device, backend = case
+    seeds = seeds.to(device)
     if backend == "reference":
-        return philox_normal(seeds, step, (seeds.shape[0], m))
-    if backend == "cpu":
-        return torch.ops.precise_fast.philox_normal(seeds, torch.as_tensor(step), m)
+        return philox_normal(seeds, step, (seeds.shape[0], m)).cpu()
+    step = torch.as_tensor(step).to(device)
+    if backend in ("cpu", "cuda"):
+        return torch.ops.precise_fast.philox_normal(seeds, step, m).cpu()
     from precise_fast.kernels.fused_step import triton_philox_normal
 
-    return triton_philox_normal(seeds, torch.as_tensor(step), m)
+    return triton_philox_normal(seeds, step, m).cpu()
 
 
-BACKENDS = ["reference", pytest.param("cpu", marks=needs_cpu), pytest.param("triton", marks=needs_triton)]
+REFERENCE = ("cpu", "reference")
+CASES = [pytest.param(REFERENCE, id="cpu-reference")] + ALL
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_replay_is_bitwise(backend):
+@pytest.mark.parametrize("case", CASES)
+def test_replay_is_bitwise(case):
     seeds = torch.tensor([3, -7, 2**40 + 5], dtype=torch.int64)  # negative and > 32-bit seeds too
-    a = _backend_normals(backend, seeds, 11, 1030)
-    b = _backend_normals(backend, seeds.clone(), 11, 1030)
+    a = _backend_normals(case, seeds, 11, 1030)
+    b = _backend_normals(case, seeds.clone(), 11, 1030)
     assert torch.equal(a, b)
-    c = _backend_normals(backend, seeds, 12, 1030)
+    c = _backend_normals(case, seeds, 12, 1030)
     assert (a != c).float().mean() > 0.99, "another step must give other noise"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_noise_does_not_depend_on_batch_layout(backend):
+@pytest.mark.parametrize("case", CASES)
+def test_noise_does_not_depend_on_batch_layout(case):
     seeds = torch.tensor([10, 20, 30, 40], dtype=torch.int64)
-    full = _backend_normals(backend, seeds, 5, 2053)
+    full = _backend_normals(case, seeds, 5, 2053)
     perm = torch.tensor([2, 0, 3, 1])
-    permuted = _backend_normals(backend, seeds[perm], 5, 2053)
+    permuted = _backend_normals(case, seeds[perm], 5, 2053)
     assert torch.equal(permuted, full[perm])
-    single = _backend_normals(backend, seeds[1:2], 5, 2053)
+    single = _backend_normals(case, seeds[1:2], 5, 2053)
     assert torch.equal(single[0], full[1])
     # A per-row step index equals running the rows one by one.
     steps = torch.tensor([5, 6, 5, 9])
-    mixed = _backend_normals(backend, seeds, steps, 2053)
-    assert torch.equal(mixed[3], _backend_normals(backend, seeds[3:4], 9, 2053)[0])
+    mixed = _backend_normals(case, seeds, steps, 2053)
+    assert torch.equal(mixed[3], _backend_normals(case, seeds[3:4], 9, 2053)[0])
     assert torch.equal(mixed[0], full[0])
     # A longer row continues the same stream: element i never depends on the row length.
-    longer = _backend_normals(backend, seeds, 5, 4099)
+    longer = _backend_normals(case, seeds, 5, 4099)
     assert torch.equal(longer[:, :2053], full)
 
 
@@ -88,46 +88,61 @@ def test_noise_does_not_depend_on_batch_layout(backend):
 def test_cpu_agrees_with_reference_across_chunks():
     """Rows long enough for several parallel chunks (16384 elements) and a ragged tail."""
     seeds = torch.tensor([1, 2**33 + 1], dtype=torch.int64)
-    ref = _backend_normals("reference", seeds, 2**32 + 3, 40003)  # a step above 32 bits: c3 is used
-    got = _backend_normals("cpu", seeds, 2**32 + 3, 40003)
+    ref = _backend_normals(REFERENCE, seeds, 2**32 + 3, 40003)  # a step above 32 bits: c3 is used
+    got = _backend_normals(("cpu", "cpu"), seeds, 2**32 + 3, 40003)
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_cpu), pytest.param("triton", marks=needs_triton)])
-def test_backends_agree_to_float_rounding(backend):
+@pytest.mark.parametrize("case", ALL)
+def test_backends_agree_with_the_reference_to_float_rounding(case):
     seeds = torch.tensor([0, 1, 987654321], dtype=torch.int64)
-    ref = _backend_normals("reference", seeds, 7, 3001)
-    got = _backend_normals(backend, seeds, 7, 3001)
+    ref = _backend_normals(REFERENCE, seeds, 7, 3001)
+    got = _backend_normals(case, seeds, 7, 3001)
     # The reference rounds float64 Box-Muller once; the kernels' float32 polynomials stay
     # within a few ulp (|z| < 5.8, ulp(4) = 4.8e-7).
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
 
 
 @needs_cpu
-@needs_triton
-def test_cpu_and_triton_agree():
-    seeds = torch.tensor([42, 43], dtype=torch.int64)
-    torch.testing.assert_close(
-        _backend_normals("cpu", seeds, 1, 2500), _backend_normals("triton", seeds, 1, 2500), rtol=1e-6, atol=1e-6
-    )
+@pytest.mark.parametrize("case", [c for c in ALL if c.id != "cpu-cpu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_one_seed_gives_bitwise_the_same_noise_and_sample_on_every_backend(case, dtype):
+    """Issue 12 #5: the kernels' float32 noise math is the same IEEE operations everywhere
+    (no FMA contraction, correctly rounded division and sqrt), so normals and samples are
+    bitwise those of the C++ CPU kernel; only the per-row sums may differ in order."""
+    device, backend = case
+    seeds = torch.tensor([0, 5, 2**35 + 3], dtype=torch.int64)
+    assert torch.equal(_backend_normals(case, seeds, 9, 2053), _backend_normals(("cpu", "cpu"), seeds, 9, 2053))
+    gen = torch.Generator().manual_seed(1)
+    x, v = (torch.randn(3, 2053, generator=gen).to(dtype) for _ in range(2))
+    s, n, sd = torch.tensor([1.0, 0.8, 0.3]), torch.tensor([0.9, 0.5, 0.0]), torch.tensor([0.7, 0.3, 1e-6])
+    for kind in ("precise", "flow_grpo"):
+        want, _, want_mean = sample_step(x, v, s, n, sd, kind=kind, seeds=seeds, step_index=4, return_mean=True,
+                                         backend="cpu")
+        got, _, got_mean = sample_step(*(t.to(device) for t in (x, v, s, n, sd)), kind=kind, seeds=seeds.to(device),
+                                       step_index=4, return_mean=True, backend=backend)
+        assert torch.equal(got_mean.cpu(), want_mean), f"{backend} {kind}: means differ"
+        assert torch.equal(got.cpu(), want), f"{backend} {kind}: samples differ"
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=needs_cpu)])
-def test_sample_mode_draws_the_stream(backend):
+@pytest.mark.parametrize("case", CASES)
+def test_sample_mode_draws_the_stream(case):
     """With x = v = 0 and std = 1 (dance_grpo: mean = 0) the sample IS the noise."""
     shape = (3, 5, 67)
     seeds = torch.tensor([9, 8, 7])
-    zeros = torch.zeros(shape)
-    prev, _, _ = sample_step(zeros, zeros, 0.5, 0.4, 1.0, kind="dance_grpo", seeds=seeds, step_index=4, backend=backend)
-    expected = _backend_normals(backend, seeds, 4, 5 * 67).reshape(shape)
-    assert torch.equal(prev, expected)
+    device, backend = case
+    zeros = torch.zeros(shape, device=device)
+    prev, _, _ = sample_step(zeros, zeros, 0.5, 0.4, 1.0, kind="dance_grpo", seeds=seeds.to(device), step_index=4,
+                             backend=backend)
+    expected = _backend_normals(case, seeds, 4, 5 * 67).reshape(shape)
+    assert torch.equal(prev.cpu(), expected)
 
 
 @needs_cpu
 def test_normal_statistics():
     """One million normals of the CPU kernel: moments, KS against N(0, 1), per lane, independence."""
     seeds = torch.arange(8, dtype=torch.int64) * 1000003
-    z = _backend_normals("cpu", seeds, 0, 131072).to(torch.float64)
+    z = _backend_normals(("cpu", "cpu"), seeds, 0, 131072).to(torch.float64)
     n = z.numel()
     assert abs(z.mean().item()) < 5 / n**0.5
     # Var of the sample variance of N(0,1) is 2 / n.
@@ -146,7 +161,7 @@ def test_normal_statistics():
     rows = torch.corrcoef(z)
     assert (rows - torch.eye(8, dtype=torch.float64)).abs().max() < 5 / z.shape[1] ** 0.5
     # Consecutive steps are independent streams.
-    z_next = _backend_normals("cpu", seeds, 1, 131072).to(torch.float64)
+    z_next = _backend_normals(("cpu", "cpu"), seeds, 1, 131072).to(torch.float64)
     r = torch.corrcoef(torch.stack([z.flatten(), z_next.flatten()]))[0, 1]
     assert abs(r) < 5 / n**0.5
 

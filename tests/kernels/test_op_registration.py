@@ -1,4 +1,5 @@
-"""The custom-op boundary: opcheck of every op, torch.compile(fullgraph=True), dispatch,
+"""The custom-op boundary on every (device, backend) pair: opcheck of every op,
+torch.compile(fullgraph=True), the registration shipped for GPU, launch options, dispatch,
 fallback and clear errors on bad input."""
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import pytest
 import torch
 
 import precise_fast.sde.ops as ops
+from precise_fast.sde.arguments import check_grid_rows
+from .device_backends import ALL, CPU_CPP, CUDA_CPP, TRITON
 from .fused_cases import latents, step_rows
 from precise_fast.sde import sample_step, score_step, step
 
@@ -20,63 +23,141 @@ needs_triton = pytest.mark.skipif(
 )
 
 
-def _op_args(shape=(2, 37), dtype=torch.float32, kind="precise", grad=False):
+def _op_args(shape=(2, 37), dtype=torch.float32, kind="precise", grad=False, device="cpu"):
     x, v = latents(shape, dtype, 0), latents(shape, dtype, 1)
     prev = latents(shape, dtype, 2)
     old = latents(shape, torch.float32, 3)
     sigma, next_sigma, std = step_rows(kind, shape[0], first_step=2)
     seeds = torch.tensor([11, 12][: shape[0]], dtype=torch.int64)
     step_index = torch.tensor([4, 5][: shape[0]], dtype=torch.int64)
+    out = tuple(t.to(device) for t in (x, v, prev, old, sigma, next_sigma, std, seeds, step_index))
     if grad:
-        v.requires_grad_(True)
-        x.requires_grad_(True)
-        old.requires_grad_(True)
-    return x, v, prev, old, sigma, next_sigma, std, seeds, step_index
+        for t in (out[0], out[1], out[3]):
+            t.requires_grad_(True)
+    return out
 
 
-def _opcheck_all(sample, score, backward, normals, kind):
-    x, v, prev, old, sigma, next_sigma, std, seeds, steps = _op_args(kind=kind)
+def _ops(backend: str):
+    """(sample, sample_out, score, backward, normals) ops of a fused backend."""
+    if backend == "triton":
+        from precise_fast.kernels import fused_step as fs
+
+        return (fs.triton_sample_step, fs.triton_sample_step_out, fs.triton_score_step,
+                fs.triton_score_step_backward, fs.triton_philox_normal)
+    lib = torch.ops.precise_fast
+    return (lib.sample_step.default, lib.sample_step_out.default, lib.score_step.default,
+            lib.score_step_backward.default, lib.philox_normal.default)
+
+
+@pytest.mark.parametrize("kind", ["precise", "flow_grpo", "ode"])
+@pytest.mark.parametrize("case", ALL)
+def test_opcheck_every_op(case, kind):
+    device, backend = case
+    sample, sample_out, score, backward, normals = _ops(backend)
+    x, v, prev, old, sigma, next_sigma, std, seeds, steps = _op_args(kind=kind, device=device)
+    noise = latents(x.shape, torch.float32, 9).to(device)
     torch.library.opcheck(sample, (x, v, sigma, next_sigma, std, seeds, steps, None, kind, True))
-    torch.library.opcheck(sample, (x, v, sigma, next_sigma, std, None, None, latents(x.shape, torch.float32, 9), kind, False))
+    torch.library.opcheck(sample, (x, v, sigma, next_sigma, std, None, None, noise, kind, False))
+    buffers = lambda mean: (torch.empty_like(x), x.new_empty(x.shape[0]), torch.empty_like(noise) if mean else None)  # noqa: E731
+    torch.library.opcheck(sample_out, (x, v, sigma, next_sigma, std, seeds, steps, None, kind, *buffers(True)))
+    torch.library.opcheck(sample_out, (x, v, sigma, next_sigma, std, None, None, noise, kind, *buffers(False)))
     torch.library.opcheck(score, (x, v, prev, sigma, next_sigma, std, old, kind, True))
     torch.library.opcheck(score, (x, v, prev, sigma, next_sigma, std, None, kind, False))
-    xg, vg, _, oldg, *_ = _op_args(kind=kind, grad=True)
+    xg, vg, _, oldg, *_ = _op_args(kind=kind, grad=True, device=device)
     torch.library.opcheck(score, (xg, vg, prev, sigma, next_sigma, std, oldg, kind, True))
     torch.library.opcheck(score, (x, vg, prev, sigma, next_sigma, std, None, kind, False))
-    g = torch.randn(x.shape[0])
-    torch.library.opcheck(backward, (g, torch.randn(x.shape), g, x, v, prev, sigma, next_sigma, std, old, kind, True, True))
+    g = torch.randn(x.shape[0]).to(device)
+    grad_mean = torch.randn(x.shape).to(device)
+    torch.library.opcheck(backward, (g, grad_mean, g, x, v, prev, sigma, next_sigma, std, old, kind, True, True))
     torch.library.opcheck(backward, (g, None, None, x, v, prev, sigma, next_sigma, std, None, kind, False, False))
     torch.library.opcheck(normals, (seeds, steps, 1031))
 
 
-@needs_cpu
-@pytest.mark.parametrize("kind", ["precise", "flow_grpo", "ode"])
-def test_opcheck_native_ops(kind):
-    lib = torch.ops.precise_fast
-    _opcheck_all(lib.sample_step.default, lib.score_step.default, lib.score_step_backward.default,
-                 lib.philox_normal.default, kind)
+@needs_triton
+def test_triton_ops_use_the_triton_op_registration_shipped_for_gpu():
+    """One registration on every host: ``triton_op``, whose fake kernel is the launcher itself
+    (on a GPU host Inductor then traces into the kernels). CPU CI runs this same path; only
+    the interpreter keeps the op opaque under functionalization (its kernels are Python)."""
+    from torch._library.triton import triton_ops_to_kernels
+
+    from precise_fast.kernels import fused_step as fs
+
+    for op in (fs.triton_sample_step, fs.triton_sample_step_out, fs.triton_score_step,
+               fs.triton_score_step_backward, fs.triton_philox_normal):
+        assert op._qualname in triton_ops_to_kernels, f"{op._qualname} is not registered by torch.library.triton_op"
+        assert op._abstract_fn.__module__ == fs.__name__, f"{op._qualname}: its fake kernel is not its launcher"
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("precise_fast::triton_score_step", "Autograd")
 
 
 @needs_triton
-def test_opcheck_triton_ops():
+def test_every_triton_launch_disables_fp_fusion(monkeypatch):
+    """Issue 12 #5: no FMA contraction in any Triton launch (bitwise equal to the C++ kernels)."""
     from precise_fast.kernels import fused_step as fs
 
-    _opcheck_all(fs.triton_sample_step, fs.triton_score_step, fs.triton_score_step_backward,
-                 fs.triton_philox_normal, "precise")
+    launches = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append((self.kernel, kwargs))
+                return self.kernel[grid](*args, **kwargs)
+
+            return launch
+
+    real = fs.wrap_triton
+    monkeypatch.setattr(fs, "wrap_triton", lambda kernel: Recorder(real(kernel)))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, v, prev, old, sigma, next_sigma, std, seeds, steps = _op_args(device=device)
+    vg = v.clone().requires_grad_(True)
+    sample_step(x, v, sigma, next_sigma, std, kind="precise", seeds=seeds, backend="triton")
+    lp, _, bias = score_step(x, vg, prev, sigma, next_sigma, std, kind="precise", old_mean=old, backend="triton")
+    (lp.sum() + bias.sum()).backward()
+    fs.triton_philox_normal(seeds, steps, 64)
+    kernels = {k for k, _ in launches}
+    assert {fs._sample_kernel, fs._score_kernel, fs._finalize_kernel, fs._backward_kernel, fs._normals_kernel} <= kernels
+    assert all(kw.get("enable_fp_fusion") is False for _, kw in launches), launches
 
 
-@needs_cpu
-def test_torch_compile_fullgraph_cpu():
-    """sample + score + GRPO-Guard bias + backward through the op, compiled as one graph."""
+@pytest.mark.parametrize("case", [CUDA_CPP] + TRITON)
+def test_grid_row_limit_is_a_clear_error(case):
+    """Issue 12 #8: rows sit on grid dimension y (at most 65535) in the CUDA and Triton kernels."""
+    device, backend = case
+    rows = 65536
+    x = torch.zeros(rows, 1, device=device)
+    s, n, sd = (torch.full((rows,), value, device=device) for value in (0.5, 0.4, 0.1))
+    seeds = torch.zeros(rows, dtype=torch.int64, device=device)
+    with pytest.raises(ValueError, match="at most 65535 rows per call"):
+        sample_step(x, x, s, n, sd, kind="precise", seeds=seeds, backend=backend)
+    with pytest.raises(ValueError, match="at most 65535 rows per call"):
+        score_step(x, x, x, s, n, sd, kind="precise", backend=backend)
+    check_grid_rows(backend, 65535)  # the limit itself is allowed
+    if backend == "triton":  # the raw op asserts the invariant too, before any launch
+        from precise_fast.kernels import fused_step as fs
+
+        with pytest.raises(RuntimeError, match="65535"):
+            fs.triton_score_step(x, x, x, s, n, sd, None, "precise", False)
+
+
+@pytest.mark.parametrize("case", [CPU_CPP, CUDA_CPP] + TRITON)
+def test_torch_compile_fullgraph(case):
+    """sample (into out= buffers too) + score + GRPO-Guard bias + backward through the op, one graph."""
+    device, backend = case
     torch._dynamo.reset()
-    x, v, _, old, sigma, next_sigma, std, seeds, steps = _op_args(shape=(2, 3, 41))
+    x, v, _, old, sigma, next_sigma, std, seeds, steps = _op_args(shape=(2, 3, 41), device=device)
 
     def rollout_and_score(x, v, old, steps):
         prev, lp_sample, mean = sample_step(
-            x, v, sigma, next_sigma, std, kind="precise", seeds=seeds, step_index=steps, return_mean=True, backend="cpu"
+            x, v, sigma, next_sigma, std, kind="precise", seeds=seeds, step_index=steps, return_mean=True,
+            backend=backend,
         )
-        lp, _, bias = score_step(x, v, prev, sigma, next_sigma, std, kind="precise", old_mean=old, backend="cpu")
-        return prev, lp_sample, mean, lp, bias
+        buf = (torch.empty_like(x), x.new_empty(x.shape[0]), torch.empty_like(mean))
+        sample_step(x, v, sigma, next_sigma, std, kind="precise", seeds=seeds, step_index=steps, backend=backend,
+                    out=buf)
+        lp, _, bias = score_step(x, v, prev, sigma, next_sigma, std, kind="precise", old_mean=old, backend=backend)
+        return prev, lp_sample, mean, lp, bias, *buf
 
     compiled = torch.compile(rollout_and_score, fullgraph=True)
     vg = v.clone().requires_grad_(True)
@@ -84,12 +165,14 @@ def test_torch_compile_fullgraph_cpu():
     out_e = rollout_and_score(x, v.clone().requires_grad_(True), old, steps)
     for a, b in zip(out_c, out_e):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(out_c[5], out_c[0], rtol=0, atol=0)  # the out= buffers hold the same step
+    torch.testing.assert_close(out_c[7], out_c[2], rtol=0, atol=0)
     # The step index is a tensor: advancing it gives new noise without recompiling.
     prev2 = compiled(x, vg, old, steps + 1)[0]
     assert not torch.equal(prev2, out_c[0])
     (out_c[3].sum() + out_c[4].sum()).backward()
     v_ref = v.clone().requires_grad_(True)
-    lp, _, bias = score_step(x, v_ref, out_e[0], sigma, next_sigma, std, kind="precise", old_mean=old, backend="cpu")
+    lp, _, bias = score_step(x, v_ref, out_e[0], sigma, next_sigma, std, kind="precise", old_mean=old, backend=backend)
     (lp.sum() + bias.sum()).backward()
     torch.testing.assert_close(vg.grad, v_ref.grad, rtol=0, atol=0)
 
@@ -146,9 +229,10 @@ def test_backend_that_cannot_run_here_is_a_clear_error(monkeypatch):
         score_step(x, v, x, sigma, next_sigma, std, kind="precise", backend="gpu")
 
 
-@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_cpu), pytest.param("triton", marks=needs_triton)])
-def test_bad_inputs_raise_clear_errors(backend):
-    x, v, prev, old, sigma, next_sigma, std, seeds, _ = _op_args()
+@pytest.mark.parametrize("case", ALL)
+def test_bad_inputs_raise_clear_errors(case):
+    device, backend = case
+    x, v, prev, old, sigma, next_sigma, std, seeds, _ = _op_args(device=device)
     call = lambda **kw: sample_step(  # noqa: E731
         kw.pop("x", x), kw.pop("v", v), kw.pop("sigma", sigma), next_sigma, std,
         kind=kw.pop("kind", "precise"), backend=backend, **kw
@@ -164,17 +248,28 @@ def test_bad_inputs_raise_clear_errors(backend):
     with pytest.raises(ValueError, match="not both"):
         call(seeds=seeds, noise=x)
     with pytest.raises(ValueError, match="sigma must be"):
-        call(sigma=torch.ones(5), seeds=seeds)
+        call(sigma=torch.ones(5, device=device), seeds=seeds)
     with pytest.raises(ValueError, match="seeds"):
-        call(seeds=torch.tensor([1, 2, 3]))
+        call(seeds=torch.tensor([1, 2, 3], device=device))
     with pytest.raises(TypeError, match="seeds must hold integers"):
-        call(seeds=torch.tensor([1.0, 2.0]))
+        call(seeds=torch.tensor([1.0, 2.0], device=device))
     with pytest.raises(ValueError, match="not a sampler kind"):
         call(kind="ddim", seeds=seeds)
     with pytest.raises(ValueError, match="old_mean has shape"):
         score_step(x, v, prev, sigma, next_sigma, std, kind="precise", old_mean=old[:1], backend=backend)
     with pytest.raises(ValueError, match="non-empty"):
         score_step(x[:0], v[:0], prev[:0], sigma[:0], next_sigma[:0], std[:0], kind="precise", backend=backend)
+    lp_buf, mean_buf = x.new_empty(x.shape[0]), torch.empty_like(x, dtype=torch.float32)
+    with pytest.raises(ValueError, match="out prev_sample must be torch.float32 of shape"):
+        call(seeds=seeds, out=(torch.empty_like(x, dtype=torch.bfloat16), lp_buf, None))
+    with pytest.raises(ValueError, match="out log_prob must be contiguous"):
+        call(seeds=seeds, out=(torch.empty_like(x), torch.empty(2, 2, device=device)[:, 0], None))
+    with pytest.raises(ValueError, match="out mean must be torch.float32 of shape"):
+        call(seeds=seeds, out=(torch.empty_like(x), lp_buf, mean_buf[:1]))
+    with pytest.raises(ValueError, match="return_mean=True needs a mean buffer"):
+        call(seeds=seeds, return_mean=True, out=(torch.empty_like(x), lp_buf, None))
+    with pytest.raises(TypeError, match="out must be a tuple"):
+        call(seeds=seeds, out=torch.empty_like(x))
 
 
 @needs_cpu
@@ -196,3 +291,9 @@ def test_raw_native_ops_reject_bad_input_without_crashing():
                                 "precise", False, False)
     with pytest.raises(ValueError, match="row_elems must be positive"):
         lib.philox_normal(seeds, steps, 0)
+    with pytest.raises(ValueError, match="prev_sample out buffer must be contiguous"):
+        lib.sample_step_out(x, v, sigma, next_sigma, std, seeds, steps, None, "precise", x.t().contiguous().t()[:, :1],
+                            torch.empty(2), None)
+    with pytest.raises(ValueError, match="log_prob out buffer"):
+        lib.sample_step_out(x, v, sigma, next_sigma, std, seeds, steps, None, "precise", torch.empty_like(x),
+                            torch.empty(3), None)

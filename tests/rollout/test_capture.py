@@ -1,6 +1,9 @@
 """Capture safety: fullgraph compilation of the step (the CPU proxy), graph replay plumbing,
 and the real CUDA graph where a GPU exists."""
 
+import contextlib
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,6 +17,16 @@ STEPS, SIZE = 4, 64
 needs_fused_op = pytest.mark.skipif(
     not native_available(), reason="the fused C++ op (precise_fast._C) is not built; the reference step synchronises"
 )
+
+
+@pytest.fixture
+def one_thread():
+    """Hundreds of tiny transformer calls: on a shared 2-core machine two intra-op threads
+    spin against other processes' load and run ~20x slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +158,7 @@ def test_cuda_graph_needs_cuda(tiny_pipe):
         RolloutEngine(tiny_pipe, kind="precise", num_steps=STEPS, height=SIZE, width=SIZE, cuda_graph=True)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_real_cuda_graph_matches_eager(tiny_dir):
     from precise_fast.models import load_pipeline
 
@@ -158,3 +171,197 @@ def test_real_cuda_graph_matches_eager(tiny_dir):
         for name in ("latents", "means", "log_probs", "images"):
             torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=1e-5)
     assert len(graphed._graphs) == 1
+
+
+def _counting_capture(engine, monkeypatch, log=None):
+    """Stand-in for the CUDA graph (replay = rerun the captured loop) that counts captures."""
+    captures = []
+
+    def capture(run):
+        run()
+        captures.append(run)
+        if log is not None:
+            log.append("capture")
+        return type("Replayer", (), {"replay": staticmethod(run)})()
+
+    engine.cuda_graph = True
+    monkeypatch.setattr(engine, "_capture", capture)
+    return captures
+
+
+def test_default_g2rpo_plan_set_stays_captured(tiny_pipe, embeds, monkeypatch, one_thread):
+    """Issue 12 item 3: G2RPO's default steps x granularities (precise_fast/train/config.py,
+    after bcmi/Granular-GRPO's branching steps) give 1 + K + K x n_g plans per batch, more
+    than a fixed 16-graph cache; the default cache is sized to the plan set, so the second
+    batch replays every graph and captures none."""
+    from precise_fast.train.config import AlgorithmConfig, SamplerConfig
+
+    a, n = AlgorithmConfig(), SamplerConfig().num_steps
+    steps, grans = a.g2rpo_steps, a.g2rpo_granularities
+    engine = RolloutEngine(tiny_pipe, kind="precise", num_steps=n, height=SIZE, width=SIZE)
+    captures = _counting_capture(engine, monkeypatch)
+    one = embeds[:1, :8]  # 8 text tokens: ~200 transformer calls per batch here
+    kwargs = dict(init_seeds=[5], member_seeds=[[1, 2]], steps=steps, granularities=grans, decode=False)
+    first = engine.sample_g2rpo(one, **kwargs)
+    plans = 1 + len(steps) + len(steps) * len(grans)
+    assert plans > 16 and len(captures) == plans == len(engine._graphs)
+    second = engine.sample_g2rpo(one, **{**kwargs, "member_seeds": [[3, 4]]})
+    assert len(captures) == plans, "the second G2RPO batch must replay every plan's graph"
+    assert not torch.equal(first.samples, second.samples)
+    eager = RolloutEngine(tiny_pipe, kind="precise", num_steps=n, height=SIZE, width=SIZE)
+    want = eager.sample_g2rpo(one, **{**kwargs, "member_seeds": [[3, 4]]})
+    assert torch.equal(second.final_latents, want.final_latents) and torch.equal(second.log_probs, want.log_probs)
+    assert engine.graph_cache_bound() == plans
+
+
+def test_capture_is_thread_local_and_drains_first(tiny_pipe, monkeypatch):
+    """Issue 12 item 4: the capture uses ``capture_error_mode="thread_local"`` (the reward
+    worker's side-stream work is not the capture's business) and runs ``before_capture``
+    (the trainer drains the reward worker there) before its warm-up; replays never call it.
+    No GPU here: torch.cuda's stream and graph objects are stood in for."""
+    engine = RolloutEngine(tiny_pipe, kind="precise", num_steps=STEPS, height=SIZE, width=SIZE)
+    log, graph_kwargs = [], []
+
+    class FakeStream:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    class FakeGraph:
+        def replay(self):
+            log.append("replay")
+
+    @contextlib.contextmanager
+    def fake_graph(graph, **kwargs):
+        graph_kwargs.append(kwargs)
+        log.append("capture")
+        yield
+
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: "pool")
+    monkeypatch.setattr(torch.cuda, "graph", fake_graph)
+    engine.cuda_graph = True
+    engine.before_capture = lambda: log.append("drain")
+    plan = engine.plans.trajectory(("precise",) * STEPS)
+    embeds = torch.zeros(1, 8, tiny_pipe.transformer.config.joint_attention_dim)
+    start = torch.zeros(engine.layout.packed_shape(1))
+    for _ in range(2):
+        engine.run_plan(plan, embeds, torch.tensor([1]), start)
+    assert graph_kwargs == [{"pool": "pool", "capture_error_mode": "thread_local"}]
+    assert log == ["drain", "capture", "replay", "replay"]
+
+
+def test_sampling_phase_drains_rewards_before_a_capture(tiny_pipe, tmp_path, monkeypatch, one_thread):
+    """The trainer's sampling loop (precise_fast/train/sampling_phase.py) submits batch b's
+    rewards, then samples batch b + 1: any capture there must wait for the worker."""
+    import threading
+    import time
+
+    from precise_fast.rewards import RewardExecutor, build_reward
+    from precise_fast.train.config import load_config
+    from precise_fast.train.prompt_groups import GroupSampler
+    from precise_fast.train.rollouts import Rollouts
+    from precise_fast.train.sampling_phase import TimedReward, sample_epoch
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml", [
+        f"run.output_dir={tmp_path}", "sampler.num_steps=2", "sampler.batch_size=2", "sampler.images_per_prompt=2",
+        "sampler.num_batches_per_epoch=3", "model.max_text_len=8"])
+    rollouts = Rollouts(tiny_pipe, cfg)
+    engine = rollouts.engine
+    submitted, at_capture = [], []
+    jpeg = build_reward("jpeg_incompressibility")
+    release = threading.Event()
+
+    def slow_reward(images, prompts, meta):
+        release.wait(2.0)  # still running when the next batch starts sampling
+        return jpeg(images, prompts, meta)
+
+    real_capture = _counting_capture(engine, monkeypatch)
+    inner = engine._capture
+
+    def capture(run):
+        at_capture.append([f.done() for f in submitted])
+        return inner(run)
+
+    monkeypatch.setattr(engine, "_capture", capture)
+    sample = rollouts.sample
+    monkeypatch.setattr(rollouts, "sample", lambda *a, **k: (engine.reset_graphs(), sample(*a, **k))[1])
+    sampler = GroupSampler(4, group_size=2, batch_size=2, num_batches=3, world_size=1, rank=0, seed=0)
+    _, batches, _ = sampler.next_epoch()
+    timed = TimedReward(slow_reward)
+    with RewardExecutor(timed, mode="thread", max_pending=4) as executor:
+        submit = executor.submit
+
+        def tracked(*a, **k):
+            future = submit(*a, **k)
+            submitted.append(future)
+            threading.Timer(0.3, release.set).start()
+            return future
+
+        monkeypatch.setattr(executor, "submit", tracked)
+        sample_epoch(rollouts, executor, timed, batches, prompts=["a cat", "a dog", "a bird", "a cow"],
+                     metadata=[{}] * 4, cfg=cfg, epoch_key=0)
+    assert len(real_capture) == 3 and [len(s) for s in at_capture] == [0, 1, 2]
+    assert all(all(done) for done in at_capture), "a capture ran while reward work was pending"
+
+
+def test_steps_write_into_step_major_buffers(tiny_pipe, embeds, monkeypatch):
+    """Issue 12 item 7: each step reads a contiguous latent slice and the fused op writes its
+    results into the step-major buffers' slices (``out=``), nothing copied after; callers
+    still get batch-major (B, N + 1, S, C) views."""
+    import precise_fast.rollout.engine as engine_mod
+
+    calls = []
+    real = engine_mod.sample_step
+
+    def recording(x, *args, out=None, **kwargs):
+        calls.append((x.is_contiguous(), x.data_ptr(), None if out is None else [t.data_ptr() for t in out]))
+        return real(x, *args, out=out, **kwargs)
+
+    monkeypatch.setattr(engine_mod, "sample_step", recording)
+    engine = RolloutEngine(tiny_pipe, kind="precise", num_steps=STEPS, height=SIZE, width=SIZE)
+    ro = engine.sample(embeds, seeds=[1, 2], decode=False)
+    assert ro.latents.shape == (2, STEPS + 1, *engine.layout.packed_shape(2)[1:])
+    step_major = ro.latents.transpose(0, 1)
+    assert step_major.is_contiguous() and ro.means.transpose(0, 1).is_contiguous()
+    assert len(calls) == STEPS
+    for j, (contiguous, x_ptr, out) in enumerate(calls):
+        assert contiguous and x_ptr == step_major[j].data_ptr()
+        want = [step_major[j + 1].data_ptr(), ro.log_probs[:, j].data_ptr(), ro.means[:, j].data_ptr()]
+        assert out == want, f"step {j} did not write into the rollout buffers"
+    # Values: tests/rollout/test_equivalence.py holds the engine to the plain per-row loop.
+
+
+def test_rollout_attention_backend_is_installed_only_while_sampling(fresh_pipe, embeds, monkeypatch):
+    """``attention_backend=`` samples with the rollout-only choice (e.g. flash-attn 3, which
+    has no backward in diffusers) and gives the trained policy its own backend back; a graph
+    captured under one backend is never replayed under another."""
+    from precise_fast.models import attention as attention_mod
+
+    tr = fresh_pipe.transformer
+    # As on an H100 with both flash-attn packages; installs are recorded, the math stays SDPA.
+    monkeypatch.setattr(attention_mod, "_why_not_flash", lambda version, device, dtype, use: (
+        "forward-only" if use == "training" and f"flash{version}" in attention_mod.FORWARD_ONLY else None))
+    installed, seen = [], []
+    monkeypatch.setattr(tr, "set_attention_backend", installed.append)
+    tr.precise_fast_attention_backend = "flash2"
+    engine = RolloutEngine(fresh_pipe, kind="precise", num_steps=STEPS, height=SIZE, width=SIZE, attention_backend="auto")
+    captures = _counting_capture(engine, monkeypatch)
+    inner = engine._capture
+
+    def capture(run):
+        seen.append(tr.precise_fast_attention_backend)
+        return inner(run)
+
+    monkeypatch.setattr(engine, "_capture", capture)
+    engine.sample(embeds, seeds=[1, 2], decode=False)
+    assert seen == ["flash3"] and installed == ["_flash_3", "flash"]
+    assert tr.precise_fast_attention_backend == "flash2"
+    engine.attention_backend = "sdpa"
+    engine.sample(embeds, seeds=[1, 2], decode=False)
+    assert len(captures) == 2 and seen == ["flash3", "sdpa"], "a flash3 graph must not replay for an sdpa rollout"

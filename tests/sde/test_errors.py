@@ -70,3 +70,60 @@ def test_step_value_errors():
         step(x, v, 0.5, 0.4, 0.0, kind="flow_grpo")
     with pytest.raises(ValueError, match="backend='fast'"):
         step(x, v, 0.5, 0.4, 0.1, kind="precise", backend="fast")
+
+
+# Issue 13, "Sampler API": every backend must treat these inputs alike. Before the fix the
+# reference returned NaN log-probs for rows of zero elements (the fused backends raised),
+# and float64 latents came back with float64 log-probs, though step() promises float32 math.
+
+
+def _public_backends():
+    import precise_fast.sde.ops as ops
+
+    names = ["reference"]
+    if ops.native_available():
+        names.append("cpu")
+    return names
+
+
+@pytest.mark.parametrize("backend", _public_backends())
+def test_zero_elements_per_row_is_an_error_on_every_backend(backend):
+    from precise_fast.sde import sample_step, score_step
+
+    x = torch.zeros(2, 0)
+    with pytest.raises(ValueError, match="non-empty batch dimension and elements"):
+        step(x, x, 0.5, 0.4, 0.1, kind="precise", backend=backend)
+    with pytest.raises(ValueError, match="non-empty batch dimension and elements"):
+        step(x, x, 0.5, 0.4, 0.1, kind="precise", prev_sample=x, backend=backend)
+    with pytest.raises(ValueError, match="non-empty batch dimension and elements"):
+        sample_step(x, x, 0.5, 0.4, 0.1, kind="precise", seeds=torch.tensor([1, 2]), backend=backend)
+    with pytest.raises(ValueError, match="non-empty batch dimension and elements"):
+        score_step(x, x, x, 0.5, 0.4, 0.1, kind="precise", backend=backend)
+
+
+@pytest.mark.parametrize("kind", ["precise", "flow_grpo", "ode"])
+def test_float64_inputs_get_float32_math_like_the_fused_backends(kind):
+    from precise_fast.sde import sample_step, score_step
+
+    gen = torch.Generator().manual_seed(0)
+    x64, v64 = torch.randn(3, 50, generator=gen, dtype=torch.float64), torch.randn(3, 50, generator=gen, dtype=torch.float64)
+    z = torch.randn(3, 50, generator=gen)
+    s, n, sd = torch.tensor([1.0, 0.8, 0.3]), torch.tensor([0.9, 0.5, 0.0]), torch.tensor([0.3, 0.2, 1e-6])
+    if kind == "ode":
+        sd = torch.zeros(3)
+    out64 = step(x64, v64, s, n, sd, kind=kind, noise=z)  # auto: the reference for float64
+    out32 = step(x64.float(), v64.float(), s, n, sd, kind=kind, noise=z, backend="reference")
+    assert out64.log_prob.dtype == torch.float32 and out64.mean.dtype == torch.float32
+    assert out64.prev_sample.dtype == torch.float64
+    assert torch.equal(out64.log_prob, out32.log_prob) and torch.equal(out64.mean, out32.mean)
+    assert torch.equal(out64.prev_sample, out32.prev_sample.double())
+    prev, lp, mean = sample_step(x64, v64, s, n, sd, kind=kind, noise=z, return_mean=True)
+    assert lp.dtype == torch.float32 and mean.dtype == torch.float32 and torch.equal(lp, out64.log_prob)
+    lp_score, mean_score, _ = score_step(x64, v64, prev, s, n, sd, kind=kind, return_mean=True)
+    assert lp_score.dtype == torch.float32 and torch.equal(lp_score, lp) and torch.equal(mean_score, mean)
+    import precise_fast.sde.ops as ops
+
+    if ops.native_available():
+        fused = step(x64.float(), v64.float(), s, n, sd, kind=kind, noise=z, backend="cpu")
+        torch.testing.assert_close(out64.log_prob, fused.log_prob, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out64.mean, fused.mean, rtol=1e-6, atol=1e-6)

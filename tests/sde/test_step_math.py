@@ -1,11 +1,15 @@
-"""The reference step's log-prob, mean and derivatives agree with independent computations."""
+"""The reference step's log-prob, mean and derivatives agree with independent computations.
+
+The float64 cases call ``reference_step`` (the spec, which keeps float64 math for float64
+inputs); the public ``step`` computes in float32 for every dtype (tests/sde/test_errors.py).
+"""
 
 import math
 
 import pytest
 import torch
 
-from precise_fast.sde import KINDS, flux2_sigmas, mean_coefficients, mean_jacobian, noise_std, step
+from precise_fast.sde import KINDS, flux2_sigmas, mean_coefficients, mean_jacobian, noise_std, reference_step, step
 
 STOCHASTIC = [k for k in KINDS if k != "ode"]
 ETA = {"flow_grpo": 0.7, "dance_grpo": 0.3, "cps": 0.7, "precise": 1.5, "dance_precise": 0.3, "ode": 0.0}
@@ -24,7 +28,7 @@ def test_log_prob_is_the_row_mean_of_normal_log_density(kind, gen):
     s, s_next, std = _rows(kind, 5)
     x = torch.randn(5, 3, 8, 8, generator=gen, dtype=torch.float64)
     v = torch.randn(5, 3, 8, 8, generator=gen, dtype=torch.float64)
-    out = step(x, v, s, s_next, std, kind=kind, generator=gen)
+    out = reference_step(x, v, s, s_next, std, kind=kind, generator=gen)
     normal = torch.distributions.Normal(out.mean, std.view(5, 1, 1, 1))
     expected = normal.log_prob(out.prev_sample).reshape(5, -1).mean(1)
     torch.testing.assert_close(out.log_prob, expected, rtol=1e-12, atol=1e-12)
@@ -35,7 +39,7 @@ def test_affine_coefficients_reproduce_the_step_mean(kind, gen):
     s, s_next, std = _rows(kind, 5)
     x = torch.randn(5, 40, generator=gen, dtype=torch.float64)
     v = torch.randn(5, 40, generator=gen, dtype=torch.float64)
-    mean = step(x, v, s, s_next, std, kind=kind, generator=gen).mean
+    mean = reference_step(x, v, s, s_next, std, kind=kind, generator=gen).mean
     c_x, c_v = mean_coefficients(s, s_next, std, kind)
     torch.testing.assert_close(mean, c_x[:, None] * x + c_v[:, None] * v, rtol=1e-12, atol=1e-12)
 
@@ -45,7 +49,7 @@ def test_autograd_of_mean_wrt_v_is_the_closed_form_jacobian(kind, gen):
     s, s_next, std = _rows(kind, 5)
     x = torch.randn(5, 6, generator=gen, dtype=torch.float64)
     v = torch.randn(5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
-    mean = step(x, v, s, s_next, std, kind=kind, generator=gen).mean
+    mean = reference_step(x, v, s, s_next, std, kind=kind, generator=gen).mean
     (grad,) = torch.autograd.grad(mean.sum(), v)
     jac = mean_jacobian(s, s_next, std, kind)
     torch.testing.assert_close(grad, jac[:, None].expand_as(grad), rtol=1e-12, atol=1e-14)
@@ -57,9 +61,9 @@ def test_autograd_of_log_prob_wrt_v_is_closed_form(kind, gen):
     s, s_next, std = _rows(kind, 5)
     x = torch.randn(5, 2, 9, generator=gen, dtype=torch.float64)
     v = torch.randn(5, 2, 9, generator=gen, dtype=torch.float64)
-    prev = step(x, v, s, s_next, std, kind=kind, generator=gen).prev_sample
+    prev = reference_step(x, v, s, s_next, std, kind=kind, generator=gen).prev_sample
     v_train = (v + 0.01 * torch.randn(v.shape, generator=gen, dtype=torch.float64)).requires_grad_()
-    out = step(x, v_train, s, s_next, std, kind=kind, prev_sample=prev)
+    out = reference_step(x, v_train, s, s_next, std, kind=kind, prev_sample=prev)
     weights = torch.randn(5, generator=gen, dtype=torch.float64)
     (grad,) = torch.autograd.grad((out.log_prob * weights).sum(), v_train)
     jac = mean_jacobian(s, s_next, std, kind).view(5, 1, 1)
@@ -84,7 +88,7 @@ def test_score_mode_of_a_sample_reproduces_its_log_prob(kind, gen):
 def test_explicit_noise_is_used_verbatim(gen):
     s, s_next, std = _rows("precise", 3)
     x, v, z = (torch.randn(3, 10, generator=gen, dtype=torch.float64) for _ in range(3))
-    out = step(x, v, s, s_next, std, kind="precise", noise=z)
+    out = reference_step(x, v, s, s_next, std, kind="precise", noise=z)
     torch.testing.assert_close(out.prev_sample, out.mean + std[:, None] * z, rtol=0, atol=1e-15)
     # Per element log density at prev = mean + std z is -z^2/2 - log std - log(2 pi)/2.
     expected = (-0.5 * z**2).mean(1) - torch.log(std) - 0.5 * math.log(2 * math.pi)

@@ -3,8 +3,17 @@
 import pytest
 import torch
 
-from precise_fast.sde import mean_jacobian, noise_std, score_step
+from precise_fast.sde import mean_jacobian, noise_std, reference_step
 from precise_fast.train.loss import grpo_loss_rows
+
+
+def _score64(x, v, prev, s, s_next, sd, *, kind, old_mean=None, return_mean=False):
+    """score_step's (log_prob, mean, guard_bias) in float64: the spec (reference_step) keeps
+    float64 math for float64 inputs, which these cancellation-heavy identities need (the
+    public score_step computes in float32 on every backend)."""
+    out = reference_step(x, v, s, s_next, sd, kind=kind, prev_sample=prev)
+    bias = None if old_mean is None else ((out.mean - old_mean) ** 2).flatten(1).mean(1)
+    return out.log_prob, (out.mean if return_mean else None), bias
 
 
 def test_plain_ratio_and_clip():
@@ -34,7 +43,7 @@ def _step_case(gen, kind="precise", rows=3, shape=(64, 8)):
     x = torch.randn(rows, *shape, generator=gen, dtype=torch.float64)
     v_old = torch.randn(rows, *shape, generator=gen, dtype=torch.float64)
     delta = 1e-2 * torch.randn(rows, *shape, generator=gen, dtype=torch.float64)
-    _, m_old, _ = score_step(x, v_old, x, s, s_next, sd, kind=kind, return_mean=True, backend="reference")
+    _, m_old, _ = _score64(x, v_old, x, s, s_next, sd, kind=kind, return_mean=True)
     z = torch.randn(rows, *shape, generator=gen, dtype=torch.float64)
     prev = m_old + sd.view(-1, 1, 1) * z
     return x, v_old, delta, prev, z, m_old, s, s_next, sd
@@ -44,9 +53,8 @@ def _step_case(gen, kind="precise", rows=3, shape=(64, 8)):
 def test_guard_log_ratio_is_mean_z_times_mean_shift(gen, kind):
     """SAMPLERS.md: (logp - logp_old + bias) * sigma = mean(z * (mean - mean_old))."""
     x, v_old, delta, prev, z, m_old, s, s_next, sd = _step_case(gen, kind)
-    lp_old, _, _ = score_step(x, v_old, prev, s, s_next, sd, kind=kind, backend="reference")
-    lp, m_new, bias = score_step(x, v_old + delta, prev, s, s_next, sd, kind=kind, old_mean=m_old, return_mean=True,
-                                 backend="reference")
+    lp_old, _, _ = _score64(x, v_old, prev, s, s_next, sd, kind=kind)
+    lp, m_new, bias = _score64(x, v_old + delta, prev, s, s_next, sd, kind=kind, old_mean=m_old, return_mean=True)
     jac = mean_jacobian(s, s_next, sd, kind)
     rows = grpo_loss_rows(lp, lp_old, torch.ones(3, dtype=torch.float64), clip_range=1.0, ratio_kind="guard", std=sd,
                           guard_bias=bias, jacobian=jac)
@@ -66,8 +74,8 @@ def test_guard_needs_its_inputs():
 
 def test_on_policy_guard_ratio_is_one(gen):
     x, v_old, _, prev, _, m_old, s, s_next, sd = _step_case(gen)
-    lp_old, _, _ = score_step(x, v_old, prev, s, s_next, sd, kind="precise", backend="reference")
-    lp, _, bias = score_step(x, v_old, prev, s, s_next, sd, kind="precise", old_mean=m_old, backend="reference")
+    lp_old, _, _ = _score64(x, v_old, prev, s, s_next, sd, kind="precise")
+    lp, _, bias = _score64(x, v_old, prev, s, s_next, sd, kind="precise", old_mean=m_old)
     rows = grpo_loss_rows(lp, lp_old, torch.ones(3, dtype=torch.float64), clip_range=4e-6, ratio_kind="guard", std=sd,
                           guard_bias=bias, jacobian=mean_jacobian(s, s_next, sd, "precise"))
     assert torch.equal(rows.ratio, torch.ones(3, dtype=torch.float64))

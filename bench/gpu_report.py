@@ -1,0 +1,101 @@
+"""Fold the outputs of scripts/gpu_check.sh into OUT/gpu_report.json and OUT/gpu_report.md.
+
+Inputs in OUT: ``steps.tsv`` (step, exit status, seconds: one line per step the script
+ran), ``gpu_tests.xml`` (pytest's JUnit XML of the ``-m gpu`` run) and the benchmarks'
+``gpu_*.json``. Exits non-zero when any step failed, so the script's status is this one.
+
+Run: ``python bench/gpu_report.py OUT``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+
+BENCHES = ("gpu_fused_step", "gpu_rollout", "gpu_train_step")
+
+
+def _steps(out: Path) -> list[dict]:
+    path = out / "steps.tsv"
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        name, status, seconds = line.split("\t")
+        rows.append({"step": name, "status": int(status), "seconds": float(seconds)})
+    return rows
+
+
+def _tests(out: Path) -> dict | None:
+    path = out / "gpu_tests.xml"
+    if not path.is_file():
+        return None
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    count = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    failed = [f"{c.get('classname')}::{c.get('name')}" for s in suites for c in s.iter("testcase")
+              if c.find("failure") is not None or c.find("error") is not None]
+    reasons = Counter(c.find("skipped").get("message", "") for s in suites for c in s.iter("testcase")
+                      if c.find("skipped") is not None)
+    return {**count, "passed": count["tests"] - count["failures"] - count["errors"] - count["skipped"],
+            "failed": failed, "skipped_why": dict(reasons.most_common())}
+
+
+def _md(report: dict) -> str:
+    lines = [f"# GPU check ({'PASS' if report['ok'] else 'FAIL'})", ""]
+    gpu = next((b["gpu"] for b in report["benchmarks"].values() if b and "gpu" in b), {})
+    if gpu:
+        lines += [f"GPU: {gpu.get('device')} ({gpu.get('capability', '')}), HBM peak {gpu.get('hbm_peak_gbs')} GB/s, "
+                  f"bf16 peak {gpu.get('bf16_peak_tflops')} TFLOP/s, measured stream add "
+                  f"{gpu.get('measured_stream_add_gbs')} GB/s", ""]
+    lines += ["| step | status | seconds |", "|---|---|---|"]
+    lines += [f"| {s['step']} | {'ok' if s['status'] == 0 else 'FAILED (' + str(s['status']) + ')'} | {s['seconds']:.0f} |"
+              for s in report["steps"]]
+    t = report["tests"]
+    if t:
+        lines += ["", f"GPU tests: {t['passed']} passed, {t['failures'] + t['errors']} failed, {t['skipped']} skipped"]
+        lines += [f"- FAILED {name}" for name in t["failed"]]
+        lines += [f"- skipped x{n}: {why}" for why, n in t["skipped_why"].items()]
+    fused = report["benchmarks"].get("gpu_fused_step")
+    if fused:
+        lines += ["", "## Fused step (B=16 x 131072)", "", "| case | median ms | GB/s | % HBM |", "|---|---|---|---|"]
+        lines += [f"| {k} | {r['median_ms']} | {r['gbs']} | {r.get('hbm_pct', '-')} |" for k, r in fused["results"].items()]
+        lines += [f"- {k}: {v}x" for k, v in fused.get("speedups", {}).items()]
+    roll = report["benchmarks"].get("gpu_rollout")
+    if roll:
+        lines += ["", "## Rollout (real widths)", "", "| engine | median ms | images/s | ms/step |", "|---|---|---|---|"]
+        lines += [f"| {k} | {r['median_ms']} | {r['images_per_s']} | {r['ms_per_step']} |" for k, r in roll["results"].items()]
+        if "graph_speedup" in roll:
+            lines += [f"- CUDA graph speedup {roll['graph_speedup']}x, max |graph - eager| {roll['graph_max_abs_diff_vs_eager']:.3g}"]
+    train = report["benchmarks"].get("gpu_train_step")
+    if train:
+        u = train["results"]["update"]
+        lines += ["", "## One training update (real widths, bf16)", "",
+                  f"- {u['median_ms']} ms per update, {u['tokens_per_s']} tokens/s, {u['achieved_tflops']} TFLOP/s, "
+                  f"MFU {u['mfu_pct']}%, peak memory {u['peak_memory_gib']} GiB"]
+    return "\n".join(lines) + "\n"
+
+
+def main(out: Path) -> int:
+    steps = _steps(out)
+    tests = _tests(out)
+    benches = {}
+    for name in BENCHES:
+        path = out / f"{name}.json"
+        benches[name] = json.loads(path.read_text()) if path.is_file() else None
+    ok = bool(steps) and all(s["status"] == 0 for s in steps)
+    if tests is not None:
+        # Every GPU test skipped is no check at all (e.g. torch sees no GPU).
+        ok = ok and tests["failures"] == 0 and tests["errors"] == 0 and tests["passed"] > 0
+    report = {"ok": ok, "steps": steps, "tests": tests, "benchmarks": benches}
+    (out / "gpu_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "gpu_report.md").write_text(_md(report))
+    print(_md(report))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python bench/gpu_report.py OUT")
+    sys.exit(main(Path(sys.argv[1])))
