@@ -96,29 +96,6 @@ PF_CPU_INLINE void store_block(void* base, Elem elem, int64_t offset, int64_t n,
   }
 }
 
-// Outputs at least this large go to memory with non-temporal stores: they cannot stay in
-// the 32 MiB L3 next to the inputs anyway, and a plain store first reads each line it
-// writes (read-for-ownership), so streaming saves a third of the traffic of a
-// float32 mean output and keeps the inputs cached.
-constexpr int64_t kStreamingStoreBytes = int64_t{4} << 20;
-
-// dst[0, n) = src[0, n) with SSE non-temporal stores where 16-byte aligned (plain stores
-// at the ragged ends). The caller fences (stream_fence) before the results are read.
-PF_CPU_INLINE void stream_copy(float* dst, const float* src, int64_t n) {
-  int64_t i = 0;
-#if defined(__x86_64__)
-  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15u) != 0; ++i) dst[i] = src[i];
-  for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
-#endif
-  for (; i < n; ++i) dst[i] = src[i];
-}
-
-PF_CPU_INLINE void stream_fence() {
-#if defined(__x86_64__)
-  _mm_sfence();
-#endif
-}
-
 // ----------------------------------------------------------------------------- noise
 
 enum Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
@@ -309,7 +286,6 @@ struct ScoreTask {
   const void* old_mean;  // nullptr: no guard bias
   Elem old_elem;
   float* mean;           // nullptr unless asked
-  bool stream_mean;      // write the mean with non-temporal stores (see kStreamingStoreBytes)
 };
 
 struct ScoreSums {
@@ -363,7 +339,7 @@ PF_CPU_INLINE ScoreSums score_chunk_impl(const ScoreTask& t, int64_t row, int64_
     }
     const float* xp = load_block(t.x, t.x_elem, off, n, xs);
     const float* vp = load_block(t.v, t.v_elem, off, n, vs);
-    float* mp = (t.mean != nullptr && !t.stream_mean) ? t.mean + off : ms;
+    float* mp = t.mean != nullptr ? t.mean + off : ms;
     if (stochastic) {
       const float* pp = load_block(t.prev, t.prev_elem, off, n, ps);
       float sum = 0.0f;
@@ -388,9 +364,7 @@ PF_CPU_INLINE ScoreSums score_chunk_impl(const ScoreTask& t, int64_t row, int64_
       }
       acc.bias += sum;
     }
-    if (t.stream_mean) stream_copy(t.mean + off, ms, n);
   }
-  if (t.stream_mean) stream_fence();
   return acc;
 }
 
@@ -641,7 +615,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> score_step_cpu(
   t.old_mean = with_bias ? s.old_mean.data_ptr() : nullptr;
   t.old_elem = with_bias ? elem_of(s.old_mean, "old_mean") : Elem::F32;
   t.mean = return_mean ? mean.data_ptr<float>() : nullptr;
-  t.stream_mean = return_mean && mean.numel() * static_cast<int64_t>(sizeof(float)) >= kStreamingStoreBytes;
 
   const int64_t chunks = chunks_per_row(s.row_elems);
   std::vector<ScoreSums> partial(static_cast<size_t>(s.batch * chunks));

@@ -113,14 +113,16 @@ __device__ __forceinline__ void store8(void* base, int64_t off, int n, float val
 #pragma unroll
   for (int k = 0; k < kElemsPerThread; ++k) bits[k] = Io<T>::narrow(vals[k], &vals[k]);
   if (n == kElemsPerThread && aligned16(p)) {
+    // __stwb: an explicit 16-byte st.global (a plain uint4 assignment of packed 16-bit
+    // values was split into four 4-byte stores by nvcc 13).
     if constexpr (sizeof(Bits) == 4) {
-      reinterpret_cast<uint4*>(p)[0] = make_uint4(bits[0], bits[1], bits[2], bits[3]);
-      reinterpret_cast<uint4*>(p)[1] = make_uint4(bits[4], bits[5], bits[6], bits[7]);
+      __stwb(reinterpret_cast<uint4*>(p), make_uint4(bits[0], bits[1], bits[2], bits[3]));
+      __stwb(reinterpret_cast<uint4*>(p) + 1, make_uint4(bits[4], bits[5], bits[6], bits[7]));
     } else {
       uint32_t w[4];
 #pragma unroll
       for (int k = 0; k < 4; ++k) w[k] = static_cast<uint32_t>(bits[2 * k]) | (static_cast<uint32_t>(bits[2 * k + 1]) << 16);
-      reinterpret_cast<uint4*>(p)[0] = make_uint4(w[0], w[1], w[2], w[3]);
+      __stwb(reinterpret_cast<uint4*>(p), make_uint4(w[0], w[1], w[2], w[3]));
     }
     return;
   }

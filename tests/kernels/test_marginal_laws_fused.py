@@ -1,4 +1,4 @@
-"""SAMPLERS.md's theory, by Monte Carlo through the fused C++ kernel (sample mode, Philox noise).
+"""SAMPLERS.md's theory, by Monte Carlo through the fused kernels (sample mode, Philox noise).
 
 With Gaussian data x0 ~ N(0, q) the denoiser is analytic, so every step is x' = c x + std z
 and the exact marginal variance after each step can be propagated in float64; the true
@@ -13,11 +13,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import precise_fast.sde.ops as ops
+from .device_backends import CPU_CPP, CUDA_CPP, CUDA_TRITON
 from precise_fast.sde import linear_sigmas, mean_coefficients, noise_std, philox_normal, sample_step
 from precise_fast.sde.kinds import DEFAULT_ETA
 
-pytestmark = pytest.mark.skipif(not ops.native_available(), reason=f"precise_fast._C not built: {ops.native_error()}")
+# A million elements per law: the interpreter would take minutes, so Triton runs here on GPU only.
+CASES = [CPU_CPP, CUDA_CPP, CUDA_TRITON]
 
 
 def _denoiser_gain(t: float, q: float) -> float:
@@ -26,11 +27,12 @@ def _denoiser_gain(t: float, q: float) -> float:
     return (1 - (1 - t) * a) / t - a
 
 
-def _run(kind: str, num_steps: int, q: float, rows: int, row_elems: int, seed: int):
+def _run(case, kind: str, num_steps: int, q: float, rows: int, row_elems: int, seed: int):
     """(empirical variance after each step, exact variance after each step, sigmas)."""
+    device, backend = case
     sigmas = linear_sigmas(num_steps)
     std = noise_std(sigmas, kind, DEFAULT_ETA[kind])
-    seeds = torch.arange(rows, dtype=torch.int64) + 1000 * seed
+    seeds = (torch.arange(rows, dtype=torch.int64) + 1000 * seed).to(device)
     # x at t = 1 is pure noise: the stream's own normals, at a step index no step uses.
     x = philox_normal(seeds, -1, (rows, row_elems))
     exact, var = [], 1.0
@@ -40,7 +42,7 @@ def _run(kind: str, num_steps: int, q: float, rows: int, row_elems: int, seed: i
         k = _denoiser_gain(t, q)
         v = x * k
         x, _, _ = sample_step(
-            x, v, t, t_next, std[i].item(), kind=kind, seeds=seeds, step_index=i, backend="cpu"
+            x, v, t, t_next, std[i].item(), kind=kind, seeds=seeds, step_index=i, backend=backend
         )
         c_x, c_v = mean_coefficients(t, t_next, std[i], kind)
         var = (c_x + c_v * k) ** 2 * var + std[i].item() ** 2
@@ -56,9 +58,10 @@ def _true_var(t: float, q: float) -> float:
 N_POINT = 1 << 20  # a million elements: relative sampling error of a variance sqrt(2 / n) = 1.4e-3
 
 
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("kind", ["cps", "precise", "dance_precise", "ode", "flow_grpo", "dance_grpo"])
-def test_point_mass_data(kind):
-    empirical, exact, sigmas = _run(kind, 10, 0.0, 8, N_POINT // 8, seed=1)
+def test_point_mass_data(case, kind):
+    empirical, exact, sigmas = _run(case, kind, 10, 0.0, 8, N_POINT // 8, seed=1)
     tol = 6 * (2 / N_POINT) ** 0.5
     for i in range(9):  # every non-terminal step (the last one lands on t = 0, variance 1e-12)
         assert empirical[i] / exact[i] - 1 == pytest.approx(0, abs=tol), f"step {i}: kernel vs exact propagation"
@@ -72,13 +75,14 @@ def test_point_mass_data(kind):
             assert empirical[i] / truth - 1 == pytest.approx(0, abs=tol), f"{kind} step {i} marginal"
 
 
-def test_precise_is_sde_consistent_and_cps_is_not():
+@pytest.mark.parametrize("case", CASES)
+def test_precise_is_sde_consistent_and_cps_is_not(case):
     rows, row_elems = 2, 1 << 17
     n = rows * row_elems
     tol = 6 * (2 / n) ** 0.5
     errors = {}
     for kind, steps in [("precise", 10), ("precise", 100), ("precise", 1000), ("cps", 1000)]:
-        empirical, exact, _ = _run(kind, steps, 1.0, rows, row_elems, seed=steps)
+        empirical, exact, _ = _run(case, kind, steps, 1.0, rows, row_elems, seed=steps)
         assert empirical[-1] / exact[-1] - 1 == pytest.approx(0, abs=tol), f"{kind} {steps}: kernel vs exact"
         errors[(kind, steps)] = empirical[-1] / _true_var(0.0, 1.0) - 1
     p10, p100, p1000 = (abs(errors[("precise", s)]) for s in (10, 100, 1000))

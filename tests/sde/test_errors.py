@@ -127,3 +127,23 @@ def test_float64_inputs_get_float32_math_like_the_fused_backends(kind):
         fused = step(x64.float(), v64.float(), s, n, sd, kind=kind, noise=z, backend="cpu")
         torch.testing.assert_close(out64.log_prob, fused.log_prob, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out64.mean, fused.mean, rtol=1e-6, atol=1e-6)
+
+
+def test_step_value_checks_run_again_after_an_in_place_change():
+    """step() checks a (B,) tensor's values once per version (no sync per call); an in-place
+    write bumps the version, so the next call checks the new values."""
+    x, v = _xv()
+    sigma, next_sigma, std = torch.full((2,), 0.5), torch.full((2,), 0.4), torch.full((2,), 0.1)
+    step(x, v, sigma, next_sigma, std, kind="precise")
+    step(x, v, sigma, next_sigma, std, kind="precise")  # unchanged: no new check needed
+    sigma.fill_(1.5)
+    with pytest.raises(ValueError, match=r"sigma must lie in \(0, 1\]"):
+        step(x, v, sigma, next_sigma, std, kind="precise")
+    sigma.fill_(0.5)
+    std[1] = 0.0
+    with pytest.raises(ValueError, match="std must be finite and > 0"):
+        step(x, v, sigma, next_sigma, std, kind="precise")
+    # The same values checked for a kind without noise (std 0 allowed) do not pass for a stochastic one.
+    step(x, v, sigma, next_sigma, std, kind="ode")
+    with pytest.raises(ValueError, match="std must be finite and > 0"):
+        step(x, v, sigma, next_sigma, std, kind="flow_grpo")
