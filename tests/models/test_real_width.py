@@ -65,7 +65,10 @@ def test_recipe_config_evaluates_and_applies_one_update(real_width_dir, tmp_path
         "sampler.num_batches_per_epoch=1", "sampler.images_per_prompt=2",
         "reward.spec=jpeg_incompressibility", "train.gradient_accumulation_steps=1", "train.lr=1e-3",
         "prompts.train=configs/prompts/tiny_train.txt", "prompts.test=configs/prompts/tiny_test.txt",
-        "eval.every=1", "eval.num_prompts=2", "eval.batch_size=2",
+        # The recipe's eval target, scored by a reward that needs no weights (its sampler fields stay unset:
+        # the eval rollout runs the training sampler, as the recipe's does).
+        "eval.every=1", "eval.targets=[{name: pickscore, prompts: configs/prompts/tiny_test.txt, "
+        "reward: jpeg_incompressibility, num_prompts: 2, batch_size: 2}]",
         "checkpoint.every=0", "log.image_every=0", "log.progress=false",
     ])
     assert cfg.model.gradient_checkpointing and cfg.model.lora_rank == 16  # the recipe's own choices stay

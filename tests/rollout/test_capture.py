@@ -270,7 +270,8 @@ def test_sampling_phase_drains_rewards_before_a_capture(tiny_pipe, tmp_path, mon
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml", [
         f"run.output_dir={tmp_path}", "sampler.num_steps=2", "sampler.batch_size=2", "sampler.images_per_prompt=2",
-        "sampler.num_batches_per_epoch=3", "model.max_text_len=8"])
+        "sampler.num_batches_per_epoch=3", "model.max_text_len=8",
+        "train.gradient_accumulation_steps=1"])  # sampling only; the paper schedule wants gas | batches
     rollouts = Rollouts(tiny_pipe, cfg)
     engine = rollouts.engine
     submitted, at_capture = [], []
