@@ -35,6 +35,11 @@ GPU_TEST_FILES=(
   tests/rollout/test_capture_gpu.py
   tests/rewards/test_executor_gpu.py
 )
+# Not gpu-marked (they run wherever Triton runs) but they check what a GPU compiles: run by name.
+TRITON_GPU_TESTS=(
+  tests/kernels/test_op_registration.py::test_triton_ops_use_the_triton_op_registration_shipped_for_gpu
+  tests/kernels/test_op_registration.py::test_every_triton_launch_disables_fp_fusion
+)
 BENCHES=(bench/gpu_fused_step.py bench/gpu_rollout.py bench/gpu_train_step.py)
 BUDGET_S=480
 
@@ -50,6 +55,9 @@ if [ "$DRY" = 1 ]; then
   for f in "${GPU_TEST_FILES[@]}"; do
     grep -q "^$f::" "$OUT/gpu_collect.txt" || { echo "[gpu_check] FAIL: $f holds no gpu-marked test"; exit 1; }
   done
+  if ! "$PY" -m pytest --collect-only -q -p no:cacheprovider "${TRITON_GPU_TESTS[@]}" >"$OUT/triton_collect.txt" 2>&1; then
+    cat "$OUT/triton_collect.txt"; echo "[gpu_check] FAIL: a Triton test named here does not exist"; exit 1
+  fi
   for f in "${BENCHES[@]}" bench/gpu_report.py; do
     "$PY" - "$f" <<'PYEOF' || { echo "[gpu_check] FAIL: $f does not import"; exit 1; }
 import importlib.util, sys
@@ -97,6 +105,7 @@ assert resolve_backend('cuda', x) == 'cuda', 'the CUDA kernel of precise_fast._C
 print(torch.cuda.get_device_name(), 'auto ->', resolve_backend('auto', x))
 "
 step gpu_tests 200 "$PY" -m pytest -q -m gpu -p no:cacheprovider -rs tests --junitxml="$OUT/gpu_tests.xml"
+step triton_on_gpu 60 "$PY" -m pytest -q -p no:cacheprovider "${TRITON_GPU_TESTS[@]}"
 for bench in "${BENCHES[@]}"; do
   name=$(basename "$bench" .py)
   step "$name" 100 "$PY" "$bench" --out "$OUT/$name.json"

@@ -5,7 +5,8 @@ n-th time (1-based, counted from process start) it reaches ``<point>``: a hard c
 job with no chance to clean up, at a chosen place, so "killed mid-epoch" and "killed while
 writing a checkpoint" are reproducible rather than timing races. Points:
 ``train_step`` (after an applied optimizer step) and ``checkpoint_write`` (checkpoint files
-partly written into the temporary folder, before it is published).
+partly written into the temporary folder, before it is published); ``eval_batch`` (the standalone
+evaluator, after a batch's records are written: precise_fast/eval/runner.py).
 """
 
 from __future__ import annotations

@@ -115,6 +115,7 @@ def test_bfloat16_model_returns_float32_close_to_float32(model_root, images, pro
     )
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_scores_match_cpu(model_root, images, prompts):
     cpu = build_scorer("pickscore", model_root=model_root)(images, prompts, None)

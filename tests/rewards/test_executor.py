@@ -92,6 +92,7 @@ def test_bad_arguments():
         RewardExecutor(lambda *a: None, max_pending=0)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_side_stream_sees_finished_images():
     device = torch.device("cuda")
