@@ -152,7 +152,7 @@ def test_the_launcher_runs_deepspeed(tmp_path, monkeypatch):
             "model.lora_alpha=4.0", "model.gradient_checkpointing=false", "run.device=cpu", "run.epochs=1",
             "run.num_threads=1", f"run.output_dir={out}", "sampler.height=64", "sampler.width=64",
             "sampler.batch_size=2", "sampler.num_batches_per_epoch=1", "sampler.images_per_prompt=2",
-            "train.batch_size=2", "reward.spec=jpeg_incompressibility", "prompts.train=configs/prompts/tiny_train.txt",
+            "train.batch_size=2", "train.gradient_accumulation_steps=1", "reward.spec=jpeg_incompressibility", "prompts.train=configs/prompts/tiny_train.txt",
             "eval.every=0", "checkpoint.every=0", "log.progress=false", "log.image_every=0"]
     argv = ["train", "--reward", "mix", "--sde", "flow_grpo", "--steps", "3", "--num-gpus", "1",
             "--master-port", str(_free_port()), *[a for o in tiny for a in ("--set", o)]]
