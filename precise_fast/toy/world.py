@@ -75,7 +75,7 @@ def all_prompts() -> list[dict]:
     return out
 
 
-def split_prompts(records: list[dict], test_fraction: float = 0.25, seed: int = 0) -> tuple[list[dict], list[dict]]:
+def split_prompts(records: list[dict], test_fraction: float = 0.5, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Disjoint (train, test) sets: a seeded ``test_fraction`` of each tag (at least one) is held out."""
     rng = np.random.default_rng(seed)
     train, test = [], []
@@ -87,7 +87,7 @@ def split_prompts(records: list[dict], test_fraction: float = 0.25, seed: int = 
     return train, test
 
 
-def write_prompt_sets(out_dir: str | os.PathLike, *, test_fraction: float = 0.25, seed: int = 0) -> tuple[Path, Path]:
+def write_prompt_sets(out_dir: str | os.PathLike, *, test_fraction: float = 0.5, seed: int = 0) -> tuple[Path, Path]:
     """Write ``train.jsonl`` and ``test.jsonl`` (one metadata record per line) and return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
