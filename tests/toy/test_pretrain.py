@@ -71,3 +71,12 @@ def test_shipped_model_base_quality_leaves_headroom():
     pipe = load_pipeline(pretrain.MODEL_DIR)
     result = world_score(None, "configs/toy/test.jsonl", seeds_per_prompt=2, pipeline=pipe)
     assert 0.1 <= result["score"] <= 0.6, result
+
+
+def test_shipped_schedule_is_linear(short_build):
+    """The world's 64 tokens are below FLUX.2's shift rule's range: the model ships linear sigmas."""
+    from precise_fast.rollout.plan import pipeline_schedule
+
+    for folder in (pretrain.MODEL_DIR, short_build):
+        sched = pipeline_schedule(load_pipeline(folder), 10, 64)
+        assert torch.allclose(sched.sigmas, torch.linspace(1, 0, 11), atol=1e-6), folder
