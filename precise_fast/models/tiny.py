@@ -159,7 +159,7 @@ user assistant system think
 """ * 4
 
 
-def _train_tokenizer(vocab_size: int = 600):
+def _train_tokenizer(vocab_size: int = 600, extra_corpus: str = ""):
     """A byte-level BPE with Qwen2's pre-tokenisation, wrapped as the Qwen2 tokenizer class."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast
@@ -173,7 +173,7 @@ def _train_tokenizer(vocab_size: int = 600):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(_CORPUS.strip().splitlines(), trainer=trainer)
+    bpe.train_from_iterator((_CORPUS + extra_corpus).strip().splitlines(), trainer=trainer)
     state = json.loads(bpe.to_str())
     vocab = state["model"]["vocab"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["model"]["merges"]]
@@ -191,13 +191,27 @@ def _train_tokenizer(vocab_size: int = 600):
     return tokenizer
 
 
-def _build_components(seed: int, widths: str = "tiny"):
+def build_tiny_components(
+    seed: int = 0,
+    *,
+    widths: str = "tiny",
+    transformer_config: dict | None = None,
+    vae_config: dict | None = None,
+    extra_corpus: str = "",
+) -> dict:
+    """The five random-weight components (``scheduler``, ``vae``, ``text_encoder``,
+    ``tokenizer``, ``transformer``), deterministic in ``seed``.
+
+    ``widths`` picks a preset of :data:`WIDTHS`; explicit ``transformer_config`` /
+    ``vae_config`` replace the preset's (the shapes world, :mod:`precise_fast.toy`, passes its
+    own sizes and prompt text for the tokenizer's merges).
+    """
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from ..sde.schedules import FLUX2_SCHEDULER_CONFIG
 
-    tokenizer = _train_tokenizer()
+    tokenizer = _train_tokenizer(extra_corpus=extra_corpus)
     gen_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
@@ -206,8 +220,8 @@ def _build_components(seed: int, widths: str = "tiny"):
         text_config.pad_token_id = tokenizer.pad_token_id
         text_config.eos_token_id = tokenizer.eos_token_id
         text_encoder = Qwen3ForCausalLM(text_config).eval()
-        transformer = Flux2Transformer2DModel(**{**TINY_TRANSFORMER_CONFIG, **sizes["transformer"]}).eval()
-        vae = AutoencoderKLFlux2(**{**TINY_VAE_CONFIG, **sizes["vae"]}).eval()
+        transformer = Flux2Transformer2DModel(**(transformer_config or {**TINY_TRANSFORMER_CONFIG, **sizes["transformer"]})).eval()
+        vae = AutoencoderKLFlux2(**(vae_config or {**TINY_VAE_CONFIG, **sizes["vae"]})).eval()
         # Non-trivial latent statistics (the real VAE's are far from 0 / 1): the pipeline
         # de-normalises packed latents with them before decoding.
         channels = vae.bn.num_features
@@ -219,7 +233,15 @@ def _build_components(seed: int, widths: str = "tiny"):
     return dict(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
 
 
-def build_tiny_pipeline(out_dir: str | os.PathLike, seed: int = 0, *, overwrite: bool = False, widths: str = "tiny") -> Path:
+def build_tiny_pipeline(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    *,
+    overwrite: bool = False,
+    widths: str = "tiny",
+    components: dict | None = None,
+    marker: dict | None = None,
+) -> Path:
     """Write a tiny FLUX.2 Klein pipeline (diffusers format) to ``out_dir`` and return its path.
 
     Deterministic in ``seed``; ``widths`` picks a preset of :data:`WIDTHS` (``"klein4b"``:
@@ -227,7 +249,9 @@ def build_tiny_pipeline(out_dir: str | os.PathLike, seed: int = 0, *, overwrite:
     component folders) and loads with ``load_pipeline(path)`` or stock
     ``Flux2KleinPipeline.from_pretrained(path)``. Refuses a non-empty ``out_dir`` unless
     ``overwrite``. The write goes to a temporary sibling first, so an interrupted build never
-    leaves a half-written folder behind under ``out_dir``.
+    leaves a half-written folder behind under ``out_dir``. ``components`` (as
+    :func:`build_tiny_components` returns, possibly trained) are written instead of fresh
+    ones; ``marker`` replaces the builder's version record.
     """
     from diffusers import Flux2KleinPipeline
 
@@ -238,11 +262,11 @@ def build_tiny_pipeline(out_dir: str | os.PathLike, seed: int = 0, *, overwrite:
             raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pipe = Flux2KleinPipeline(is_distilled=False, **_build_components(int(seed), widths))
+    pipe = Flux2KleinPipeline(is_distilled=False, **(components or build_tiny_components(int(seed), widths=widths)))
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         pipe.save_pretrained(staging, safe_serialization=True)
-        info = {"version": TINY_BUILDER_VERSION, "seed": int(seed), "widths": widths}
+        info = marker if marker is not None else {"version": TINY_BUILDER_VERSION, "seed": int(seed), "widths": widths}
         (staging / _MARKER).write_text(json.dumps(info))
         if out.exists():
             out.rmdir()

@@ -367,6 +367,15 @@ def _remote(module: str, cls_name: str, family: str):
 
 register_reward("jpeg_compressibility", _jpeg(-1.0), description="minus JPEG size in kB / 500 at quality 95 (DDPO; the paper's scale)")
 register_reward("jpeg_incompressibility", _jpeg(+1.0), description="JPEG size in kB at quality 95 (DDPO)")
+
+
+def _toy_geneval(*, device, dtype, model_root, shared, name):
+    from ..toy.reward import ToyGenEvalReward
+
+    return ToyGenEvalReward(name)
+
+
+register_reward("toy_geneval", _toy_geneval, description="GenEval partial credit on the shapes world (no weights)")
 register_reward("pickscore", _pickscore, needs_weights=True, description="PickScore v1 / 26 (Flow-GRPO scale)")
 register_reward(
     "clipscore", _clipscore, needs_weights=True, description="CLIP ViT-L/14 score (Flow-GRPO convention by default)"

@@ -385,7 +385,9 @@ class Trainer:
     def run(self) -> dict:
         cfg = self.cfg
         if cfg.eval.at_start and self.epoch == 0:
-            self.logger.log(self.run_eval(0), 0)
+            base = self.run_eval(0)
+            self.logger.log(base, 0)
+            self.history.append({"epoch": 0, "eval_reward_mean": base["eval/reward_mean"]})  # the summary's base
         for epoch in range(self.epoch + 1, cfg.run.epochs + 1):
             metrics = self.run_epoch(epoch)
             warn_if_nothing_kept(epoch, metrics["advantage/kept_fraction"], main=self.main)
@@ -443,7 +445,15 @@ class Trainer:
         line = (f"[precise_fast] done: {self.cfg.run.name}, {last['epoch']} epochs; reward {verb} from "
                 f"{first['reward_mean']:.4f} (epoch {first['epoch']}) to {last['reward_mean']:.4f} (epoch {last['epoch']}); "
                 f"checkpoints in {self.out_dir / 'checkpoints'}, TensorBoard logs in {self.out_dir / 'tensorboard'}")
-        return {"line": line, "first": first["reward_mean"], "last": last["reward_mean"], "rose": verb == "rose"}
+        out = {"line": line, "first": first["reward_mean"], "last": last["reward_mean"], "rose": verb == "rose"}
+        evals = [h for h in self.history if "eval_reward_mean" in h]
+        if len(evals) >= 2:  # held-out prompts, fixed seeds: the number that shows learning
+            base, final = evals[0]["eval_reward_mean"], evals[-1]["eval_reward_mean"]
+            eval_verb = "rose" if final > base else "did not rise"
+            out["line"] += (f"\n[precise_fast] eval reward {eval_verb} from {base:.4f} to {final:.4f} "
+                            f"(held-out prompts, epoch {evals[0]['epoch']} -> {evals[-1]['epoch']})")
+            out.update(eval_first=base, eval_last=final, eval_rose=eval_verb == "rose")
+        return out
 
     def close(self) -> None:
         self.executor.close(wait=False)
