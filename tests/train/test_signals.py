@@ -22,6 +22,7 @@ from precise_fast.train.checkpoint import list_checkpoints, verify_checkpoint
 from precise_fast.train.signals import StopRequest, StopRequested
 
 from .conftest import REPO, TINY_CONFIG, small_config
+from .process_tree import assert_none_left
 
 FAST = ("sampler.num_batches_per_epoch=2", "sampler.num_steps=4", "sampler.images_per_prompt=4")
 
@@ -129,14 +130,7 @@ def _stopped_cleanly(proc: subprocess.Popen, family: list[psutil.Process], log: 
     text = log.read_text()
     assert rc == 128 + signal.SIGTERM, f"rc={rc}\n{text[-4000:]}"
     assert "stopped by SIGTERM" in text, text[-4000:]
-    left = []
-    for p in family:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                left.append(p.pid)
-        except psutil.NoSuchProcess:
-            pass
-    assert not left, f"processes left behind: {left}"
+    assert_none_left(family)
 
 
 def _checkpoints_valid(root: Path) -> list[int]:

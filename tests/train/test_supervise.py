@@ -13,6 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from .process_tree import assert_none_left
+
 FAKE = Path(__file__).parent / "fake_job"
 
 
@@ -32,17 +34,6 @@ def _tree(proc: subprocess.Popen) -> list[psutil.Process]:
     return psutil.Process(proc.pid).children(recursive=True)
 
 
-def _none_left(family: list[psutil.Process]) -> None:
-    left = []
-    for p in family:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                left.append(p.pid)
-        except psutil.NoSuchProcess:
-            pass
-    assert not left, f"left behind: {left}"
-
-
 def _runner(family: list[psutil.Process]) -> psutil.Process:
     return next(p for p in family if "fake_deepspeed.py" in " ".join(p.cmdline()))
 
@@ -55,7 +46,7 @@ def test_signal_to_the_supervisor_reaches_the_ranks(tmp_path, sig):
     proc.send_signal(sig)
     assert proc.wait(timeout=30) == 128 + sig
     assert [(tmp_path / f"stopped-{r}").read_text() for r in (0, 1)] == [str(int(sig))] * 2  # each rank stopped itself
-    _none_left(family)
+    assert_none_left(family)
 
 
 def test_term_to_the_runner_alone_still_stops_its_orphaned_ranks(tmp_path):
@@ -65,7 +56,7 @@ def test_term_to_the_runner_alone_still_stops_its_orphaned_ranks(tmp_path):
     _runner(family).send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 143
     assert all((tmp_path / f"stopped-{r}").exists() for r in (0, 1))
-    _none_left(family)
+    assert_none_left(family)
 
 
 def test_ranks_that_do_not_stop_are_killed_after_the_grace(tmp_path):
@@ -77,7 +68,7 @@ def test_ranks_that_do_not_stop_are_killed_after_the_grace(tmp_path):
     err = proc.stderr.read()
     assert rc == 143 and "SIGKILL" in err and time.monotonic() - start < 10
     assert not any((tmp_path / f"stopped-{r}").exists() for r in (0, 1))
-    _none_left(family)
+    assert_none_left(family)
 
 
 def test_a_job_that_ends_by_itself_passes_its_status_through(tmp_path):
