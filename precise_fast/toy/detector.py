@@ -2,7 +2,9 @@
 
 Pipeline per image: every pixel takes the nearest of the palette's colours and the background
 (pixels far from all of them are background); each colour's mask is split into 4-connected
-components (``scipy.ndimage.label``); components smaller than ``min_area`` are noise. A
+components (``scipy.ndimage.label``); components smaller than ``min_area`` are noise, and wider or taller than ``max_side``
+(twice the world's largest object) are not objects (a policy can flood the canvas with one
+colour; that blob must not pass for a circle). A
 component's class comes from how much of its bounding box it fills (square 1, circle pi/4,
 apex-up triangle 1/2), and its confidence from how close that fill and the box's aspect are
 to the class's prototype, so a blurred or stretched blob scores low and GenEval's thresholds
@@ -23,7 +25,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .world import BACKGROUND, PALETTE, SHAPES
+from .world import BACKGROUND, PALETTE, SHAPES, SIZE_RANGE
 
 # Fill of the bounding box for each class (rasterised shapes land within ~0.05 of these).
 FILL = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5}
@@ -53,8 +55,11 @@ def classify_component(mask: np.ndarray) -> tuple[str, float, np.ndarray]:
 class ShapeDetector:
     """``detect(list of (H, W, 3) uint8 arrays) -> per image, per class (boxes, masks)``."""
 
-    def __init__(self, *, min_area: int = 12, max_distance: float = 120.0):
+    def __init__(self, *, min_area: int = 12, max_side: int = 2 * SIZE_RANGE[1], max_distance: float = 120.0):
         self.min_area = int(min_area)
+        # Nothing in the world is wider than SIZE_RANGE[1]: a bigger component (a flooded
+        # canvas, a smear) is not an object, whatever its fill ratio says.
+        self.max_side = int(max_side)
         self.max_distance = float(max_distance)
 
     def color_labels(self, image: np.ndarray) -> np.ndarray:
@@ -77,6 +82,8 @@ class ShapeDetector:
                 if mask.sum() < self.min_area:
                     continue
                 name, confidence, box = classify_component(mask)
+                if max(box[2] - box[0], box[3] - box[1]) + 1 > self.max_side:
+                    continue
                 found[name].append((np.append(box, confidence), mask))
         h, w = labels.shape
         out = []

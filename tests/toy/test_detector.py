@@ -89,3 +89,18 @@ def test_bad_metadata_is_a_clear_error():
     image = _tensor([np.full((32, 32, 3), 255, np.uint8)])
     with pytest.raises(ValueError, match="unknown or missing class 'dog'"):
         reward(image, ["a dog"], [{"tag": "single_object", "include": [{"class": "dog", "count": 1}]}])
+
+
+def test_a_flooded_canvas_is_not_an_object():
+    """Found by RL: a policy painted the whole canvas blue with a few holes, which a fill-ratio
+    classifier alone reads as one circle (reward 1 for "a photo of a circle")."""
+    reward = ToyGenEvalReward()
+    meta = next(m for m in world.all_prompts() if m["prompt"] == "a photo of a circle")
+    image = np.empty((32, 32, 3), np.uint8)
+    image[:] = world.PALETTE["blue"]
+    rng = np.random.default_rng(0)
+    holes = rng.random((32, 32)) < 0.2
+    image[holes] = 255
+    image[:, :2] = 255
+    out = reward(_tensor([image]), [meta["prompt"]], [meta])
+    assert out.scores.tolist() == [0.0]

@@ -42,7 +42,8 @@ def test_shipped_model_matches_a_short_rebuilds_format(short_build):
     for name in WEIGHTS:
         a, b = _tensors(shipped / name), _tensors(short_build / name)
         assert {k: (v.shape, v.dtype) for k, v in a.items()} == {k: (v.shape, v.dtype) for k, v in b.items()}, name
-    for name in ("transformer/config.json", "vae/config.json", "text_encoder/config.json", "model_index.json"):
+    for name in ("transformer/config.json", "vae/config.json", "text_encoder/config.json", "model_index.json",
+                 "scheduler/scheduler_config.json"):
         assert json.loads((shipped / name).read_text()) == json.loads((short_build / name).read_text()), name
     assert (shipped / "tokenizer/tokenizer.json").read_text() == (short_build / "tokenizer/tokenizer.json").read_text()
     marker = json.loads((shipped / pretrain.MARKER_NAME).read_text())
