@@ -1,8 +1,8 @@
-# The two commands of the README: `make demo` (the main job) and `make test` (the tests).
+# The two commands of the README: `make train` (the main job) and `make test` (the tests).
 # Both set up .venv themselves on a fresh machine.
 PY := .venv/bin/python
 
-.PHONY: setup demo test bench cuda-compile train train-resume study
+.PHONY: setup demo test bench cuda-compile gpu-check train train-resume study
 
 setup:
 	bash scripts/setup_env.sh
@@ -18,6 +18,10 @@ bench: setup
 
 cuda-compile:
 	bash .ci/compile_cuda.sh
+
+# On a machine with one CUDA GPU: every gpu-marked test and the GPU benchmarks, report in OUT.
+gpu-check:
+	bash scripts/gpu_check.sh $(or $(OUT),bench/results/gpu)
 
 # The GRPO main job: the shapes world's pretrained tiny FLUX.2 Klein (precise_fast/toy) trained on
 # CPU, 2 ranks under the deepspeed launcher (ZeRO-2, LoRA, Precise sampler, the toy GenEval reward:
