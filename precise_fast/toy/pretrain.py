@@ -52,43 +52,24 @@ from ..models import (
     predict_velocity,
     text_ids,
 )
-from ..models.tiny import build_tiny_components, build_tiny_pipeline
+from ..models.tiny import TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG, build_tiny_components, build_tiny_pipeline
 from . import world
 
 TOY_MAX_TEXT_LEN = 32  # the longest world prompt is 27 tokens with the chat template
 MODEL_DIR = Path(__file__).resolve().parent / "model"
 MARKER_NAME = "precise_fast_toy.json"
 
-TOY_TRANSFORMER_CONFIG = {
-    "patch_size": 1,
-    "in_channels": 16,  # 4 VAE latent channels x the 2x2 patch
-    "num_layers": 2,
-    "num_single_layers": 2,
-    "attention_head_dim": 16,
-    "num_attention_heads": 2,
-    "joint_attention_dim": 3 * 32,  # len(TINY_TEXT_LAYERS) x the tiny text encoder's hidden size
-    "timestep_guidance_channels": 32,
-    "mlp_ratio": 3.0,
-    "axes_dims_rope": (4, 4, 4, 4),  # sums to attention_head_dim
-    "rope_theta": 2000,
-    "eps": 1e-6,
-    "guidance_embeds": False,
-}
+# The tiny builder's architecture with one more double-stream block (the only change).
+TOY_TRANSFORMER_CONFIG = {**TINY_TRANSFORMER_CONFIG, "num_layers": 2}
 
 # Two levels: the VAE downsamples by 2, so 32x32 images give 16x16 latents and 8x8 = 64 tokens.
 TOY_VAE_CONFIG = {
-    "in_channels": 3,
-    "out_channels": 3,
+    **TINY_VAE_CONFIG,
     "down_block_types": ("DownEncoderBlock2D",) * 2,
     "up_block_types": ("UpDecoderBlock2D",) * 2,
     "block_out_channels": (16, 16),
-    "layers_per_block": 1,
-    "latent_channels": 4,
-    "norm_num_groups": 4,
     "sample_size": world.IMAGE_SIZE,
     "mid_block_add_attention": False,
-    "batch_norm_eps": 1e-4,
-    "patch_size": (2, 2),
 }
 
 

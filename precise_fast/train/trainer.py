@@ -378,7 +378,7 @@ class Trainer:
                 stem = "eval" if i == 0 and not cfg.eval.targets else f"eval_{name}"
                 png = save_sample_grid(self.out_dir / "images" / f"{stem}_epoch_{epoch:04d}.png",
                                        torch.stack(preview["images"]), preview["prompts"], preview["rewards"],
-                                       title=f"{cfg.run.name} eval {name} after epoch {epoch}")
+                                       title=f"{cfg.run.name}: eval target {name!r} after epoch {epoch}")
                 self.logger.log_image(f"{stem}_samples", png, epoch)
         return metrics
 
