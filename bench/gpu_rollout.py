@@ -20,9 +20,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from gpu_timing import bench_device, device_info, parse_args, stats, time_ms, write  # noqa: E402
+from gpu_timing import bench_device, bench_pipeline, device_info, parse_args, stats, time_ms, write  # noqa: E402
 
-from precise_fast.models import load_pipeline, tiny_pipeline_path  # noqa: E402
 from precise_fast.rollout import RolloutEngine  # noqa: E402
 
 
@@ -30,10 +29,9 @@ def main() -> dict:
     args = parse_args(__doc__, "gpu_rollout.json")
     device = bench_device(args.smoke)
     cuda = device.type == "cuda"
-    widths, dtype = ("klein4b", torch.bfloat16) if cuda else ("tiny", torch.float32)
     batch, steps, size, text_len = (4, 20, 512, 128) if not args.smoke else (2, 2, 64, 8)
     repeats = args.repeats or (3 if args.smoke else 10)
-    pipe = load_pipeline(tiny_pipeline_path(0, widths=widths), dtype=dtype, device=device)
+    pipe, widths, dtype = bench_pipeline(device)
     width = pipe.transformer.config.joint_attention_dim
     embeds = torch.randn(batch, text_len, width, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     seeds = torch.arange(batch) + 1000

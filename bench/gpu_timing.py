@@ -52,6 +52,15 @@ def bench_device(smoke: bool) -> torch.device:
     return torch.device("cpu")
 
 
+def bench_pipeline(device: torch.device):
+    """``(pipeline, widths, dtype)`` the model benchmarks run: the real-width ``klein4b`` preset
+    in bf16 on CUDA, the tiny one in float32 for the CPU smoke run."""
+    from precise_fast.models import load_pipeline, tiny_pipeline_path
+
+    widths, dtype = ("klein4b", torch.bfloat16) if device.type == "cuda" else ("tiny", torch.float32)
+    return load_pipeline(tiny_pipeline_path(0, widths=widths), dtype=dtype, device=device), widths, dtype
+
+
 def device_info(device: torch.device) -> dict:
     """The GPU (name, capability, memory), its datasheet peaks and measured streaming bandwidth."""
     if device.type != "cuda":

@@ -26,9 +26,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from gpu_timing import bench_device, device_info, parse_args, stats, time_ms, write  # noqa: E402
+from gpu_timing import bench_device, bench_pipeline, device_info, parse_args, stats, time_ms, write  # noqa: E402
 
-from precise_fast.models import apply_lora, load_pipeline, tiny_pipeline_path  # noqa: E402
+from precise_fast.models import apply_lora  # noqa: E402
 from precise_fast.rollout import RolloutEngine  # noqa: E402
 from precise_fast.train.objective import transition_losses  # noqa: E402
 from precise_fast.train.transitions import from_rollout  # noqa: E402
@@ -40,11 +40,10 @@ def main() -> dict:
     args = parse_args(__doc__, "gpu_train_step.json")
     device = bench_device(args.smoke)
     cuda = device.type == "cuda"
-    widths, dtype = ("klein4b", torch.bfloat16) if cuda else ("tiny", torch.float32)
     batch, steps, size, text_len = (2, 20, 512, 128) if not args.smoke else (2, 2, 64, 8)
     cols = [0, 1]
     repeats = args.repeats or (2 if args.smoke else 10)
-    pipe = load_pipeline(tiny_pipeline_path(0, widths=widths), dtype=dtype, device=device)
+    pipe, widths, dtype = bench_pipeline(device)
     tr = pipe.transformer
     params = apply_lora(tr, rank=LORA_RANK, alpha=float(LORA_RANK))
     tr.enable_gradient_checkpointing()

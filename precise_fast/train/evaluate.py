@@ -112,9 +112,11 @@ class Evaluator:
 
     ``train_rollouts`` / ``train_reward``: the training run's (shared, not closed here);
     targets with the same sampler reuse the engine (and its prompt-embedding cache).
+    ``prompt_sets``: sets the caller already loaded, by path (the trainer's ``prompts.test``).
     """
 
-    def __init__(self, pipeline, cfg, *, reward_device, reward_dtype, train_rollouts=None, train_reward=None):
+    def __init__(self, pipeline, cfg, *, reward_device, reward_dtype, train_rollouts=None, train_reward=None,
+                 prompt_sets: dict | None = None):
         self.pipeline = pipeline
         self.cfg = cfg
         self.reward_device = reward_device
@@ -124,7 +126,7 @@ class Evaluator:
         if train_rollouts is not None:
             self._rollouts[(cfg.sampler.kind, cfg.sampler.eta, cfg.sampler.num_steps)] = train_rollouts
         self._rewards: dict[str, object] = {}
-        self._prompts: dict[str, object] = {}
+        self._prompts: dict[str, object] = dict(prompt_sets or {})
 
     def rollouts(self, t: Target):
         """``(rollouts, mode)`` for a target; the ODE runs on the training kind's engine in ``ode`` mode."""

@@ -140,7 +140,8 @@ class Trainer:
         self.executor = RewardExecutor(self.timed_reward, mode="thread" if r.overlap else "inline",
                                        max_pending=r.max_pending, device=reward_device)
         self.evaluator = Evaluator(self.pipeline, cfg, reward_device=reward_device, reward_dtype=reward_dtype,
-                                   train_rollouts=self.rollouts, train_reward=self.reward)
+                                   train_rollouts=self.rollouts, train_reward=self.reward,
+                                   prompt_sets={cfg.prompts.test: self.test_set} if self.test_set is not None else None)
         if cfg.eval.every > 0 or cfg.eval.at_start:
             for target in resolve_targets(cfg):  # a missing prompt file fails now, not at the first eval
                 self.evaluator.prompt_set(target)
