@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=("ema", "live"), default="ema", help="which exported LoRA of a checkpoint")
     p.add_argument("--batch-size", type=int, help="images per rank per batch, for every target")
     p.add_argument("--num-prompts", type=int, help="first N prompts of every target (default: the whole test set)")
+    p.add_argument("--images-per-prompt", type=int, help="images per prompt, each with its own seed, for every "
+                   "target (default: the target's; the paper's eval draws 1, GenEval's protocol 4)")
     p.add_argument("--seed", type=int, help="eval seed (default: the run's seed)")
     p.add_argument("--pretrained-model", help="base model folder or pinned id (default: the config's model.path)")
     p.add_argument("--save-images", action="store_true", help="also write every image as PNG under --out/images")
@@ -103,6 +105,8 @@ def plan(args):
             changes["batch_size"] = args.batch_size
         if args.num_prompts is not None:
             changes["num_prompts"] = args.num_prompts
+        if args.images_per_prompt:
+            changes["images_per_prompt"] = args.images_per_prompt
         return dataclasses.replace(t, **changes)
 
     jobs = []
@@ -133,8 +137,9 @@ def plan(args):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.batch_size is not None and args.batch_size < 1:
-        raise SystemExit("eval: --batch-size must be >= 1")
+    for flag in ("batch_size", "images_per_prompt"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise SystemExit(f"eval: --{flag.replace('_', '-')} must be >= 1")
     cfg, jobs = plan(args)
     from ..train.distributed import init_distributed
     from ..train.main import _quiet_libraries

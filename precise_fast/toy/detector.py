@@ -4,11 +4,14 @@ Pipeline per image: every pixel takes the nearest of the palette's colours and t
 (pixels far from all of them are background); each colour's mask is split into 4-connected
 components (``scipy.ndimage.label``); components smaller than ``min_area`` are noise, and wider or taller than ``max_side``
 (twice the world's largest object) are not objects (a policy can flood the canvas with one
-colour; that blob must not pass for a circle). A
-component's class comes from how much of its bounding box it fills (square 1, circle pi/4,
-apex-up triangle 1/2), and its confidence from how close that fill and the box's aspect are
-to the class's prototype, so a blurred or stretched blob scores low and GenEval's thresholds
-(0.3, or 0.9 for ``counting``) drop it. The colour classifier names the palette colour
+colour; that blob must not pass for a circle). A component's class is the prototype (square,
+circle, apex-up triangle, each stretched to the component's bounding box) it overlaps best
+(IoU), and its confidence falls as that IoU drops below a clean render's (>= 0.89), as the
+runner-up prototype comes close, and as the box's aspect leaves 1:1, so a blurred,
+ambiguous or stretched blob scores low and GenEval's thresholds (0.3, or 0.9 for
+``counting``) drop it. (The first version classified by fill ratio alone, under which a
+blunt triangle, a trapezoid filling ~0.75 of its box, read as a circle: the RL policy drew
+those for "a photo of a circle" and was paid 1.) The colour classifier names the palette colour
 nearest to the mean of the object's pixels.
 
 Output, per image: for each class of :data:`~.world.SHAPES` in order, ``(boxes (n, 5), masks
@@ -27,14 +30,28 @@ from scipy import ndimage
 
 from .world import BACKGROUND, PALETTE, SHAPES, SIZE_RANGE
 
-# Fill of the bounding box for each class (rasterised shapes land within ~0.05 of these).
-FILL = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5}
 _COLOR_NAMES = tuple(PALETTE)
 _REFERENCE = np.array([BACKGROUND, *PALETTE.values()], dtype=np.float64)  # index 0: background
+# Confidence ramps: a clean render's IoU with its own prototype is >= 0.89 at the world's
+# sizes and its runner-up is <= 0.85 (circles vs squares the closest pair, measured over
+# sizes 9..12 and sub-pixel offsets), so clean renders keep confidence 1.
+_IOU_FLOOR, _IOU_FULL = 0.6, 0.89
+_MARGIN_FULL = 0.07
 
 
-def _fill_confidence(fill: float, prototype: float, width: float = 0.3) -> float:
-    return max(0.0, 1.0 - ((fill - prototype) / width) ** 2)
+def prototype_masks(w: int, h: int) -> dict[str, np.ndarray]:
+    """Each class's shape stretched to a w x h box (pixel centres), as the world draws it."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
+    u, v = xs / w, ys / h
+    return {
+        "circle": (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25,
+        "square": np.ones((h, w), dtype=bool),
+        "triangle": np.abs(u - 0.5) <= v / 2,  # apex up, base on the bottom edge
+    }
+
+
+def _ramp(x: float, lo: float, hi: float) -> float:
+    return float(min(1.0, max(0.0, (x - lo) / (hi - lo))))
 
 
 def _aspect_confidence(w: int, h: int, width: float = 0.6) -> float:
@@ -46,9 +63,14 @@ def classify_component(mask: np.ndarray) -> tuple[str, float, np.ndarray]:
     ys, xs = np.nonzero(mask)
     x1, x2, y1, y2 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
     w, h = x2 - x1 + 1, y2 - y1 + 1
-    fill = float(mask.sum()) / (w * h)
-    name = min(SHAPES, key=lambda s: abs(fill - FILL[s]))
-    confidence = _fill_confidence(fill, FILL[name]) * _aspect_confidence(w, h)
+    crop = mask[y1 : y2 + 1, x1 : x2 + 1]
+    iou = {}
+    for shape, proto in prototype_masks(w, h).items():
+        iou[shape] = float((crop & proto).sum()) / float((crop | proto).sum())
+    ranked = sorted(SHAPES, key=lambda s: -iou[s])
+    name, runner_up = ranked[0], ranked[1]
+    confidence = (_ramp(iou[name], _IOU_FLOOR, _IOU_FULL) * _ramp(iou[name] - iou[runner_up], 0.0, _MARGIN_FULL)
+                  * _aspect_confidence(w, h))
     return name, confidence, np.array([x1, y1, x2, y2], dtype=np.float64)
 
 

@@ -187,6 +187,9 @@ class EvalTarget:
     num_steps: Union[int, None] = None  # None: sampler.num_steps
     batch_size: int = 8  # images per rank per eval batch (the paper's test_batch_size)
     num_prompts: int = 0  # 0: the whole prompt set
+    # Images per prompt, each with its own seed. The paper's eval draws 1; GenEval's own
+    # protocol (djghosh13/geneval, generation/diffusers_generate.py --n_samples) draws 4.
+    images_per_prompt: int = 1
 
 
 @dataclass
@@ -194,6 +197,7 @@ class EvalConfig:
     every: int = 50  # epochs; 0 disables
     num_prompts: int = 64
     batch_size: int = 8
+    images_per_prompt: int = 1  # as EvalTarget.images_per_prompt
     kind: Literal["ode", "flow_grpo", "dance_grpo", "cps", "precise", "dance_precise"] = "ode"
     use_ema: bool = True
     at_start: bool = False
@@ -444,6 +448,7 @@ def validate(cfg: Config) -> None:
         ("reward.max_pending", cfg.reward.max_pending),
         ("checkpoint.keep_last", cfg.checkpoint.keep_last),
         ("eval.batch_size", cfg.eval.batch_size),
+        ("eval.images_per_prompt", cfg.eval.images_per_prompt),
         ("log.num_images", cfg.log.num_images),
         ("advantage.clip", cfg.advantage.clip),
     ):
@@ -509,6 +514,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}.name: {t.name!r} names two targets")
         _positive(t.batch_size, f"{key}.batch_size")
         _positive(t.num_prompts, f"{key}.num_prompts", allow_zero=True)
+        _positive(t.images_per_prompt, f"{key}.images_per_prompt")
         if t.num_steps is not None:
             _positive(t.num_steps, f"{key}.num_steps")
         if t.eta is not None and t.eta < 0:

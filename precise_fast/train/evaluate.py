@@ -13,9 +13,11 @@ batch size, fields left unset inheriting the training run's, so eval rollouts us
 training sampler by default (kind ``"ode"`` stays an option). Without ``eval.targets`` the
 legacy single target is built from ``eval.kind / num_prompts / batch_size``.
 
-Seeds: prompt ``i`` always gets the initial latent and step noise of ``mix_seed(seed, 17,
-i)``, so successive evals differ only by the weights. Batches are fixed slices of the
-prompt list (batch ``j`` holds prompts ``j*B .. j*B+B-1``) dealt round-robin to the ranks,
+Items: a target with ``images_per_prompt = k`` has ``k`` items per prompt, item ``i`` being
+prompt ``i // k`` (k = 1, the paper's eval: item = prompt). Seeds: item ``i`` always gets
+the initial latent and step noise of ``mix_seed(seed, 17, i)``, so successive evals differ
+only by the weights. Batches are fixed slices of the item list (batch ``j`` holds items
+``j*B .. j*B+B-1``) dealt round-robin to the ranks,
 so a batch holds the same prompts on 1 or 8 ranks and the results do not depend on the
 world size. Under ``pad=True`` (training) every rank runs the same number of batches (a
 rank short of one repeats its first, uncounted), which keeps collective weight gathers in
@@ -51,6 +53,7 @@ class Target:
     num_steps: int
     batch_size: int
     num_prompts: int  # 0: every prompt of the set
+    images_per_prompt: int
     prefix: str  # metric prefix: "eval/" for the legacy target, "eval/<name>/" otherwise
 
     def describe(self) -> dict:
@@ -75,6 +78,7 @@ def resolve_target(t: EvalTarget, cfg, *, legacy: bool = False) -> Target:
         num_steps=t.num_steps or s.num_steps,
         batch_size=t.batch_size,
         num_prompts=t.num_prompts,
+        images_per_prompt=t.images_per_prompt,
         prefix="eval/" if legacy else f"eval/{t.name}/",
     )
 
@@ -84,7 +88,8 @@ def resolve_targets(cfg) -> list[Target]:
     e = cfg.eval
     if e.targets:
         return [resolve_target(t, cfg) for t in e.targets]
-    legacy = EvalTarget(name="eval", kind=e.kind, batch_size=e.batch_size, num_prompts=e.num_prompts)
+    legacy = EvalTarget(name="eval", kind=e.kind, batch_size=e.batch_size, num_prompts=e.num_prompts,
+                        images_per_prompt=e.images_per_prompt)
     return [resolve_target(legacy, cfg, legacy=True)]
 
 
@@ -166,16 +171,17 @@ class Evaluator:
 
     def num_items(self, t: Target) -> int:
         n = len(self.prompt_set(t))
-        return min(t.num_prompts, n) if t.num_prompts else n
+        return (min(t.num_prompts, n) if t.num_prompts else n) * t.images_per_prompt
 
     @torch.no_grad()
     def score_batch(self, t: Target, indices: list[int], *, seed: int) -> tuple[list[dict], torch.Tensor]:
-        """Sample and score prompts ``indices`` of ``t``: one record per prompt, and the images."""
+        """Sample and score items ``indices`` of ``t``: one record per item, and the images."""
         prompt_set = self.prompt_set(t)
         rollouts, mode = self.rollouts(t)
         reward = self.reward(t)
-        texts = [prompt_set.prompts[i] for i in indices]
-        metadata = [prompt_set.metadata[i] for i in indices]
+        prompt_of = [i // t.images_per_prompt for i in indices]
+        texts = [prompt_set.prompts[p] for p in prompt_of]
+        metadata = [prompt_set.metadata[p] for p in prompt_of]
         seeds = [item_seed(seed, i) for i in indices]
         ro = rollouts.sample(texts, seeds, seeds, mode=mode)
         result = reward(ro.images, texts, metadata)
@@ -191,6 +197,7 @@ class Evaluator:
             records.append({
                 "target": t.name,
                 "index": i,
+                "prompt_index": prompt_of[j],
                 "prompt": texts[j],
                 "metadata": metadata[j],
                 "seed": seeds[j],

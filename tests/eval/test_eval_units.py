@@ -156,3 +156,44 @@ def test_in_training_records_are_gathered_from_every_rank(tmp_path):
         got = json.loads((tmp_path / f"gathered.{rank}").read_text())
         assert [r["index"] for r in got] == list(range(7))
         assert [r["rank"] for r in got] == [0, 0, 1, 1, 0, 0, 1]  # batches of 2 dealt round-robin
+
+
+def test_images_per_prompt_gives_each_prompt_k_items_with_their_own_seeds(tmp_path):
+    """``images_per_prompt = k``: item ``i`` is prompt ``i // k`` with seed ``item_seed(seed, i)``
+    (GenEval's protocol samples 4 images per prompt; the paper's eval 1)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from precise_fast.train.evaluate import Evaluator, item_seed
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\nb\nc\n")
+    cfg = load_config(TINY_CONFIG, [f"eval.targets=[{{name: t, prompts: {prompts}, images_per_prompt: 2}}]"])
+    (target,) = resolve_targets(cfg)
+    assert target.images_per_prompt == 2
+    seen = {}
+
+    class Rollouts:
+        def sample(self, texts, seeds, noise_seeds, mode):
+            seen.update(texts=texts, seeds=seeds)
+            return SimpleNamespace(images=torch.zeros(len(texts), 3, 2, 2))
+
+    def reward(images, texts, metadata):
+        n = len(texts)
+        return SimpleNamespace(per_component={"r": torch.arange(n, dtype=torch.float64)},
+                               component_valid={"r": torch.ones(n, dtype=torch.bool)}, extras={},
+                               valid=torch.ones(n, dtype=torch.bool), weights={"r": 1.0})
+
+    ev = Evaluator(None, cfg, reward_device="cpu", reward_dtype=torch.float32)
+    ev.rollouts = lambda t: (Rollouts(), "sde")
+    ev.reward = lambda t: reward
+    assert ev.num_items(target) == 6
+    records, _ = ev.score_batch(target, list(range(6)), seed=5)
+    assert seen["texts"] == ["a", "a", "b", "b", "c", "c"]
+    assert seen["seeds"] == [item_seed(5, i) for i in range(6)] and len(set(seen["seeds"])) == 6
+    assert [(r["index"], r["prompt_index"]) for r in records] == [(i, i // 2) for i in range(6)]
+    with pytest.raises(ConfigError, match="images_per_prompt: must be > 0"):
+        load_config(TINY_CONFIG, ["eval.targets=[{name: a, images_per_prompt: 0}]"])
+    with pytest.raises(ConfigError, match="eval.images_per_prompt"):
+        load_config(TINY_CONFIG, ["eval.images_per_prompt=0"])

@@ -104,3 +104,23 @@ def test_a_flooded_canvas_is_not_an_object():
     image[:, :2] = 255
     out = reward(_tensor([image]), [meta["prompt"]], [meta])
     assert out.scores.tolist() == [0.0]
+
+
+def test_a_blunt_triangle_is_not_a_confident_circle():
+    """Found by RL: a trapezoid (a triangle with its apex cut off) fills ~0.75 of its box, as a
+    circle does (pi/4), so a fill-ratio classifier paid 1 for it under "a photo of a circle".
+    The prototype-IoU classifier calls it a triangle or drops it below GenEval's threshold."""
+    size = 12
+    mask = world.shape_mask("triangle", 4, 4, size)
+    ys, _ = np.nonzero(mask)
+    trapezoid = mask.copy()
+    trapezoid[: ys.min() + 4] = False  # cut the top third off
+    fill = trapezoid.sum() / ((np.ptp(np.nonzero(trapezoid)[1]) + 1) * (np.ptp(np.nonzero(trapezoid)[0]) + 1))
+    assert abs(fill - np.pi / 4) < 0.1  # the fill ratio alone cannot tell it from a circle
+    name, confidence, _ = classify_component(trapezoid)
+    assert name != "circle" or confidence < Thresholds().confidence
+    reward = ToyGenEvalReward()
+    meta = next(m for m in world.all_prompts() if m["prompt"] == "a photo of a circle")
+    image = np.full((32, 32, 3), 255, np.uint8)
+    image[trapezoid] = world.PALETTE["red"]
+    assert reward(_tensor([image]), [meta["prompt"]], [meta]).scores.tolist() == [0.0]

@@ -66,12 +66,12 @@ def test_build_is_deterministic_in_its_seed(short_build, tmp_path):
 
 
 def test_shipped_model_base_quality_leaves_headroom():
-    """Measured: 0.169 (62 held-out prompts x 2 seeds). Issue 11 targets 0.2..0.6; the shipped
-    model is a little below it (recognisable colours and places, blobby shapes), so the lower
-    bound here is 0.1: the test guards against a broken model, not the issue's target."""
+    """Issue 11's target: a GenEval-style score between 0.2 and 0.6 on the held-out prompts.
+    Measured with the prototype-IoU detector: 0.253 (62 held-out prompts x 2 seeds;
+    single_object 0.25, colors 0.54, counting 0.06); 0.296 under the earlier fill-ratio one."""
     pipe = load_pipeline(pretrain.MODEL_DIR)
     result = world_score(None, "configs/toy/test.jsonl", seeds_per_prompt=2, pipeline=pipe)
-    assert 0.1 <= result["score"] <= 0.6, result
+    assert 0.2 <= result["score"] <= 0.6, result
 
 
 def test_shipped_schedule_is_linear(short_build):
