@@ -61,15 +61,22 @@ def check_grid_rows(backend: str, batch: int) -> None:
         )
 
 
+def _batch_rows(value: torch.Tensor, name: str, batch: int, device: torch.device, expected: str) -> torch.Tensor:
+    """A 0-d or (B,) tensor on x's device as a (B,) view. ``expected`` words the shape error, a
+    template formatted only when raising (this runs on every step call)."""
+    if value.device != device:
+        raise ValueError(f"{name} is on {value.device} but x is on {device}")
+    if value.dim() == 0:
+        return value.expand(batch)
+    if value.shape != (batch,):
+        raise ValueError(f"{name} must be {expected.format(batch=batch)} {tuple(value.shape)}")
+    return value
+
+
 def per_row(value, name: str, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """A float or a (B,) / 0-d tensor as a (B,) tensor; errors name the argument."""
     if isinstance(value, torch.Tensor):
-        if value.device != device:
-            raise ValueError(f"{name} is on {value.device} but x is on {device}")
-        if value.dim() == 0:
-            value = value.expand(batch)
-        elif value.shape != (batch,):
-            raise ValueError(f"{name} must be a float or a tensor of shape ({batch},), got shape {tuple(value.shape)}")
+        value = _batch_rows(value, name, batch, device, "a float or a tensor of shape ({batch},), got shape")
         return value if value.dtype == dtype else value.to(dtype)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return torch.full((batch,), float(value), dtype=dtype, device=device)
@@ -86,12 +93,7 @@ def int_rows(value, name: str, batch: int, device: torch.device) -> torch.Tensor
         raise TypeError(f"{name} must be an int or an integer tensor, got {type(value).__name__}")
     if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
         raise TypeError(f"{name} must hold integers, got {value.dtype}")
-    if value.device != device:
-        raise ValueError(f"{name} is on {value.device} but x is on {device}")
-    if value.dim() == 0:
-        value = value.expand(batch)
-    elif value.shape != (batch,):
-        raise ValueError(f"{name} must be 0-d or of shape ({batch},), got {tuple(value.shape)}")
+    value = _batch_rows(value, name, batch, device, "0-d or of shape ({batch},), got")
     return value.to(torch.int64).contiguous()
 
 

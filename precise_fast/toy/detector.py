@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .world import BACKGROUND, PALETTE, SHAPES, SIZE_RANGE
+from .world import BACKGROUND, PALETTE, SHAPES, SIZE_RANGE, prototype_masks
 
 _COLOR_NAMES = tuple(PALETTE)
 _REFERENCE = np.array([BACKGROUND, *PALETTE.values()], dtype=np.float64)  # index 0: background
@@ -37,17 +37,6 @@ _REFERENCE = np.array([BACKGROUND, *PALETTE.values()], dtype=np.float64)  # inde
 # sizes 9..12 and sub-pixel offsets), so clean renders keep confidence 1.
 _IOU_FLOOR, _IOU_FULL = 0.6, 0.89
 _MARGIN_FULL = 0.07
-
-
-def prototype_masks(w: int, h: int) -> dict[str, np.ndarray]:
-    """Each class's shape stretched to a w x h box (pixel centres), as the world draws it."""
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
-    u, v = xs / w, ys / h
-    return {
-        "circle": (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25,
-        "square": np.ones((h, w), dtype=bool),
-        "triangle": np.abs(u - 0.5) <= v / 2,  # apex up, base on the bottom edge
-    }
 
 
 def _ramp(x: float, lo: float, hi: float) -> float:

@@ -128,6 +128,11 @@ def _lr_at(step: int, recipe_steps: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+
+def _set_lr(opt, base_lr: float, step: int, steps: int, warmup: int) -> None:
+    for group in opt.param_groups:
+        group["lr"] = base_lr * _lr_at(step, steps, warmup)
+
 def train_vae(vae, images: torch.Tensor, recipe: Recipe, progress: bool = True) -> list[float]:
     gen = torch.Generator().manual_seed(recipe.seed + 11)
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
@@ -135,8 +140,7 @@ def train_vae(vae, images: torch.Tensor, recipe: Recipe, progress: bool = True) 
     losses = []
     bar = _bar(recipe.vae_steps, "VAE", progress)
     for step in range(recipe.vae_steps):
-        for group in opt.param_groups:
-            group["lr"] = recipe.vae_lr * _lr_at(step, recipe.vae_steps, recipe.warmup)
+        _set_lr(opt, recipe.vae_lr, step, recipe.vae_steps, recipe.warmup)
         idx = torch.randint(len(images), (recipe.vae_batch,), generator=gen)
         x = images[idx]
         dist = vae.encode(x).latent_dist
@@ -201,8 +205,7 @@ def train_transformer(transformer, x0: torch.Tensor, embeds: torch.Tensor, promp
     losses = []
     bar = _bar(recipe.steps, "transformer", progress)
     for step in range(recipe.steps):
-        for group in opt.param_groups:
-            group["lr"] = recipe.lr * _lr_at(step, recipe.steps, recipe.warmup)
+        _set_lr(opt, recipe.lr, step, recipe.steps, recipe.warmup)
         idx = torch.randint(len(x0), (recipe.batch,), generator=gen)
         clean = x0[idx]
         noise = torch.randn(clean.shape, generator=gen)

@@ -118,6 +118,20 @@ def shape_mask(shape: str, x0: int, y0: int, size: int, image_size: int = IMAGE_
     raise ValueError(f"unknown shape {shape!r}; the world has {', '.join(SHAPES)}")
 
 
+def prototype_masks(w: int, h: int) -> dict[str, np.ndarray]:
+    """Each class's shape stretched to fill a w x h box (pixel centres): the templates the
+    detector matches components against. The same three shapes as :func:`shape_mask`, in
+    box-normalised coordinates; :func:`shape_mask` keeps its own pixel-unit form because the
+    shipped model's training images are rasterised by it, bit for bit."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
+    u, v = xs / w, ys / h
+    return {
+        "circle": (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25,
+        "square": np.ones((h, w), dtype=bool),
+        "triangle": np.abs(u - 0.5) <= v / 2,  # apex up, base on the bottom edge
+    }
+
+
 def _objects_for(meta: dict, rng: np.random.Generator) -> list[dict]:
     """The objects a metadata entry asks for: class, colour, and the clause each belongs to."""
     objects = []
