@@ -3,8 +3,8 @@
 Why RL on the toy GenEval reward does not learn (issue 11): this measures it. The trainer
 runs its real epochs (sampling, rewards, advantages, the GRPO loss) with a learning rate of
 1e-30, so the weights stay at the base and every optimizer step's gradient (one minibatch of
-``train.batch_size`` samples) is an independent draw of the same random vector g. From n of
-them:
+``train.batch_size`` samples) is treated as an independent draw of the same random vector g
+(approximately: minibatches of one epoch share their groups' reward means). From n of them:
 
 - signal  |E g|^2, unbiased: (|sum g|^2 - sum |g|^2) / (n (n - 1));
 - noise   E |g - E g|^2 (sample variance, summed over coordinates);
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -90,6 +91,14 @@ def run_case(overrides: list[str], epochs: int) -> dict:
         return result
 
 
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    return next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")), platform.machine())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=8)
@@ -97,13 +106,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    report = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__,
-              "epochs": args.epochs, "cases": {}}
+    report = {"machine": f"{cpu_model()}, {os.cpu_count()} cores", "load_average_start": os.getloadavg(),
+              "torch": torch.__version__, "threads": 1, "epochs": args.epochs, "cases": {}}
     for case in args.case:
         name, _, rest = case.partition("=")
         overrides = [o for o in rest.split(",") if o]
         report["cases"][name] = {"overrides": overrides, **run_case(overrides, args.epochs)}
         print(name, json.dumps(report["cases"][name]), flush=True)
+    report["load_average_end"] = os.getloadavg()
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
 
