@@ -25,17 +25,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from precise_fast.toy.pretrain import MODEL_DIR
-from precise_fast.train.config import load_config
-from precise_fast.train.distributed import init_distributed
-from precise_fast.train.trainer import Trainer
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bandwidth import machine_info  # noqa: E402
+
+from precise_fast.toy.pretrain import MODEL_DIR  # noqa: E402
+from precise_fast.train.config import load_config  # noqa: E402
+from precise_fast.train.distributed import init_distributed  # noqa: E402
+from precise_fast.train.trainer import Trainer  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "toy" / "shapes_precise.yaml"
 # Weights frozen in place: no step moves them, no clipping rescales a minibatch's gradient.
@@ -91,14 +95,6 @@ def run_case(overrides: list[str], epochs: int) -> dict:
         return result
 
 
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    return next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")), platform.machine())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=8)
@@ -106,7 +102,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    report = {"machine": f"{cpu_model()}, {os.cpu_count()} cores", "load_average_start": os.getloadavg(),
+    info = machine_info()
+    report = {"machine": f"{info['cpu']}, {info['logical_cores']} cores", "load_average_start": os.getloadavg(),
               "torch": torch.__version__, "threads": 1, "epochs": args.epochs, "cases": {}}
     for case in args.case:
         name, _, rest = case.partition("=")

@@ -3,9 +3,10 @@
     python bench/sampler_study.py                       # `make study`: 5 kinds x 3 seeds
     python bench/sampler_study.py --epochs 8 --seeds 0  # a quick look
 
-Every run is the main job's config (configs/toy/shapes_precise.yaml) on one rank with only
-``sampler.kind`` and ``run.seed`` changed: same prompts, eval seeds, epochs, learning rate,
-group size and steps; each kind runs at its paper noise level (the kinds' defaults:
+Every run is the main job's config (configs/toy/shapes_precise.yaml) on one rank doing the
+main job's epoch (64 rollouts, 4 optimizer steps of 16), with only ``sampler.kind`` and
+``run.seed`` changed: same prompts, eval images (``eval.seed=0``, 62 held-out prompts x 2),
+epochs, learning rate, group size and steps; each kind runs at its paper noise level (the kinds' defaults:
 flow_grpo 0.7, dance_grpo 0.3, cps 0.7, precise 1.5, dance_precise 0.3; shared/SAMPLERS.md).
 Runs go ``--parallel`` at a time (one thread each). Out: ``<out>.json`` (every curve and the
 table) and ``<out>.png`` (held-out eval reward vs epoch and vs training wall-clock, mean and
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -31,9 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bandwidth import machine_info  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "toy" / "shapes_precise.yaml"
 KINDS = ("flow_grpo", "dance_grpo", "cps", "precise", "dance_precise")
+EVAL_SEEDS = 2  # fixed initial latents per held-out prompt (62 x 2 = 124 ODE images per eval)
 
 
 def run_one(kind: str, seed: int, epochs: int, eval_every: int, out_dir: Path, extra: list[str]) -> Path:
@@ -43,7 +48,10 @@ def run_one(kind: str, seed: int, epochs: int, eval_every: int, out_dir: Path, e
     cmd = [sys.executable, "-m", "precise_fast.train", "--config", str(CONFIG),
            "--set", f"sampler.kind={kind}", "--set", f"run.seed={seed}", "--set", f"run.epochs={epochs}",
            "--set", f"run.output_dir={run_dir}", "--set", f"run.name={kind}_seed{seed}",
-           "--set", "sampler.num_batches_per_epoch=8",  # one rank: the main job's 64 images per epoch
+           # One rank doing the main job's epoch: its 64 images and its 4 optimizer steps of 16.
+           "--set", "sampler.num_batches_per_epoch=8", "--set", "train.gradient_accumulation_steps=2",
+           "--set", "eval.seed=0",  # every run seed is evaluated on the same images
+           "--set", f"eval.targets=[{{name: test, kind: ode, num_prompts: 0, images_per_prompt: {EVAL_SEEDS}, batch_size: 31}}]",
            "--set", f"eval.every={eval_every}", "--set", "eval.at_start=true",
            "--set", "checkpoint.every=0", "--set", "checkpoint.export_lora=false",
            "--set", "log.image_every=0", "--set", "log.progress=false", *extra]
@@ -136,8 +144,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--eval-every", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=15)  # the main job's
+    parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--runs", default=str(REPO / "runs" / "sampler_study"), help="folder of the runs")
     parser.add_argument("--out", default=str(REPO / "docs" / "sampler_study"), help="output stem (.json, .png)")
@@ -159,10 +167,11 @@ def main(argv=None) -> int:
     results = {k: [read_run(dirs[(k, s)]) for s in args.seeds] for k in args.kinds}
     summary = summarise(results)
     load = os.getloadavg()
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}"
+    info = machine_info()
+    machine = f"{info['cpu']}, {info['logical_cores']} cores, load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    title = (f"shapes world, {len(args.seeds)} seeds x {args.epochs} epochs, 1 rank, 64 images/epoch, "
+    title = (f"shapes world, {len(args.seeds)} seeds x {args.epochs} epochs, 1 rank, 64 images/epoch (4 steps of 16), "
              f"matched recipe (configs/toy/shapes_precise.yaml)")
     plot(results, out.with_suffix(".png"), title)
     payload = {"config": str(CONFIG.relative_to(REPO)), "epochs": args.epochs, "seeds": args.seeds,

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-prompts", type=int, help="first N prompts of every target (default: the whole test set)")
     p.add_argument("--images-per-prompt", type=int, help="images per prompt, each with its own seed, for every "
                    "target (default: the target's; the paper's eval draws 1, GenEval's protocol 4)")
-    p.add_argument("--seed", type=int, help="eval seed (default: the run's seed)")
+    p.add_argument("--seed", type=int, help="eval seed (default: the run's eval.seed, else its run.seed)")
     p.add_argument("--pretrained-model", help="base model folder or pinned id (default: the config's model.path)")
     p.add_argument("--save-images", action="store_true", help="also write every image as PNG under --out/images")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, jobs = plan(args)
     from ..train.distributed import init_distributed
     from ..train.main import _quiet_libraries
+    from ..train.evaluate import eval_seed
     from .runner import run
 
     _quiet_libraries(int(os.environ.get("RANK", 0)))
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(cfg.run.num_threads)
     dist = init_distributed(cfg.run.device)
     out = _out_dir(args)
-    summary = run(cfg, jobs, out, dist=dist, seed=cfg.run.seed if args.seed is None else args.seed,
+    summary = run(cfg, jobs, out, dist=dist, seed=eval_seed(cfg) if args.seed is None else args.seed,
                   weights=args.weights, save_images=args.save_images, progress=not args.no_progress)
     if dist.is_main:
         n = sum(r["count"] for r in summary["results"])

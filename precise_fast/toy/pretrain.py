@@ -1,10 +1,13 @@
 """Pretrain the shapes world's tiny FLUX.2 Klein: the VAE, then the transformer by flow matching.
 
     python -m precise_fast.toy.pretrain --overwrite   # rebuilds the shipped precise_fast/toy/model
+    python -m precise_fast.toy.pretrain --overwrite --stage1 DIR   # stage 2 only, from DIR
 
-(38 min on one core of a shared 2-core AMD EPYC, 1 min of it the VAE; the shipped files
-came from exactly this command with torch 2.14.1 on one thread. Base quality of the result:
-toy GenEval score 0.253 on the 62 held-out prompts x 2 seeds, ODE, 10 steps.)
+(About 60 min on one core of a shared 2-core AMD EPYC: stage 1 55 min, 2.5 of them the VAE,
+stage 2 6 min. The shipped files came from this recipe with torch 2.14.1 on one thread, run
+as stage 1 alone (``--washout-steps 0``) and then ``--stage1``, which gives the one-shot
+command's bits (tests/toy/test_pretrain.py). Base quality of the result: toy GenEval score
+0.232 on the 62 held-out prompts x 4 seeds, the main job's eval (0.372 after stage 1 alone).)
 
 The architecture is the tiny builder's (:func:`precise_fast.models.tiny.build_tiny_components`:
 ``Flux2KleinPipeline``, a Qwen3 text encoder, ``AutoencoderKLFlux2``) with the sizes below; the
@@ -16,13 +19,22 @@ and the transformer learns to read them).
 2. Latent statistics: the VAE's BatchNorm running mean / variance are set to the per-channel
    statistics of the patchified posterior means, the normalisation the pipeline undoes
    before decoding (:func:`precise_fast.models.decode_latents`).
-3. Transformer: rectified flow on the normalised packed latents, ``x_t = (1 - s) x_0 + s n``,
-   target velocity ``n - x_0`` (FLUX's convention, the one the samplers integrate: shared/
-   SAMPLERS.md), ``s`` half uniform and half logit-normal, conditioned on the pipeline's own
-   prompt embeddings (:class:`precise_fast.models.PromptEncoder`), through the same forward
-   the rollouts use (:func:`precise_fast.models.predict_velocity`). An EMA of the weights is
-   what gets saved.
-4. Scheduler: linear sigmas without FLUX.2's dynamic shift (:func:`toy_scheduler`).
+3. Transformer, stage 1: rectified flow on the normalised packed latents,
+   ``x_t = (1 - s) x_0 + s n``, target velocity ``n - x_0`` (FLUX's convention, the one the
+   samplers integrate: shared/SAMPLERS.md), ``s`` half uniform and half logit-normal,
+   conditioned on the pipeline's own prompt embeddings (:class:`precise_fast.models.PromptEncoder`),
+   through the same forward the rollouts use (:func:`precise_fast.models.predict_velocity`).
+   An EMA of the weights is what stage 2 starts from.
+4. Transformer, stage 2 ("washed-out photos"): the same loss, continued from stage 1's EMA at a
+   lower lr, on the same images of which ``washout_fraction`` are washed out (objects blended
+   ``washout_level`` of the way to the white background, too pale for the detector). Why:
+   measured with ``bench/gradient_snr.py`` (docs/SAMPLER_STUDY.md), a model that only draws
+   vivid shapes gives the GRPO gradient too little signal to learn within the main job's
+   budget: its failures (wrong counts, hybrid shapes, swapped colours) each need their own
+   prompt-specific change. Washed-out samples are a failure *by choice* that every prompt
+   shares, as real pretraining sets mix good and poor photos; GRPO on GenEval learns to
+   avoid it within a few epochs, as it learns to avoid blur or clutter at scale.
+5. Scheduler: linear sigmas without FLUX.2's dynamic shift (:func:`toy_scheduler`).
 
 Deterministic in ``--seed`` on one machine with the same thread count and torch version
 (every random draw comes from seeded generators; nothing runs in parallel processes).
@@ -88,17 +100,28 @@ TOY_VAE_CONFIG = {
 class Recipe:
     seed: int = 0
     num_images: int = 8192  # world samples drawn once and reused by both stages
-    vae_steps: int = 800
+    vae_steps: int = 2000
     vae_batch: int = 32
     vae_lr: float = 3e-3
     kl_weight: float = 1e-3
     foreground_weight: float = 5.0
-    steps: int = 6000
+    steps: int = 10000
     batch: int = 32
     lr: float = 1e-3
     warmup: int = 100
     ema_decay: float = 0.995
     threads: int = 1  # the shipped model was built with one thread (bitwise results depend on it)
+    # Stage 2 (0 steps: none): flow matching continues from stage 1's EMA weights on the same
+    # images, of which a fraction ``washout_fraction`` is washed out (objects blended
+    # ``washout_level`` of the way to the background, too pale for the detector): the world
+    # model then fails by *choice*, one choice shared by every prompt. See the module docstring.
+    washout_steps: int = 1000
+    washout_fraction: float = 0.3
+    washout_level: float = 0.6
+    washout_lr: float = 3e-4
+
+
+STAGE2_FIELDS = ("washout_steps", "washout_fraction", "washout_level", "washout_lr")
 
 
 def world_images(recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,6 +135,21 @@ def world_images(recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
         prompts.append(index[prompt])
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return x, torch.tensor(prompts)
+
+
+def washed_out(image: np.ndarray, fraction: float) -> np.ndarray:
+    """``image`` with every non-background pixel moved ``fraction`` of the way to the background."""
+    background = np.array(world.BACKGROUND, dtype=np.float64)
+    out = image.astype(np.float64)
+    objects = (image != background.astype(np.uint8)).any(axis=-1)
+    out[objects] = (1 - fraction) * out[objects] + fraction * background
+    return np.rint(out).astype(np.uint8)
+
+
+def washed_image_tensor(image: torch.Tensor, fraction: float) -> torch.Tensor:
+    """:func:`washed_out` of one (3, H, W) image in [-1, 1], in the same range."""
+    pixels = ((image.permute(1, 2, 0).numpy() + 1.0) * 127.5).round().astype(np.uint8)
+    return torch.from_numpy(washed_out(pixels, fraction)).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -192,22 +230,33 @@ def sample_sigmas(batch: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def train_transformer(transformer, x0: torch.Tensor, embeds: torch.Tensor, prompt_index: torch.Tensor,
-                      recipe: Recipe, progress: bool = True) -> tuple[torch.nn.Module, list[float]]:
-    """Flow matching on packed normalised latents ``x0`` (N, S, C); returns (EMA copy, losses)."""
-    gen = torch.Generator().manual_seed(recipe.seed + 23)
+                      recipe: Recipe, progress: bool = True, *, x0_pale: torch.Tensor | None = None
+                      ) -> tuple[torch.nn.Module, list[float]]:
+    """Flow matching on packed normalised latents ``x0`` (N, S, C); returns (EMA copy, losses).
+
+    Stage 1 without ``x0_pale``; stage 2 (``recipe.washout_*``) with it: each drawn image is
+    replaced by its washed-out latents with probability ``recipe.washout_fraction``.
+    """
+    stage2 = x0_pale is not None
+    steps, lr = (recipe.washout_steps, recipe.washout_lr) if stage2 else (recipe.steps, recipe.lr)
+    gen = torch.Generator().manual_seed(recipe.seed + (29 if stage2 else 23))
+    transformer.requires_grad_(True)
     ema = copy.deepcopy(transformer).requires_grad_(False)
-    opt = torch.optim.AdamW(transformer.parameters(), lr=recipe.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.0)
     rows = int(math.isqrt(x0.shape[1]))  # square images: a rows x rows token grid
     layout = LatentLayout(height=world.IMAGE_SIZE, width=world.IMAGE_SIZE, channels=x0.shape[2], rows=rows, cols=rows)
     img_ids = latent_ids(layout, recipe.batch)
     txt_ids = text_ids(recipe.batch, embeds.shape[1])
     transformer.train()
     losses = []
-    bar = _bar(recipe.steps, "transformer", progress)
-    for step in range(recipe.steps):
-        _set_lr(opt, recipe.lr, step, recipe.steps, recipe.warmup)
+    bar = _bar(steps, "transformer (washout)" if stage2 else "transformer", progress)
+    for step in range(steps):
+        _set_lr(opt, lr, step, steps, recipe.warmup)
         idx = torch.randint(len(x0), (recipe.batch,), generator=gen)
         clean = x0[idx]
+        if stage2:
+            pale = torch.rand(recipe.batch, generator=gen) < recipe.washout_fraction
+            clean = torch.where(pale.view(-1, 1, 1), x0_pale[idx], clean)
         noise = torch.randn(clean.shape, generator=gen)
         sigma = sample_sigmas(recipe.batch, gen)
         noisy = (1 - sigma.view(-1, 1, 1)) * clean + sigma.view(-1, 1, 1) * noise
@@ -240,38 +289,92 @@ def toy_scheduler(scheduler):
     return type(scheduler).from_config(scheduler.config, use_dynamic_shifting=False, shift=1.0)
 
 
-def pretrain(out_dir: str | Path, recipe: Recipe = Recipe(), *, overwrite: bool = False, progress: bool = True) -> Path:
-    """Build, train and save the world's pipeline to ``out_dir``; returns the folder."""
-    from diffusers import Flux2KleinPipeline
+def _stage1_recipe(recipe: Recipe) -> dict:
+    return {k: v for k, v in dataclasses.asdict(recipe).items() if k not in STAGE2_FIELDS}
 
-    torch.set_num_threads(recipe.threads)
-    started = time.perf_counter()
+
+def fresh_components(recipe: Recipe) -> dict:
+    """The untrained world pipeline's components (the tiny builder at the world's sizes)."""
     records = world.all_prompts()
     corpus = "\n".join(r["prompt"] for r in records) + "\n"
     components = build_tiny_components(recipe.seed, transformer_config=TOY_TRANSFORMER_CONFIG,
                                        vae_config=TOY_VAE_CONFIG, extra_corpus=corpus * 4)
     components["scheduler"] = toy_scheduler(components["scheduler"])
+    return components
+
+
+def load_stage1(folder: str | Path, recipe: Recipe) -> tuple[dict, dict]:
+    """(components, marker) of a stage-1 build of ``recipe`` saved in ``folder``; refuses another recipe's.
+
+    Fresh components with the trained VAE and transformer weights loaded into them (rather
+    than ``from_pretrained``, which records the folder and the tokenizer's state in the
+    configs), so the saved result is file for file the one-shot build's.
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    marker_path = folder / MARKER_NAME
+    if not marker_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a shapes-world build (no {MARKER_NAME})")
+    marker = json.loads(marker_path.read_text())
+    if marker.get("stage2") is not None or _stage1_recipe(Recipe(**marker["recipe"])) != _stage1_recipe(recipe):
+        raise ValueError(f"{folder} is not stage 1 of this recipe: its marker says {marker['recipe']}")
+    components = fresh_components(recipe)
+    for name in ("transformer", "vae"):
+        components[name].load_state_dict(load_file(str(folder / name / "diffusion_pytorch_model.safetensors")))
+    return components, marker
+
+
+def pretrain(out_dir: str | Path, recipe: Recipe = Recipe(), *, overwrite: bool = False, progress: bool = True,
+             stage1: str | Path | None = None) -> Path:
+    """Build, train and save the world's pipeline to ``out_dir``; returns the folder.
+
+    ``stage1``: a folder holding stage 1 of this same recipe (built with ``washout_steps=0``);
+    its weights are loaded instead of retrained, which gives the same bits as one full run
+    (saved float32 weights round-trip exactly; every stage seeds its own generators).
+    """
+    from diffusers import Flux2KleinPipeline
+
+    torch.set_num_threads(recipe.threads)
+    started = time.perf_counter()
+    records = world.all_prompts()
+    if stage1 is None:
+        components = fresh_components(recipe)
+    else:
+        components, stage1_marker = load_stage1(stage1, recipe)
     pipe = Flux2KleinPipeline(is_distilled=False, **components)
     torch.manual_seed(recipe.seed)
     images, prompt_index = world_images(recipe)
-    vae_losses = train_vae(pipe.vae, images, recipe, progress)
+    if stage1 is None:
+        vae_losses = train_vae(pipe.vae, images, recipe, progress)
     latents = packed_latents(pipe.vae, images)
-    set_latent_statistics(pipe.vae, latents)
+    if stage1 is None:
+        set_latent_statistics(pipe.vae, latents)
     x0 = pack_latents(normalize(pipe.vae, latents))
     encoder = PromptEncoder(pipe, max_length=TOY_MAX_TEXT_LEN, layers=TINY_TEXT_LAYERS, dtype=torch.float32)
     embeds = torch.cat([encoder.encode_uncached([r["prompt"]]) for r in records])
-    ema, losses = train_transformer(pipe.transformer, x0, embeds, prompt_index, recipe, progress)
+    if stage1 is None:
+        ema, losses = train_transformer(pipe.transformer, x0, embeds, prompt_index, recipe, progress)
+        marker = {
+            "world": "shapes",
+            "recipe": dataclasses.asdict(recipe),
+            "max_text_len": TOY_MAX_TEXT_LEN,
+            "text_layers": list(TINY_TEXT_LAYERS),
+            "image_size": world.IMAGE_SIZE,
+            "final_vae_loss": float(np.mean(vae_losses[-50:])),
+            "final_flow_loss": float(np.mean(losses[-200:])),
+            "stage2": None,
+        }
+    else:
+        ema, marker = pipe.transformer, {**stage1_marker, "recipe": dataclasses.asdict(recipe)}
+        started -= stage1_marker["train_seconds"]
+    if recipe.washout_steps > 0:
+        pale = torch.stack([washed_image_tensor(im, recipe.washout_level) for im in images])
+        x0_pale = pack_latents(normalize(pipe.vae, packed_latents(pipe.vae, pale)))
+        ema, losses = train_transformer(ema, x0, embeds, prompt_index, recipe, progress, x0_pale=x0_pale)
+        marker["stage2"] = {"final_flow_loss": float(np.mean(losses[-200:]))}
     components["transformer"] = ema
-    marker = {
-        "world": "shapes",
-        "recipe": dataclasses.asdict(recipe),
-        "max_text_len": TOY_MAX_TEXT_LEN,
-        "text_layers": list(TINY_TEXT_LAYERS),
-        "image_size": world.IMAGE_SIZE,
-        "final_vae_loss": float(np.mean(vae_losses[-50:])),
-        "final_flow_loss": float(np.mean(losses[-200:])),
-        "train_seconds": round(time.perf_counter() - started, 1),
-    }
+    marker["train_seconds"] = round(time.perf_counter() - started, 1)
     out = build_tiny_pipeline(out_dir, recipe.seed, overwrite=overwrite, components=components, marker=marker)
     (out / MARKER_NAME).write_text(json.dumps(marker, indent=1) + "\n")
     (out / "precise_fast_tiny.json").unlink(missing_ok=True)
@@ -282,11 +385,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(MODEL_DIR), help="output folder (default: the shipped model's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    parser.add_argument("--stage1", default=None, help="a folder with stage 1 of this recipe (--washout-steps 0): only stage 2 runs")
     for field in dataclasses.fields(Recipe):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
     args = parser.parse_args(argv)
     recipe = Recipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)})
-    out = pretrain(args.out, recipe, overwrite=args.overwrite)
+    out = pretrain(args.out, recipe, overwrite=args.overwrite, stage1=args.stage1)
     info = json.loads((out / MARKER_NAME).read_text())
     print(f"wrote {out} in {info['train_seconds']} s (VAE loss {info['final_vae_loss']:.4f}, "
           f"flow loss {info['final_flow_loss']:.4f})")

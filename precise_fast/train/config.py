@@ -201,6 +201,9 @@ class EvalConfig:
     kind: Literal["ode", "flow_grpo", "dance_grpo", "cps", "precise", "dance_precise"] = "ode"
     use_ema: bool = True
     at_start: bool = False
+    # Seed of the eval items' noise (None: run.seed). Fix it to compare runs that differ in
+    # run.seed on the same eval images (the learning test, the sampler study).
+    seed: Union[int, None] = None
     targets: list[EvalTarget] = field(default_factory=list)  # empty: one target from the fields above
 
 

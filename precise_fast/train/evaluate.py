@@ -93,6 +93,11 @@ def resolve_targets(cfg) -> list[Target]:
     return [resolve_target(legacy, cfg, legacy=True)]
 
 
+def eval_seed(cfg) -> int:
+    """The seed of a run's eval items: ``eval.seed``, or the run's seed when unset."""
+    return cfg.run.seed if cfg.eval.seed is None else int(cfg.eval.seed)
+
+
 def item_seed(seed: int, index: int) -> int:
     return mix_seed(seed, _EVAL, index)
 
@@ -252,7 +257,7 @@ def evaluate(evaluator: Evaluator, *, cfg, rank: int, world_size: int, weights_c
             preview = {"images": [], "prompts": [], "rewards": []}
             records = []
             for indices, counted in rank_batches(evaluator.num_items(t), t.batch_size, rank, world_size, pad=True):
-                batch, images = evaluator.score_batch(t, indices, seed=cfg.run.seed)
+                batch, images = evaluator.score_batch(t, indices, seed=eval_seed(cfg))
                 if not counted:
                     continue
                 records += batch

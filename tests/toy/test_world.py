@@ -73,6 +73,11 @@ def test_renders_obey_their_metadata(seed):
         for i, a in enumerate(objects):
             for b in objects[:i]:
                 assert world._boxes_clear(a["box"], b["box"])
+        for o in objects:  # on the token lattice and inside the canvas
+            x0, y0, size = o["box"]
+            assert x0 % world.LATTICE == 0 and y0 % world.LATTICE == 0
+            assert world.SIZE_RANGE[0] <= size <= world.SIZE_RANGE[1]
+            assert x0 + size <= world.IMAGE_SIZE and y0 + size <= world.IMAGE_SIZE
 
 
 def test_unknown_shape_is_a_clear_error():
