@@ -37,12 +37,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bandwidth import machine_info  # noqa: E402
 
 from precise_fast.toy.pretrain import MODEL_DIR  # noqa: E402
+from precise_fast.toy.protocol import MAIN_JOB_CONFIG as CONFIG, one_rank_epoch  # noqa: E402
 from precise_fast.train.config import load_config  # noqa: E402
 from precise_fast.train.distributed import init_distributed  # noqa: E402
 from precise_fast.train.trainer import Trainer  # noqa: E402
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "toy" / "shapes_precise.yaml"
 # Weights frozen in place: no step moves them, no clipping rescales a minibatch's gradient.
+# After one_rank_epoch(): accumulation 1 overrides its 2, so every minibatch is one recorded step.
 FROZEN = ["train.lr=1e-30", "train.beta=0", "train.ema=false", "train.max_grad_norm=1e9", "train.weight_decay=0",
           "train.gradient_accumulation_steps=1", "eval.every=0", "eval.at_start=false", "checkpoint.every=0",
           "checkpoint.export_lora=false", "log.image_every=0", "log.progress=false"]
@@ -82,7 +83,7 @@ def signal_to_noise(grads: list[torch.Tensor], splits: int = 50) -> dict:
 def run_case(overrides: list[str], epochs: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(CONFIG, [f"model.path={MODEL_DIR}", f"run.output_dir={out}", f"run.epochs={epochs}",
-                                   "sampler.num_batches_per_epoch=8", *FROZEN, *overrides])
+                                   *one_rank_epoch(), *FROZEN, *overrides])
         trainer = Trainer(cfg, init_distributed("cpu"))
         grads = record_gradients(trainer)
         start = time.perf_counter()

@@ -35,8 +35,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bandwidth import machine_info  # noqa: E402
 
+from precise_fast.toy.protocol import MAIN_JOB_CONFIG as CONFIG, fixed_eval, one_rank_epoch  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "toy" / "shapes_precise.yaml"
 KINDS = ("flow_grpo", "dance_grpo", "cps", "precise", "dance_precise")
 EVAL_SEEDS = 2  # fixed initial latents per held-out prompt (62 x 2 = 124 ODE images per eval)
 
@@ -48,10 +49,9 @@ def run_one(kind: str, seed: int, epochs: int, eval_every: int, out_dir: Path, e
     cmd = [sys.executable, "-m", "precise_fast.train", "--config", str(CONFIG),
            "--set", f"sampler.kind={kind}", "--set", f"run.seed={seed}", "--set", f"run.epochs={epochs}",
            "--set", f"run.output_dir={run_dir}", "--set", f"run.name={kind}_seed{seed}",
-           # One rank doing the main job's epoch: its 64 images and its 4 optimizer steps of 16.
-           "--set", "sampler.num_batches_per_epoch=8", "--set", "train.gradient_accumulation_steps=2",
-           "--set", "eval.seed=0",  # every run seed is evaluated on the same images
-           "--set", f"eval.targets=[{{name: test, kind: ode, num_prompts: 0, images_per_prompt: {EVAL_SEEDS}, batch_size: 31}}]",
+           # One rank doing the main job's epoch (64 images, 4 optimizer steps of 16); every run
+           # seed evaluated on the same images.
+           *(x for o in one_rank_epoch() + fixed_eval(EVAL_SEEDS) for x in ("--set", o)),
            "--set", f"eval.every={eval_every}", "--set", "eval.at_start=true",
            "--set", "checkpoint.every=0", "--set", "checkpoint.export_lora=false",
            "--set", "log.image_every=0", "--set", "log.progress=false", *extra]
@@ -132,7 +132,8 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
 
 
 def print_table(summary: dict) -> None:
-    print(f"best baseline final eval reward: {summary['best_baseline_final']:.4f}")
+    best = summary["best_baseline_final"]
+    print("best baseline final eval reward: " + ("none (no baseline kind ran)" if best is None else f"{best:.4f}"))
     print(f"{'kind':15s} {'base':>7s} {'final':>15s} {'t->best base (s)':>17s} {'sum drops':>10s} {'max drop':>9s} {'train s':>8s}")
     for kind, row in summary["table"].items():
         t = row["time_to_best_baseline_s"]

@@ -15,23 +15,21 @@ rise above it is learning. Seed 0 is the one run here.
 """
 
 from precise_fast.toy.pretrain import MODEL_DIR
+from precise_fast.toy.protocol import MAIN_JOB_CONFIG, fixed_eval, one_rank_epoch
 from precise_fast.train.config import load_config
 from precise_fast.train.distributed import init_distributed
 from precise_fast.train.trainer import Trainer
 
 EPOCHS = 10
-EVAL_PROMPTS = 0  # 0: all 62 held-out prompts
 EVAL_SEEDS = 2
 MARGIN = 0.03
 
 
 def learning_config(out_dir, seed: int = 0):
-    return load_config("configs/toy/shapes_precise.yaml", [
+    return load_config(MAIN_JOB_CONFIG, [
         f"model.path={MODEL_DIR}", f"run.output_dir={out_dir}", f"run.epochs={EPOCHS}", f"run.seed={seed}",
-        # One rank doing the main job's epoch: its 64 rollouts and its 4 optimizer steps of 16.
-        "sampler.num_batches_per_epoch=8", "train.gradient_accumulation_steps=2",
-        f"eval.every={EPOCHS}", "eval.at_start=true", "eval.seed=0",  # the same eval images for every run seed
-        f"eval.targets=[{{name: test, kind: ode, num_prompts: {EVAL_PROMPTS}, images_per_prompt: {EVAL_SEEDS}, batch_size: 31}}]",
+        *one_rank_epoch(),  # the main job's 64 rollouts and 4 optimizer steps of 16, on one rank
+        *fixed_eval(EVAL_SEEDS), f"eval.every={EPOCHS}", "eval.at_start=true",
         "checkpoint.every=0", "checkpoint.export_lora=false", "log.image_every=0", "log.progress=false",
     ])
 

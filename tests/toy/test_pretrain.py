@@ -104,8 +104,8 @@ def test_washed_out_objects_stop_being_detected():
     """Why the washout is RL's headroom: GenEval's detector needs vivid objects (the toy
     detector's colour segmentation puts a pixel in the background past ~0.4 of the way)."""
     reward = ToyGenEvalReward()
-    metas = [pretrain.world.sample(s)[2] for s in range(12)]
-    images = [pretrain.world.sample(s)[0] for s in range(12)]
+    samples = [pretrain.world.sample(s) for s in range(12)]
+    images, metas = [im for im, _, _ in samples], [m for _, _, m in samples]
 
     def score(fraction):
         x = np.stack([pretrain.washed_out(im, fraction) for im in images])
