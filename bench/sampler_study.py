@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=15)  # the main job's
-    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--eval-every", type=int, default=3)  # 6 points on the curves
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--runs", default=str(REPO / "runs" / "sampler_study"), help="folder of the runs")
     parser.add_argument("--out", default=str(REPO / "docs" / "sampler_study"), help="output stem (.json, .png)")

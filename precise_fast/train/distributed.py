@@ -75,6 +75,19 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def finish_distributed() -> None:
+    """Ends the process group in step on every rank at the end of a finished run.
+
+    Left to interpreter exit, gloo's connection threads are torn down while the peer rank may
+    already have closed its sockets, and a rank can abort at exit ("terminate called without
+    an active exception", exit status -6, which the launcher reports as 250): seen once in the
+    2-rank resume test. PyTorch asks for ``destroy_process_group`` before exit for this reason.
+    """
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def _comm_device(t: torch.Tensor) -> torch.device:
     """gloo reduces CPU tensors, NCCL CUDA ones; callers may hand either."""
     if torch.distributed.get_backend() == "nccl":

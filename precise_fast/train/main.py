@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         print(dump_config(cfg))
         return 0
     _quiet_libraries(rank)
-    from .distributed import all_reduce_max_, init_distributed
+    import torch.distributed
+
+    from .distributed import all_reduce_max_, finish_distributed, init_distributed
     from .health import TrainingHealthError
     from .checkpoint import DiskFullError
     from .signals import StopRequest, StopRequested
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = StopRequest(all_reduce_max_)  # before the slow start: a TERM while loading stops at the first safe point
     trainer = None
+    owns_group = not torch.distributed.is_initialized()  # in-process callers (tests) may bring their own
     try:
         dist = init_distributed(cfg.run.device)
         trainer = Trainer(cfg, dist, resume=args.resume, resume_or_start=args.resume_or_start, stop=stop)
@@ -113,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         if trainer is not None:
             trainer.close()
         stop.restore()
+    if owns_group:
+        finish_distributed()
     return 0
 
 

@@ -1,0 +1,43 @@
+"""A finished ``python -m precise_fast.train`` ends its process group before it exits.
+
+Left to interpreter exit, gloo's threads can abort a rank whose peer already closed its
+sockets ("terminate called without an active exception", seen once in the 2-rank resume
+test: tests/train/test_distributed.py); precise_fast/train/distributed.py:finish_distributed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from .conftest import REPO, SMALL, TINY_CONFIG
+
+PROBE = """
+import sys, torch.distributed
+from precise_fast.train.main import main
+rc = main(sys.argv[1:])
+print("rc", rc, "group left", torch.distributed.is_initialized())
+"""
+
+
+def test_a_finished_run_destroys_the_process_group_it_made(tmp_path):
+    overrides = [a for o in (*SMALL, f"run.output_dir={tmp_path / 'run'}") for a in ("--set", o)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # an in-process group's
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-c", PROBE, "--config", str(TINY_CONFIG), *overrides], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "rc 0 group left False" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_an_in_process_caller_keeps_its_own_group(tmp_path, dist1):
+    """Tests (and notebooks) that bring a process group keep it after main() returns."""
+    import torch.distributed
+
+    from precise_fast.train.main import main
+
+    overrides = [a for o in (*SMALL, f"run.output_dir={tmp_path / 'run'}") for a in ("--set", o)]
+    assert main(["--config", str(TINY_CONFIG), *overrides]) == 0
+    assert torch.distributed.is_initialized()
