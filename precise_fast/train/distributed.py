@@ -78,10 +78,12 @@ def barrier() -> None:
 def finish_distributed() -> None:
     """Ends the process group in step on every rank at the end of a finished run.
 
-    Left to interpreter exit, gloo's connection threads are torn down while the peer rank may
-    already have closed its sockets, and a rank can abort at exit ("terminate called without
-    an active exception", exit status -6, which the launcher reports as 250): seen once in the
-    2-rank resume test. PyTorch asks for ``destroy_process_group`` before exit for this reason.
+    Left to interpreter exit, gloo's connection threads are torn down in whatever order the
+    interpreter frees them, while the peer rank may already have closed its sockets. The
+    2-rank resume test once saw a rank abort ("terminate called without an active exception",
+    exit status -6, which the launcher reports as 250; not reproduced in 8 further launches);
+    this exit-time race is the likely cause, and PyTorch asks for ``destroy_process_group``
+    before exit. The barrier first: no rank tears down while another still talks to it.
     """
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
