@@ -10,7 +10,6 @@ the 95% CI, resumability and rank-independent sharding, checked here.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -23,6 +22,7 @@ import yaml
 
 from precise_fast.eval.cli import main as eval_main
 
+from ..child_env import child_env
 from .conftest import REPO
 
 YAML_TARGET = [{"name": "yaml_ode", "kind": "ode", "num_steps": 3, "batch_size": 2, "reward": "jpeg_incompressibility"}]
@@ -31,13 +31,6 @@ CONFIG_STRING = '2|precise|0|3|pickscore|{"jpeg_incompressibility": 1.0, "jpeg_c
 
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PRECISE_FAST_CRASH_AT"):
-        env.pop(key, None)
-    return env
 
 
 def _free_port() -> int:
@@ -119,7 +112,7 @@ def test_killed_eval_resumes_and_skips_finished_items(short_run, tmp_path):
     out = tmp_path / "eval"
     cmd = [sys.executable, "-m", "precise_fast.eval", str(run), "--out", str(out), "--no-progress",
            "--set", "eval.targets=[{name: t, kind: ode, num_steps: 2, batch_size: 2, num_prompts: 5}]"]
-    env = _env()
+    env = child_env()
     env["PRECISE_FAST_CRASH_AT"] = "eval_batch:4"
     killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, start_new_session=True, cwd=REPO)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
@@ -128,7 +121,7 @@ def test_killed_eval_resumes_and_skips_finished_items(short_run, tmp_path):
     assert len(before) == 2 + 2 + 1 + 2  # base: batches of 2, 2, 1; then the first batch of checkpoint 1
     assert not (out / "summary.json").exists()
 
-    resumed = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, start_new_session=True,
+    resumed = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=300, start_new_session=True,
                              cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "7 items already in" in resumed.stdout and "rank 0 scores 8 images" in resumed.stdout
@@ -153,7 +146,7 @@ def test_two_ranks_give_the_same_summary_as_one(short_run, tmp_path):
     launcher = str(Path(sys.executable).parent / "deepspeed")
     cmd = [launcher, "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "precise_fast.eval",
            *common, "--out", str(two)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400, start_new_session=True, cwd=REPO)
+    proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=400, start_new_session=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert json.loads((two / "summary.json").read_text())["results"] == \
         json.loads((one / "summary.json").read_text())["results"]

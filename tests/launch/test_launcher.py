@@ -21,6 +21,7 @@ import pytest
 from precise_fast import cli, launch
 from precise_fast.train.config import load_config
 
+from ..child_env import child_env
 from ..eval.conftest import REPO, TINY_CONFIG
 
 PAIRS = [(r, s) for r in launch.REWARDS for s in launch.SDES]
@@ -144,7 +145,6 @@ def test_our_server_without_a_detector_is_reported_not_waited_for():
 def test_the_launcher_runs_deepspeed(tmp_path, monkeypatch):
     """Not a dry run: the recipe (shrunk to the tiny model by overrides) trains one epoch under
     the real ``deepspeed`` launcher, which the launcher started."""
-    import os
     import subprocess
 
     out = tmp_path / "run"
@@ -156,10 +156,7 @@ def test_the_launcher_runs_deepspeed(tmp_path, monkeypatch):
             "eval.every=0", "checkpoint.every=0", "log.progress=false", "log.image_every=0"]
     argv = ["train", "--reward", "mix", "--sde", "flow_grpo", "--steps", "3", "--num-gpus", "1",
             "--master-port", str(_free_port()), *[a for o in tiny for a in ("--set", o)]]
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    proc = subprocess.run([sys.executable, "-m", "precise_fast.cli", *argv], env=env, cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "precise_fast.cli", *argv], env=child_env(), cwd=REPO, capture_output=True,
                           text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "[precise_fast] done: mix_flow_grpo, 1 epochs" in proc.stdout

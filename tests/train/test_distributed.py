@@ -15,7 +15,6 @@ which is what lets 1 rank reproduce 2 ranks' updates.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -27,6 +26,7 @@ import torch
 
 from precise_fast.train.checkpoint import list_checkpoints, read_manifest, resolve_resume
 
+from ..child_env import child_env
 from .conftest import TINY_CONFIG
 
 RUN = (
@@ -65,10 +65,7 @@ def _launch(out: Path, *, world: int, extra=(), crash: str | None = None, resume
     else:
         launcher = str(Path(sys.executable).parent / "deepspeed")
         cmd = [launcher, "--num_gpus", str(world), "--master_port", str(_free_port()), *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    env.pop("PRECISE_FAST_CRASH_AT", None)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # set by an in-process test group
-        env.pop(key, None)
+    env = child_env()
     if crash:
         env["PRECISE_FAST_CRASH_AT"] = crash
     # A new session: the crash hook SIGKILLs the whole process group (launcher and ranks), like a machine loss.

@@ -7,10 +7,10 @@ test: tests/train/test_distributed.py); precise_fast/train/distributed.py:finish
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
+from ..child_env import child_env
 from .conftest import REPO, SMALL, TINY_CONFIG
 
 PROBE = """
@@ -23,10 +23,7 @@ print("rc", rc, "group left", torch.distributed.is_initialized())
 
 def test_a_finished_run_destroys_the_process_group_it_made(tmp_path):
     overrides = [a for o in (*SMALL, f"run.output_dir={tmp_path / 'run'}") for a in ("--set", o)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # an in-process group's
-        env.pop(key, None)
-    proc = subprocess.run([sys.executable, "-c", PROBE, "--config", str(TINY_CONFIG), *overrides], env=env,
+    proc = subprocess.run([sys.executable, "-c", PROBE, "--config", str(TINY_CONFIG), *overrides], env=child_env(),
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "rc 0 group left False" in proc.stdout, proc.stdout[-2000:]

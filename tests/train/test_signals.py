@@ -21,6 +21,7 @@ import pytest
 from precise_fast.train.checkpoint import list_checkpoints, verify_checkpoint
 from precise_fast.train.signals import StopRequest, StopRequested
 
+from ..child_env import child_env
 from .conftest import REPO, TINY_CONFIG, small_config
 from .process_tree import assert_none_left
 
@@ -104,9 +105,7 @@ def _start(out: Path, log: Path, *, resume: bool) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "precise_fast.train.supervise", "--grace", "120", "--", deepspeed, "--num_gpus", "2",
            "--master_port", str(_free_port()), "--module", "precise_fast.train", "--config", str(TINY_CONFIG),
            *overrides, *(["--resume"] if resume else [])]
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PRECISE_FAST_CRASH_AT"):
-        env.pop(key, None)
+    env = child_env()
     return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
