@@ -314,6 +314,10 @@ def test_public_api_overhead_and_score_with_mean(benchmark):
         "compiled_mean": lambda: compiled_mean(x, v, prev, s, s_next, sd),
         "op_lp": lambda: op(x, v, prev, s, s_next, sd, None, "precise", False),
         "compiled_lp": lambda: compiled_lp(x, v, prev, s, s_next, sd),
+        # Speed of light for the same memory traffic: torch's own elementwise loops that move
+        # the op's bytes with next to no arithmetic (3 arrays in, 1 out; 2 in, 1 out).
+        "addcmul_3in_1out": lambda: torch.addcmul(x, v, prev),
+        "add_2in_1out": lambda: torch.add(x, v),
     }
     lp_ref, mean_ref = _plain_score(x, v, prev, s, s_next, sd, True)
     got = calls["step"]()
@@ -378,6 +382,9 @@ def test_public_api_overhead_and_score_with_mean(benchmark):
             "score_step_over_op": ratio("score_step_mean", "op_mean"),
             "compiled_over_fused_with_mean": ratio("compiled_mean", "op_mean"),
             "compiled_over_fused_log_prob_only": ratio("compiled_lp", "op_lp"),
+            # How close the op is to the memory traffic's own cost (1.0: as fast as torch's loops).
+            "fused_with_mean_over_addcmul": ratio("op_mean", "addcmul_3in_1out"),
+            "fused_log_prob_only_over_add": ratio("op_lp", "add_2in_1out"),
         },
         "ratios_of_best": {
             "step_over_op": min(times["step"]) / min(times["op_mean"]),
