@@ -325,6 +325,28 @@ def load_stage1(folder: str | Path, recipe: Recipe) -> tuple[dict, dict]:
     return components, marker
 
 
+def train_stage1(pipe, images: torch.Tensor, prompt_index: torch.Tensor, embeds: torch.Tensor, recipe: Recipe,
+                 progress: bool = True) -> tuple[torch.nn.Module, dict]:
+    """Stage 1 on ``pipe`` (fresh components): the VAE, its latent statistics, then the
+    transformer on vivid images only; returns (the transformer's EMA, the build marker)."""
+    vae_losses = train_vae(pipe.vae, images, recipe, progress)
+    latents = packed_latents(pipe.vae, images)
+    set_latent_statistics(pipe.vae, latents)
+    x0 = pack_latents(normalize(pipe.vae, latents))
+    ema, losses = train_transformer(pipe.transformer, x0, embeds, prompt_index, recipe, progress)
+    marker = {
+        "world": "shapes",
+        "recipe": dataclasses.asdict(recipe),
+        "max_text_len": TOY_MAX_TEXT_LEN,
+        "text_layers": list(TINY_TEXT_LAYERS),
+        "image_size": world.IMAGE_SIZE,
+        "final_vae_loss": float(np.mean(vae_losses[-50:])),
+        "final_flow_loss": float(np.mean(losses[-200:])),
+        "stage2": None,
+    }
+    return ema, marker
+
+
 def pretrain(out_dir: str | Path, recipe: Recipe = Recipe(), *, overwrite: bool = False, progress: bool = True,
              stage1: str | Path | None = None) -> Path:
     """Build, train and save the world's pipeline to ``out_dir``; returns the folder.
@@ -338,42 +360,27 @@ def pretrain(out_dir: str | Path, recipe: Recipe = Recipe(), *, overwrite: bool 
     torch.set_num_threads(recipe.threads)
     started = time.perf_counter()
     records = world.all_prompts()
-    if stage1 is None:
-        components = fresh_components(recipe)
-    else:
-        components, stage1_marker = load_stage1(stage1, recipe)
+    components, marker = (fresh_components(recipe), None) if stage1 is None else load_stage1(stage1, recipe)
     pipe = Flux2KleinPipeline(is_distilled=False, **components)
     torch.manual_seed(recipe.seed)
     images, prompt_index = world_images(recipe)
-    if stage1 is None:
-        vae_losses = train_vae(pipe.vae, images, recipe, progress)
-    latents = packed_latents(pipe.vae, images)
-    if stage1 is None:
-        set_latent_statistics(pipe.vae, latents)
-    x0 = pack_latents(normalize(pipe.vae, latents))
+    # The text encoder never trains and draws no random numbers: its embeddings are the same
+    # before and after stage 1.
     encoder = PromptEncoder(pipe, max_length=TOY_MAX_TEXT_LEN, layers=TINY_TEXT_LAYERS, dtype=torch.float32)
     embeds = torch.cat([encoder.encode_uncached([r["prompt"]]) for r in records])
-    if stage1 is None:
-        ema, losses = train_transformer(pipe.transformer, x0, embeds, prompt_index, recipe, progress)
-        marker = {
-            "world": "shapes",
-            "recipe": dataclasses.asdict(recipe),
-            "max_text_len": TOY_MAX_TEXT_LEN,
-            "text_layers": list(TINY_TEXT_LAYERS),
-            "image_size": world.IMAGE_SIZE,
-            "final_vae_loss": float(np.mean(vae_losses[-50:])),
-            "final_flow_loss": float(np.mean(losses[-200:])),
-            "stage2": None,
-        }
+    if marker is None:
+        components["transformer"], marker = train_stage1(pipe, images, prompt_index, embeds, recipe, progress)
     else:
-        ema, marker = pipe.transformer, {**stage1_marker, "recipe": dataclasses.asdict(recipe)}
-        started -= stage1_marker["train_seconds"]
+        marker = {**marker, "recipe": dataclasses.asdict(recipe)}
+        started -= marker["train_seconds"]
     if recipe.washout_steps > 0:
+        # The VAE is in eval mode after stage 1, so these are stage 1's latents, bit for bit.
+        x0 = pack_latents(normalize(pipe.vae, packed_latents(pipe.vae, images)))
         pale = torch.stack([washed_image_tensor(im, recipe.washout_level) for im in images])
         x0_pale = pack_latents(normalize(pipe.vae, packed_latents(pipe.vae, pale)))
-        ema, losses = train_transformer(ema, x0, embeds, prompt_index, recipe, progress, x0_pale=x0_pale)
+        components["transformer"], losses = train_transformer(components["transformer"], x0, embeds, prompt_index,
+                                                              recipe, progress, x0_pale=x0_pale)
         marker["stage2"] = {"final_flow_loss": float(np.mean(losses[-200:]))}
-    components["transformer"] = ema
     marker["train_seconds"] = round(time.perf_counter() - started, 1)
     out = build_tiny_pipeline(out_dir, recipe.seed, overwrite=overwrite, components=components, marker=marker)
     (out / MARKER_NAME).write_text(json.dumps(marker, indent=1) + "\n")
