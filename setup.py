@@ -52,7 +52,8 @@ def _extensions():
         return [], {}
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
     # C++20: torch 2.14's headers need it. -fno-math-errno lets GCC vectorise sqrtf in the
-    # Box-Muller loop (with errno it keeps a scalar call). -fopenmp: `omp simd` reductions.
+    # Box-Muller loop (with errno it keeps a scalar call). -fopenmp: at::parallel_for is inlined
+    # from ATen/ParallelOpenMP.h, whose `omp parallel` region needs it to run on several threads.
     # -ffp-contract=off: GCC fuses a * b + c into FMA only in the AVX2 / AVX-512 variants,
     # which moved 4% of the normals by 1 ulp against the baseline build; without it every
     # CPU variant gives bitwise the same noise and samples (tests/kernels/test_cpu_isa_variants.py).

@@ -96,6 +96,38 @@ PF_CPU_INLINE void store_block(void* base, Elem elem, int64_t offset, int64_t n,
   }
 }
 
+// ----------------------------------------------------------------------------- block sums
+
+// Sum over i in [0, n) of diff(i)^2 in an order the source fixes: element i adds into lane
+// i % kSumLanes, then the lanes are added in index order. Every per-block sum of the kernel
+// goes through here. `#pragma omp simd reduction` left the order to the compiler, and in the
+// AVX2 variant GCC 12 ordered the sample loop and the fused bf16 score loop differently:
+// re-scoring a stored sample moved its log-prob by an ulp (tests/kernels/backend_checks.py,
+// failing on an AVX2-only host). With the order fixed, every loop and every ISA variant
+// (16 lanes: one AVX-512 or two AVX2 registers) gives the same sum.
+constexpr int kSumLanes = 16;
+
+template <class Diff>
+PF_CPU_INLINE float block_sq_sum(int64_t n, Diff diff) {
+  float lane[kSumLanes] = {};
+  int64_t i = 0;
+  for (; i + kSumLanes <= n; i += kSumLanes) {
+    // One vector lane per element: vectorising this loop keeps each lane's own order.
+#pragma omp simd
+    for (int l = 0; l < kSumLanes; ++l) {
+      const float d = diff(i + l);
+      lane[l] += d * d;
+    }
+  }
+  for (int l = 0; i < n; ++i, ++l) {  // the tail: i % kSumLanes == l
+    const float d = diff(i);
+    lane[l] += d * d;
+  }
+  float sum = 0.0f;
+  for (int l = 0; l < kSumLanes; ++l) sum += lane[l];
+  return sum;
+}
+
 // ----------------------------------------------------------------------------- noise
 
 enum Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
@@ -262,13 +294,7 @@ PF_CPU_INLINE double sample_chunk_impl(const SampleTask& t, int64_t row, int64_t
     }
     for (int64_t i = 0; i < n; ++i) ps[i] = mp[i] + sd * zp[i];
     store_block_rounded(t.prev, t.x_elem, off, n, ps);
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < n; ++i) {
-      const float d = ps[i] - mp[i];
-      sum += d * d;
-    }
-    acc += sum;
+    acc += block_sq_sum(n, [&](int64_t i) { return ps[i] - mp[i]; });
   }
   return acc;
 }
@@ -303,7 +329,7 @@ PF_CPU_INLINE ScoreSums score_chunk_impl(const ScoreTask& t, int64_t row, int64_
   // The training hot path (log-prob only, x, v, prev of one type) reads the streams in
   // the reduction loop itself: no widened scratch and no mean written back. Score forward
   // of 16 x 131072 on one core, best of 40: fp32 0.73 -> 0.49 ms, bf16 0.59 -> 0.43 ms.
-  // The per-block sum is the same loop as everywhere else, so re-scoring stays bitwise
+  // The per-block sum is block_sq_sum, as everywhere else, so re-scoring stays bitwise
   // equal to sample mode's log-prob (tested).
   const bool lp_only = stochastic && t.mean == nullptr && t.old_mean == nullptr && t.x_elem == t.v_elem &&
                        t.x_elem == t.prev_elem && t.x_elem != Elem::F16;
@@ -311,30 +337,21 @@ PF_CPU_INLINE ScoreSums score_chunk_impl(const ScoreTask& t, int64_t row, int64_
     const int64_t n = std::min(kBlock, end - blk);
     const int64_t off = row * t.row_elems + blk;
     if (lp_only) {
-      float sum = 0.0f;
       if (t.x_elem == Elem::BF16) {
         const uint16_t* xb = static_cast<const uint16_t*>(t.x) + off;
         const uint16_t* vb = static_cast<const uint16_t*>(t.v) + off;
         const uint16_t* pb = static_cast<const uint16_t*>(t.prev) + off;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t i = 0; i < n; ++i) {
+        acc.log_prob += block_sq_sum(n, [&](int64_t i) {
           const float m = cx * bits_to_float(static_cast<uint32_t>(xb[i]) << 16) +
                           cv * bits_to_float(static_cast<uint32_t>(vb[i]) << 16);
-          const float d = bits_to_float(static_cast<uint32_t>(pb[i]) << 16) - m;
-          sum += d * d;
-        }
+          return bits_to_float(static_cast<uint32_t>(pb[i]) << 16) - m;
+        });
       } else {
         const float* xf = static_cast<const float*>(t.x) + off;
         const float* vf = static_cast<const float*>(t.v) + off;
         const float* pf = static_cast<const float*>(t.prev) + off;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t i = 0; i < n; ++i) {
-          const float m = cx * xf[i] + cv * vf[i];
-          const float d = pf[i] - m;
-          sum += d * d;
-        }
+        acc.log_prob += block_sq_sum(n, [&](int64_t i) { return pf[i] - (cx * xf[i] + cv * vf[i]); });
       }
-      acc.log_prob += sum;
       continue;
     }
     const float* xp = load_block(t.x, t.x_elem, off, n, xs);
@@ -342,27 +359,17 @@ PF_CPU_INLINE ScoreSums score_chunk_impl(const ScoreTask& t, int64_t row, int64_
     float* mp = t.mean != nullptr ? t.mean + off : ms;
     if (stochastic) {
       const float* pp = load_block(t.prev, t.prev_elem, off, n, ps);
-      float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < n; ++i) {
+      acc.log_prob += block_sq_sum(n, [&](int64_t i) {
         const float m = cx * xp[i] + cv * vp[i];
         mp[i] = m;
-        const float d = pp[i] - m;
-        sum += d * d;
-      }
-      acc.log_prob += sum;
+        return pp[i] - m;
+      });
     } else {
       for (int64_t i = 0; i < n; ++i) mp[i] = cx * xp[i] + cv * vp[i];
     }
     if (t.old_mean != nullptr) {
       const float* op = load_block(t.old_mean, t.old_elem, off, n, os);
-      float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < n; ++i) {
-        const float e = mp[i] - op[i];
-        sum += e * e;
-      }
-      acc.bias += sum;
+      acc.bias += block_sq_sum(n, [&](int64_t i) { return mp[i] - op[i]; });
     }
   }
   return acc;
