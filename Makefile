@@ -11,7 +11,7 @@ demo: setup
 	$(PY) -m precise_fast.cli laws --out outputs/laws
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --durations=30
 
 bench: setup
 	$(PY) -m pytest bench --benchmark-only --benchmark-json=bench/results/latest.json

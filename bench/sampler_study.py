@@ -39,7 +39,6 @@ from precise_fast.toy.protocol import MAIN_JOB_CONFIG as CONFIG, fixed_eval, one
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("flow_grpo", "dance_grpo", "cps", "precise", "dance_precise")
-EVAL_SEEDS = 2  # fixed initial latents per held-out prompt (62 x 2 = 124 ODE images per eval)
 
 
 def run_one(kind: str, seed: int, epochs: int, eval_every: int, out_dir: Path, extra: list[str]) -> Path:
@@ -51,7 +50,7 @@ def run_one(kind: str, seed: int, epochs: int, eval_every: int, out_dir: Path, e
            "--set", f"run.output_dir={run_dir}", "--set", f"run.name={kind}_seed{seed}",
            # One rank doing the main job's epoch (64 images, 4 optimizer steps of 16); every run
            # seed evaluated on the same images.
-           *(x for o in one_rank_epoch() + fixed_eval(EVAL_SEEDS) for x in ("--set", o)),
+           *(x for o in one_rank_epoch() + fixed_eval() for x in ("--set", o)),
            "--set", f"eval.every={eval_every}", "--set", "eval.at_start=true",
            "--set", "checkpoint.every=0", "--set", "checkpoint.export_lora=false",
            "--set", "log.image_every=0", "--set", "log.progress=false", *extra]
@@ -145,8 +144,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=15)  # the main job's
-    parser.add_argument("--eval-every", type=int, default=3)  # 6 points on the curves
+    from precise_fast.train.config import load_config
+
+    parser.add_argument("--epochs", type=int, default=load_config(CONFIG).run.epochs, help="default: the main job's")
+    parser.add_argument("--eval-every", type=int, default=2, help="epochs between evals (default 2: 6 points over 10 epochs)")
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--runs", default=str(REPO / "runs" / "sampler_study"), help="folder of the runs")
     parser.add_argument("--out", default=str(REPO / "docs" / "sampler_study"), help="output stem (.json, .png)")

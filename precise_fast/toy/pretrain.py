@@ -3,11 +3,13 @@
     python -m precise_fast.toy.pretrain --overwrite   # rebuilds the shipped precise_fast/toy/model
     python -m precise_fast.toy.pretrain --overwrite --stage1 DIR   # stage 2 only, from DIR
 
-(About 60 min on one core of a shared 2-core AMD EPYC: stage 1 55 min, 2.5 of them the VAE,
-stage 2 6 min. The shipped files came from this recipe with torch 2.14.1 on one thread, run
-as stage 1 alone (``--washout-steps 0``) and then ``--stage1``, which gives the one-shot
-command's bits (tests/toy/test_pretrain.py). Base quality of the result: toy GenEval score
-0.232 on the 62 held-out prompts x 4 seeds, the main job's eval (0.372 after stage 1 alone).)
+(About 2 h 10 min on a 2-core machine: stage 1 123 min on a shared 2-core AMD EPYC, 2.5 of
+them the VAE; stage 2 4 min on a 2-core Intel Xeon. The shipped files came from this recipe with
+torch 2.14.1 on two threads, run as stage 1 alone (``--washout-steps 0``, kept in
+bench/results/toy_stage1_20k) and then ``--stage1`` from that folder, which gives the one-shot
+command's bits on one machine (tests/toy/test_pretrain.py). Across CPUs the last bits may
+differ: torch picks its SIMD kernels per CPU. Base quality of the result: toy GenEval score
+0.241 on the 62 held-out prompts x 4 seeds, the main job's eval (0.414 after stage 1 alone).)
 
 The architecture is the tiny builder's (:func:`precise_fast.models.tiny.build_tiny_components`:
 ``Flux2KleinPipeline``, a Qwen3 text encoder, ``AutoencoderKLFlux2``) with the sizes below; the
@@ -105,12 +107,12 @@ class Recipe:
     vae_lr: float = 3e-3
     kl_weight: float = 1e-3
     foreground_weight: float = 5.0
-    steps: int = 10000
+    steps: int = 20000
     batch: int = 32
     lr: float = 1e-3
     warmup: int = 100
     ema_decay: float = 0.995
-    threads: int = 1  # the shipped model was built with one thread (bitwise results depend on it)
+    threads: int = 2  # the shipped model was built with two threads (bitwise results depend on it)
     # Stage 2 (0 steps: none): flow matching continues from stage 1's EMA weights on the same
     # images, of which a fraction ``washout_fraction`` is washed out (objects blended
     # ``washout_level`` of the way to the background, too pale for the detector): the world
