@@ -22,6 +22,7 @@ the full parameter is tracked (identical on every rank).
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
@@ -60,6 +61,28 @@ class EMA:
         if self.schedule == "paper":
             return min((1 + s) / (10 + s), self.decay) if (s + 1) % self.interval == 0 else None
         return self.decay if s % self.interval == 0 else None
+
+    def decay_reached_at(self) -> int:
+        """The first optimizer step whose update uses the full ``decay``: 0 for ``fixed``; for
+        ``paper`` the smallest s with (1 + s) / (10 + s) >= decay (80 for 0.9, 290 for 0.97)."""
+        if self.schedule != "paper":
+            return 0
+        s = max(0, math.ceil((10 * self.decay - 1) / (1 - self.decay)) - 1)
+        while (1 + s) / (10 + s) < self.decay:  # the closed form, corrected for float rounding
+            s += 1
+        return s
+
+    def unreached_decay_note(self, optimizer_steps: int) -> str | None:
+        """A one-line note when a run ended (at ``optimizer_steps``) before its ``paper`` ramp
+        reached ``decay``: the configured value then never took effect (a user tuning
+        ``train.ema_decay`` on a short run would otherwise see no change and no reason)."""
+        reached = self.decay_reached_at()
+        if optimizer_steps >= reached:
+            return None
+        last = min((1 + optimizer_steps) / (10 + optimizer_steps), self.decay)
+        return (f"train.ema_decay={self.decay:g} never took effect: under ema_schedule 'paper' the decay ramps as "
+                f"(1 + s) / (10 + s) and reaches {self.decay:g} at optimizer step {reached}; this run ended at step "
+                f"{optimizer_steps} (decay {last:.3f}). ema_schedule: fixed uses the constant decay.")
 
     @torch.no_grad()
     def step(self, optimizer_steps: int) -> bool:

@@ -416,6 +416,9 @@ class Trainer:
         summary = self._summary()
         if self.main:
             save_reward_curve(self.out_dir / "reward_curve.png", self.history, title=cfg.run.name)
+            note = self.ema.unreached_decay_note(self.policy.applied_steps) if self.ema is not None else None
+            if note:
+                print(f"[precise_fast] note: {note}", flush=True)
             print(summary["line"], flush=True)
         return summary
 

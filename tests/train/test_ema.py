@@ -38,3 +38,23 @@ def test_state_roundtrip_and_shape_check():
 def test_bf16_weights_get_a_float32_shadow():
     p = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16))
     assert EMA([p], 0.9, 1).shadow[0].dtype == torch.float32
+
+
+def test_paper_ramp_reaches_the_decay_where_the_closed_form_says():
+    """Tencent-Hunyuan/Precise precise_sde/core/ema.py: decay min((1 + s) / (10 + s), decay)."""
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    for decay, expected in ((0.9, 80), (0.97, 290), (0.5, 8), (0.05, 0)):
+        ema = EMA(p, decay, 1)
+        reached = ema.decay_reached_at()
+        assert reached == expected, decay
+        assert ema.decay_at(reached) == decay and (reached == 0 or ema.decay_at(reached - 1) < decay)
+    assert EMA(p, 0.97, 1, schedule="fixed").decay_reached_at() == 0
+
+
+def test_a_short_run_is_told_its_ema_decay_never_took_effect():
+    """The main job makes 40 optimizer steps: 0.9 would need 80, so setting it changes nothing."""
+    ema = EMA([torch.nn.Parameter(torch.zeros(1))], 0.9, 1)
+    note = ema.unreached_decay_note(40)
+    assert "train.ema_decay=0.9 never took effect" in note and "step 80" in note and "decay 0.820" in note
+    assert ema.unreached_decay_note(80) is None
+    assert EMA([torch.nn.Parameter(torch.zeros(1))], 0.9, 1, schedule="fixed").unreached_decay_note(1) is None
