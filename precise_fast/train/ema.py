@@ -59,8 +59,12 @@ class EMA:
         """The decay an update at ``optimizer_steps`` uses, or None when no update is due."""
         s = int(optimizer_steps)
         if self.schedule == "paper":
-            return min((1 + s) / (10 + s), self.decay) if (s + 1) % self.interval == 0 else None
+            return self._paper_decay(s) if (s + 1) % self.interval == 0 else None
         return self.decay if s % self.interval == 0 else None
+
+    def _paper_decay(self, s: int) -> float:
+        """The paper schedule's decay at ``s`` optimizer steps: a warm-up ramp capped at ``decay``."""
+        return min((1 + s) / (10 + s), self.decay)
 
     def decay_reached_at(self) -> int:
         """The first optimizer step whose update uses the full ``decay``: 0 for ``fixed``; for
@@ -68,7 +72,7 @@ class EMA:
         if self.schedule != "paper":
             return 0
         s = max(0, math.ceil((10 * self.decay - 1) / (1 - self.decay)) - 1)
-        while (1 + s) / (10 + s) < self.decay:  # the closed form, corrected for float rounding
+        while self._paper_decay(s) < self.decay:  # the closed form, corrected for float rounding
             s += 1
         return s
 
@@ -79,7 +83,7 @@ class EMA:
         reached = self.decay_reached_at()
         if optimizer_steps >= reached:
             return None
-        last = min((1 + optimizer_steps) / (10 + optimizer_steps), self.decay)
+        last = self._paper_decay(optimizer_steps)
         return (f"train.ema_decay={self.decay:g} never took effect: under ema_schedule 'paper' the decay ramps as "
                 f"(1 + s) / (10 + s) and reaches {self.decay:g} at optimizer step {reached}; this run ended at step "
                 f"{optimizer_steps} (decay {last:.3f}). ema_schedule: fixed uses the constant decay.")

@@ -10,9 +10,9 @@ training seeds (the eval's prompts and seeds stay fixed), on the shipped model:
     rise      +0.072  +0.106  +0.148  +0.139  +0.042    (base 0.266, 2-core Intel Xeon, ~100 s each,
                                                          two at a time; 2026-12-03)
 
-mean +0.101, sample std 0.045; MARGIN = 0.02 lies between mean - 2 std (0.012) and half the smallest
-rise seen. Without training the eval is bit-identical (same weights, same seeds), so any
-rise above it is learning. Seed 0 is the one run here.
+mean +0.101, sample std 0.045; MARGIN = 0.02 lies between mean - 2 std (0.012) and half the
+smallest rise seen. Without training the eval is bit-identical (same weights, same seeds), so
+any rise above it is learning. Seed 0 is the one run here.
 """
 
 from precise_fast.toy.pretrain import MODEL_DIR
