@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .arguments import check_latents, check_step_values
-from .fused import sample_step, score_step
+from .fused import contiguous_rows, sample_step, score_rows
 from .kinds import STOCHASTIC
 from .ops import BACKENDS, resolve_backend
 from .reference import StepOutput, reference_step
@@ -60,9 +60,8 @@ def step(
             math_dtype=torch.float32,
         )
     if prev_sample is not None:
-        log_prob, mean, _ = score_step(
-            x, v, prev_sample, sigma, next_sigma, std, kind=kind, return_mean=True, backend=chosen
-        )
+        log_prob, mean, _ = score_rows(x, v, prev_sample, *contiguous_rows((sigma, next_sigma, std)), kind=kind,
+                                       return_mean=True, backend=chosen)
         return StepOutput(prev_sample, log_prob, mean)
     if kind in STOCHASTIC and noise is None and seeds is None:
         noise = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=x.device)

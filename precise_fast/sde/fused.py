@@ -32,6 +32,11 @@ def _row_values(x: torch.Tensor, sigma, next_sigma, std):
     batch, device = x.shape[0], x.device
     rows = (per_row(sigma, "sigma", batch, device, torch.float32), per_row(next_sigma, "next_sigma", batch, device, torch.float32),
             per_row(std, "std", batch, device, torch.float32))
+    return contiguous_rows(rows)
+
+
+def contiguous_rows(rows):
+    """The (B,) step rows as the kernels read them (a 0-d value arrives as an expanded view)."""
     return tuple(r if r.is_contiguous() else r.contiguous() for r in rows)
 
 
@@ -137,12 +142,20 @@ def score_step(
     every input dtype.
     """
     check_latents(x, v, kind)
+    s, s_next, sd = _row_values(x, sigma, next_sigma, std)
+    return score_rows(x, v, prev_sample, s, s_next, sd, kind=kind, old_mean=old_mean, return_mean=return_mean,
+                      backend=resolve_backend(backend, x))
+
+
+def score_rows(x, v, prev_sample, s, s_next, sd, *, kind: str, old_mean=None, return_mean: bool, backend: str):
+    """:func:`score_step` after the checks its callers share: ``x`` / ``v`` / ``kind`` checked
+    (:func:`check_latents`), ``s``, ``s_next``, ``sd`` contiguous (B,) float32 rows on x's device and
+    ``backend`` a concrete one (``resolve_backend``). The public ``step`` has done all that
+    itself, so it enters here rather than paying for the same checks twice per call."""
     check_latent_pair(x, prev_sample, "prev_sample")
     if old_mean is not None:
         check_latent_pair(x, old_mean, "old_mean")
-    s, s_next, sd = _row_values(x, sigma, next_sigma, std)
-
-    chosen = resolve_backend(backend, x)
+    chosen = backend
     if chosen == "reference":
         res = reference_step(x, v, s, s_next, sd, kind=kind, prev_sample=prev_sample, math_dtype=torch.float32)
         bias = None
