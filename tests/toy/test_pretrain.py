@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 from precise_fast.models import check_pipeline_folder, load_pipeline
 from precise_fast.toy import pretrain
-from precise_fast.toy.quality import world_score
+from precise_fast.toy.quality import nothing_detected, world_score
 from precise_fast.toy.reward import ToyGenEvalReward
 
 SHORT = pretrain.Recipe(num_images=64, vae_steps=2, steps=2, warmup=1, threads=1, washout_steps=2, washout_fraction=0.5)
@@ -122,12 +122,19 @@ def test_washed_out_objects_stop_being_detected():
     samples = [pretrain.world.sample(s) for s in range(12)]
     images, metas = [im for im, _, _ in samples], [m for _, _, m in samples]
 
-    def score(fraction):
+    def batch(fraction):
         x = np.stack([pretrain.washed_out(im, fraction) for im in images])
-        batch = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
-        return float(reward(batch, [m["prompt"] for m in metas], metas).scores.mean())
+        return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+
+    def score(fraction):
+        return float(reward(batch(fraction), [m["prompt"] for m in metas], metas).scores.mean())
 
     assert score(0.0) == 1.0 and score(0.3) == 1.0 and score(0.6) == 0.0
+    # ... which is what the base-quality split (quality.nothing_detected) counts: stage 2's
+    # washed-out level (Recipe.washout_level 0.6) leaves nothing to detect, vivid renders do.
+    assert not nothing_detected(batch(0.0), reward).any() and not nothing_detected(batch(0.3), reward).any()
+    assert nothing_detected(batch(pretrain.Recipe().washout_level), reward).all()
+    assert nothing_detected(torch.ones(2, 3, 32, 32), reward).all()  # a blank canvas
 
 
 def test_shipped_model_base_quality_leaves_headroom():
