@@ -68,11 +68,13 @@ class EMA:
 
     def decay_reached_at(self) -> int:
         """The first optimizer step whose update uses the full ``decay``: 0 for ``fixed``; for
-        ``paper`` the smallest s with (1 + s) / (10 + s) >= decay (80 for 0.9, 290 for 0.97)."""
+        ``paper`` the smallest s with (1 + s) / (10 + s) >= decay (80 for 0.9, 290 for 0.97) at
+        which an update is due, (s + 1) % interval == 0 (87 for 0.9 at interval 8)."""
         if self.schedule != "paper":
             return 0
         s = max(0, math.ceil((10 * self.decay - 1) / (1 - self.decay)) - 1)
-        while self._paper_decay(s) < self.decay:  # the closed form, corrected for float rounding
+        # From the closed form: on past float rounding, then to the next step an update runs at.
+        while self._paper_decay(s) < self.decay or self.decay_at(s) is None:
             s += 1
         return s
 

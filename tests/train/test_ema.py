@@ -49,6 +49,10 @@ def test_paper_ramp_reaches_the_decay_where_the_closed_form_says():
         assert reached == expected, decay
         assert ema.decay_at(reached) == decay and (reached == 0 or ema.decay_at(reached - 1) < decay)
     assert EMA(p, 0.97, 1, schedule="fixed").decay_reached_at() == 0
+    # With ema_interval 8 the updates run at s = 7, 15, ...: the first at s >= 80 is s = 87.
+    ema = EMA(p, 0.9, 8)
+    assert ema.decay_reached_at() == 87 and ema.decay_at(87) == 0.9
+    assert all(ema.decay_at(s) is None for s in range(80, 87)) and ema.decay_at(79) < 0.9
 
 
 def test_a_short_run_is_told_its_ema_decay_never_took_effect():
