@@ -155,7 +155,7 @@ def score_rows(x, v, prev_sample, s, s_next, sd, *, kind: str, old_mean=None, re
     check_latent_pair(x, prev_sample, "prev_sample")
     if old_mean is not None:
         check_latent_pair(x, old_mean, "old_mean")
-    chosen = backend
+    chosen = backend  # already resolved
     if chosen == "reference":
         res = reference_step(x, v, s, s_next, sd, kind=kind, prev_sample=prev_sample, math_dtype=torch.float32)
         bias = None

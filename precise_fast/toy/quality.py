@@ -24,10 +24,11 @@ NUM_STEPS = 10
 
 def nothing_detected(images: torch.Tensor, reward: ToyGenEvalReward | None = None) -> torch.Tensor:
     """(B,) bool: the reward's detector finds no object at all in the image (no colour
-    component of an object's size, whatever its shape). A washed-out sample (pretrain.py stage 2: objects blended to
-    pale colours, which the detector's colour rule takes for background) is one, as is a
-    blank canvas. The share of such images is the headroom RL on this world removes first
-    (docs/SAMPLER_STUDY.md); the score of the others is the model's composition skill."""
+    component of an object's size, whatever its shape). A washed-out sample (pretrain.py
+    stage 2: objects blended to pale colours, which the detector's colour rule takes for
+    background) is one, as is a blank canvas. The share of such images is the headroom RL
+    on this world removes first (docs/SAMPLER_STUDY.md); the score of the others is the
+    model's composition skill."""
     detector = (reward or ToyGenEvalReward()).scorer.detector
     found = detector.detect([np.asarray(im) for im in to_pil(images)])
     return torch.tensor([all(boxes.shape[0] == 0 for boxes, _ in per_class) for per_class in found])
