@@ -7,11 +7,12 @@ images whatever the run seed). MARGIN comes from the run-to-run spread measured 
 training seeds (the eval's prompts and seeds stay fixed), on the shipped model:
 
     run seed   0       1       2       3       4
-    rise      +0.072  +0.106  +0.148  +0.139  +0.042    (base 0.266, 2-core Intel Xeon, ~100 s each,
-                                                         two at a time; 2026-12-03)
+    rise      +0.145  +0.151  +0.129  +0.174  +0.190    (base 0.214, 2-core AMD EPYC, ~85 s each,
+                                                         two at a time; 2026-12-04)
 
-mean +0.101, sample std 0.045; MARGIN = 0.02 lies between mean - 2 std (0.012) and half the
-smallest rise seen. Without training the eval is bit-identical (same weights, same seeds), so
+mean +0.158, sample std 0.024; MARGIN = 0.07 lies below mean - 2 std (0.110) and near half
+the smallest rise seen (0.065), leaving room for another CPU's rounding (the previous world
+model's seeds rose +0.04 to +0.15 on an Intel Xeon and +0.05 to +0.14 here). Without training the eval is bit-identical (same weights, same seeds), so
 any rise above it is learning. Seed 0 is the one run here.
 """
 
@@ -22,7 +23,7 @@ from precise_fast.train.distributed import init_distributed
 from precise_fast.train.trainer import Trainer
 
 EPOCHS = 10
-MARGIN = 0.02
+MARGIN = 0.07
 
 
 def learning_config(out_dir, seed: int = 0):
