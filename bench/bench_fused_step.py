@@ -332,7 +332,7 @@ def test_public_api_overhead_and_score_with_mean(benchmark):
     # A fresh seeded order every round. A rotation of one fixed order (the first version) gives
     # every call the same predecessor in every round, and at 32 MB a call's inputs are partly
     # still in the last-level cache after some predecessors and not after others: on a 2-core
-    # AMD EPYC that bias alone read step / op as 1.21x (back to back, the same calls: 1.08x).
+    # AMD EPYC that bias alone read step / op as 1.21x (back to back, the same calls: 1.07x).
     order = random.Random(0)
     for _ in range(API_ROUNDS):
         for name in order.sample(names, len(names)):

@@ -12,8 +12,9 @@ training seeds (the eval's prompts and seeds stay fixed), on the shipped model:
 
 mean +0.158, sample std 0.024; MARGIN = 0.07 lies below mean - 2 std (0.110) and near half
 the smallest rise seen (0.065), leaving room for another CPU's rounding (the previous world
-model's seeds rose +0.04 to +0.15 on an Intel Xeon and +0.05 to +0.14 here). Without training the eval is bit-identical (same weights, same seeds), so
-any rise above it is learning. Seed 0 is the one run here.
+model's seeds rose +0.04 to +0.15 on an Intel Xeon and +0.05 to +0.14 here). Without
+training the eval is bit-identical (same weights, same seeds), so any rise above it is
+learning. Seed 0 is the one run here.
 """
 
 from precise_fast.toy.pretrain import MODEL_DIR
