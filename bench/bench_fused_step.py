@@ -283,7 +283,8 @@ def _write_summary(bandwidth) -> None:
 # ----------------------------------------------------------------------------- public API cost
 # Issue 12: the public step API must cost < 5% over the op, and the fused score pass with
 # its mean output must reach 1.5x torch.compile of the same plain math (fp32, one thread).
-API_ROUNDS = 60
+# 200, not 60: at 60 the with-mean ratio's median moved 1.46x - 1.50x between runs of the same code.
+API_ROUNDS = 200
 API_RESULTS = Path(__file__).resolve().parent / "results" / f"fused_step_api_cpu_{THREADS}t.json"
 
 

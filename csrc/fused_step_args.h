@@ -52,6 +52,8 @@ inline at::Tensor row_values(const at::Tensor& x, const at::Tensor& t, const cha
   TORCH_CHECK_TYPE(t.is_floating_point(), name, " must be a floating tensor, got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == x.size(0), name, " must have shape (", x.size(0), ",), got ",
                     t.sizes());
+  // The usual case returns t itself without a dispatch (to() and contiguous() are each one).
+  if (t.scalar_type() == at::kFloat && t.is_contiguous()) return t;
   return t.to(at::kFloat).contiguous();
 }
 

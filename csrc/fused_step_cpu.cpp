@@ -606,8 +606,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> score_step_cpu(
   const auto rows = coefficients(s);
   const bool with_bias = s.old_mean.defined();
   at::Tensor mean = at::empty(return_mean ? x.sizes() : at::IntArrayRef{0}, x.options().dtype(at::kFloat));
-  at::Tensor log_prob = at::zeros({s.batch}, x.options().dtype(at::kFloat));
-  at::Tensor bias = at::zeros({with_bias ? s.batch : 0}, x.options().dtype(at::kFloat));
+  // Every row of both is written below: empty, not zeros (a fill is one more dispatch).
+  at::Tensor log_prob = at::empty({s.batch}, x.options().dtype(at::kFloat));
+  at::Tensor bias = at::empty({with_bias ? s.batch : 0}, x.options().dtype(at::kFloat));
 
   ScoreTask t{};
   t.family = s.family;
@@ -638,9 +639,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> score_step_cpu(
       sum_lp += partial[row * chunks + c].log_prob;
       sum_b += partial[row * chunks + c].bias;
     }
-    if (s.family != Family::Ode) {
-      lp[row] = static_cast<float>(-0.5 * rows[row].inv_var * sum_lp * inv_m + rows[row].log_norm);
-    }
+    lp[row] = s.family == Family::Ode
+                  ? 0.0f
+                  : static_cast<float>(-0.5 * rows[row].inv_var * sum_lp * inv_m + rows[row].log_norm);
     if (bp != nullptr) bp[row] = static_cast<float>(sum_b * inv_m);
   }
   return {log_prob, mean, bias};

@@ -1,9 +1,13 @@
 """The argument rules of every sampler-step entry point, written once.
 
-``reference_step``, ``step``, ``sample_step`` and ``score_step`` call these; the kernels'
-launchers (``csrc/fused_step_args.h``, ``kernels/fused_step.py``) only assert the
-invariants these rules establish, so a bad argument is explained here, in one wording,
-whichever backend runs.
+``reference_step``, ``step``, ``sample_step`` and ``score_step`` call these, so a bad
+argument is explained here, in one wording, whichever backend runs. The kernels' launchers
+assert the invariants these rules establish (``kernels/fused_step.py``); the C++ ops check
+their arguments fully (``csrc/fused_step_args.h``: they are public as
+``torch.ops.precise_fast.*``), and on a C++ backend the public score calls let them refuse a
+call first and only then run these rules to word it (``fused.native_score``): the one place
+where a rule is enforced twice, held to refusing at least what these rules refuse by
+``tests/sde/test_native_first.py``.
 """
 
 from __future__ import annotations
@@ -135,15 +139,19 @@ def check_sample_out(x: torch.Tensor, out, return_mean: bool):
 # ----------------------------------------------------------------------------- step values
 # sigma in (0, 1], next_sigma in [0, sigma), std > 0: value checks, which need the values
 # on the host (a synchronisation on CUDA, a handful of small ops on CPU). They run once per
-# (tensor, version): a schedule's rows passed again unchanged are not checked again.
+# (tensor, version) or number, with the conversion to (B,) rows: a schedule's rows passed
+# again unchanged are neither checked nor converted again. An entry keeps the converted row
+# of a number, a 0-d tensor or another dtype, and only a weak reference to a caller's tensor
+# (never the tensor), which also tells a new tensor that reuses a dead one's id apart.
 _CHECKED_VALUES: dict[tuple, tuple] = {}
-_CHECKED_VALUES_MAX = 256
 
 
-def _identity(value):
+def value_identity(value):
+    """A step value's memo key: a tensor's id and version (an in-place write changes it), or a
+    number with its type (True == 1 as a dict key, but a bool is not a step value)."""
     if isinstance(value, torch.Tensor):
-        return ("tensor", id(value), value._version)
-    return ("number", value)
+        return (id(value), value._version)
+    return (type(value), value)
 
 
 def _values_ok(sigma: torch.Tensor, next_sigma: torch.Tensor, std: torch.Tensor, stochastic: bool) -> str | None:
@@ -156,24 +164,62 @@ def _values_ok(sigma: torch.Tensor, next_sigma: torch.Tensor, std: torch.Tensor,
     return None
 
 
+def _memo_entry(original, row):
+    """What an entry keeps of one value: (weak reference to the caller's tensor, or None for a
+    number; the converted row, or None when the tensor is its own row)."""
+    if not isinstance(original, torch.Tensor):
+        return None, row
+    return weakref.ref(original), (None if row is original else row.detach())
+
+
+def memo_entry(originals, rows):
+    """A memo entry for the checked ``rows`` of ``originals`` (sigma, next_sigma, std), or None
+    when they must be converted per call: a row converted from a tensor that requires grad
+    carries its graph (a corner of the reference backend)."""
+    if any(isinstance(o, torch.Tensor) and o.requires_grad and r is not o for o, r in zip(originals, rows)):
+        return None
+    return tuple(_memo_entry(o, r) for o, r in zip(originals, rows))
+
+
+def remembered_rows(entry, sigma, next_sigma, std):
+    """The rows of a :func:`memo_entry` when its tensors are these very tensors, else None.
+    Straight-line on purpose: it runs on every step call, right after a full-size pass has
+    pushed the interpreter's working set out of the caches."""
+    (ref_s, row_s), (ref_n, row_n), (ref_d, row_d) = entry
+    if (ref_s is None or ref_s() is sigma) and (ref_n is None or ref_n() is next_sigma) and (
+        ref_d is None or ref_d() is std
+    ):
+        return (sigma if row_s is None else row_s, next_sigma if row_n is None else row_n,
+                std if row_d is None else row_d)
+    return None
+
+
+def remember(memo: dict, key, entry, limit: int = 256) -> None:
+    """Store an entry (not None), dropping the oldest one beyond ``limit``."""
+    if entry is None:
+        return
+    if len(memo) >= limit:
+        memo.pop(next(iter(memo)))
+    memo[key] = entry
+
+
 def check_step_values(sigma, next_sigma, std, kind: str, batch: int, device: torch.device, dtype=torch.float32):
     """The checked (B,) rows ``(sigma, next_sigma, std)`` in ``dtype``; ValueError on bad values."""
+    stochastic = kind in STOCHASTIC
+    key = (value_identity(sigma), value_identity(next_sigma), value_identity(std), stochastic, batch, device, dtype)
+    entry = _CHECKED_VALUES.get(key)
+    if entry is not None:
+        rows = remembered_rows(entry, sigma, next_sigma, std)
+        if rows is not None:
+            return rows
     rows = tuple(
         per_row(val, name, batch, device, dtype)
         for val, name in ((sigma, "sigma"), (next_sigma, "next_sigma"), (std, "std"))
     )
-    stochastic = kind in STOCHASTIC
-    key = (_identity(sigma), _identity(next_sigma), _identity(std), stochastic, batch)
-    seen = _CHECKED_VALUES.get(key)
-    originals = (sigma, next_sigma, std)
-    if seen is not None and all(ref is None or ref() is obj for ref, obj in zip(seen, originals)):
-        return rows
     problem = _values_ok(*rows, stochastic)
     if problem is not None:
         if problem.startswith("std"):
             problem = problem.replace("this kind", f"kind={kind!r}")
         raise ValueError(problem)
-    if len(_CHECKED_VALUES) >= _CHECKED_VALUES_MAX:
-        _CHECKED_VALUES.pop(next(iter(_CHECKED_VALUES)))
-    _CHECKED_VALUES[key] = tuple(weakref.ref(o) if isinstance(o, torch.Tensor) else None for o in originals)
+    remember(_CHECKED_VALUES, key, memo_entry((sigma, next_sigma, std), rows))
     return rows

@@ -23,7 +23,7 @@ from .arguments import (
     per_row,
 )
 from .kinds import STOCHASTIC
-from .ops import op_table, resolve_backend, sample_out_op
+from .ops import NATIVE_SCORE_OP, native_backend, op_table, resolve_backend, sample_out_op
 from .philox import philox_normal
 from .reference import reference_step
 
@@ -141,10 +141,38 @@ def score_step(
     ``v``, ``x`` (and ``old_mean``); ``prev_sample`` is data. float32 math and results for
     every input dtype.
     """
+    fast = native_score(x, v, prev_sample, sigma, next_sigma, std, kind, old_mean, return_mean, backend)
+    if fast is not None:
+        return fast
     check_latents(x, v, kind)
     s, s_next, sd = _row_values(x, sigma, next_sigma, std)
     return score_rows(x, v, prev_sample, s, s_next, sd, kind=kind, old_mean=old_mean, return_mean=return_mean,
                       backend=resolve_backend(backend, x))
+
+
+def native_score(x, v, prev_sample, sigma, next_sigma, std, kind, old_mean, return_mean, backend):
+    """:func:`score_step` on a C++ backend, straight through its op; None where the full path
+    must run (another backend, step values that are not tensors, or an error).
+
+    The C++ ops check every argument themselves (``csrc/fused_step_args.h``: they are public,
+    as ``torch.ops.precise_fast.*``) and reject whatever the rules of ``arguments.py`` reject
+    (``tests/sde/test_native_first.py`` holds them to it), so those rules need not run first.
+    Run first, they were most of the public API's cost over the op: 11 small checks that take
+    ~6 us in a loop took ~40 us right after a 16 x 131072 pass had streamed 32 MiB through the
+    caches (2-core AMD EPYC, one thread). When the op raises, the full path runs the rules,
+    which word the error as for every backend, or, finding nothing wrong, let the op's own
+    error through. torch.compile traces this path like any other: the op lands in the graph
+    (``tests/kernels/test_op_registration.py::test_torch_compile_fullgraph``)."""
+    try:
+        if not (isinstance(sigma, torch.Tensor) and isinstance(next_sigma, torch.Tensor) and isinstance(std, torch.Tensor)):
+            return None
+        if native_backend(backend, x) is None:
+            return None
+        log_prob, mean, bias = NATIVE_SCORE_OP(
+            x, v, prev_sample, sigma, next_sigma, std, old_mean, kind, bool(return_mean))
+    except Exception:  # noqa: BLE001 - the full path words it
+        return None
+    return log_prob, (mean if return_mean else None), (bias if old_mean is not None else None)
 
 
 def score_rows(x, v, prev_sample, s, s_next, sd, *, kind: str, old_mean=None, return_mean: bool, backend: str):

@@ -18,8 +18,9 @@ None). ``sigma``, ``next_sigma``, ``std`` are (B,) float32 and ``seeds``, ``step
 int64 on the tensors' device, so nothing is baked in per call and a CUDA graph can advance
 the step by writing into ``step_index``.
 
-The C++ ops carry CPU (and, when built with CUDA, CUDA) kernels; this module gives them
-fake implementations and autograd so they trace under ``torch.compile(fullgraph=True)``.
+The C++ ops carry CPU (and, when built with CUDA, CUDA) kernels and score_step's autograd
+(``csrc/score_autograd.cpp``); this module gives them fake implementations so they trace
+under ``torch.compile(fullgraph=True)``, and the Triton score op its (Python) autograd.
 """
 
 from __future__ import annotations
@@ -57,11 +58,21 @@ def native_error() -> str | None:
 
 
 # ----------------------------------------------------------------------------- fake kernels
-# Shared by the C++ and Triton ops: shapes and dtypes only, so FakeTensor / meta tracing
-# (torch.compile, opcheck) never runs a kernel.
+# Shared by the C++ and Triton ops: shapes and dtypes, so FakeTensor / meta tracing
+# (torch.compile, opcheck) never runs a kernel. They also refuse tensors on another device
+# than x: the dispatcher sends a call with any meta tensor to these kernels, even one whose
+# x is a CPU tensor, and the public calls run the op before their own rules
+# (fused.native_score), so the op must refuse what a kernel would.
+
+
+def _same_device(x, **tensors) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
 
 
 def sample_step_fake(x, v, sigma, next_sigma, std, seeds, step_index, noise, kind, return_mean):
+    _same_device(x, v=v, sigma=sigma, next_sigma=next_sigma, std=std, seeds=seeds, step_index=step_index, noise=noise)
     prev = torch.empty_like(x, memory_format=torch.contiguous_format)
     log_prob = x.new_empty((x.shape[0],), dtype=torch.float32)
     mean = x.new_empty(x.shape if return_mean else (0,), dtype=torch.float32)
@@ -73,6 +84,7 @@ def sample_step_out_fake(x, v, sigma, next_sigma, std, seeds, step_index, noise,
 
 
 def score_step_fake(x, v, prev_sample, sigma, next_sigma, std, old_mean, kind, return_mean):
+    _same_device(x, v=v, prev_sample=prev_sample, sigma=sigma, next_sigma=next_sigma, std=std, old_mean=old_mean)
     batch = x.shape[0]
     log_prob = x.new_empty((batch,), dtype=torch.float32)
     mean = x.new_empty(x.shape if return_mean else (0,), dtype=torch.float32)
@@ -100,7 +112,9 @@ def philox_normal_fake(seeds, step_index, row_elems):
 # ----------------------------------------------------------------------------- autograd
 # Only score mode is differentiable: sample mode draws data for the rollout buffer. The
 # backward recomputes the mean from (x, v) in the same pass instead of saving it: one
-# tensor less to keep per trained step, and the pass is memory-bound anyway.
+# tensor less to keep per trained step, and the pass is memory-bound anyway. This is the
+# Triton score op's autograd (kernels/fused_step.py); the C++ op's is the same rules in C++
+# (csrc/score_autograd.cpp), which must not be Python: it runs on every call of the op.
 
 
 def _score_setup_context(ctx, inputs, output):
@@ -142,21 +156,21 @@ def _make_score_backward(backward_op):
 
 
 def _register_native() -> None:
-    lib_ops = getattr(torch.ops, OP_NAMESPACE)
     torch.library.register_fake(f"{OP_NAMESPACE}::sample_step")(sample_step_fake)
     torch.library.register_fake(f"{OP_NAMESPACE}::sample_step_out")(sample_step_out_fake)
     torch.library.register_fake(f"{OP_NAMESPACE}::score_step")(score_step_fake)
     torch.library.register_fake(f"{OP_NAMESPACE}::score_step_backward")(score_step_backward_fake)
     torch.library.register_fake(f"{OP_NAMESPACE}::philox_normal")(philox_normal_fake)
-    torch.library.register_autograd(
-        f"{OP_NAMESPACE}::score_step",
-        _make_score_backward(lib_ops.score_step_backward.default),
-        setup_context=_score_setup_context,
-    )
+    # score_step's autograd is C++ (csrc/score_autograd.cpp, the same rules as
+    # _make_score_backward): a Python autograd kernel would run on every call.
 
 
 if native_available():
     _register_native()
+
+# The C++ score op itself, looked up once: `torch.ops.<ns>.<op>.default` is three attribute
+# lookups through torch's op registry per call otherwise.
+NATIVE_SCORE_OP = getattr(torch.ops, OP_NAMESPACE).score_step.default if native_available() else None
 
 
 # ----------------------------------------------------------------------------- backend choice
@@ -189,6 +203,25 @@ def _warn_fallback(device: str, why: str) -> None:
     )
 
 
+def _auto_choice(device_type: str, dtype: torch.dtype) -> tuple[str, str | None]:
+    """``backend="auto"``'s choice for tensors of this device type and dtype and, for a
+    fallback to the reference that deserves a warning, why (no side effects:
+    :func:`resolve_backend` warns)."""
+    if dtype == torch.float64:  # the kernels compute in float32 only; fp64 is the spec's precision
+        return "reference", None
+    if device_type == "cuda":
+        if triton_available()[0]:
+            return "triton", None
+        if native_cuda_available():
+            return "cuda", None
+        return "reference", "neither triton nor the CUDA extension is available"
+    if device_type == "cpu":
+        if native_available():
+            return "cpu", None
+        return "reference", f"precise_fast._C failed to import: {_native_error}"
+    return "reference", "no backend supports this device"
+
+
 def resolve_backend(backend: str, x: torch.Tensor) -> str:
     """The concrete backend for ``x`` (``"reference"``, ``"triton"``, ``"cpu"`` or ``"cuda"``).
 
@@ -202,22 +235,10 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     if backend == "reference":
         return backend
     if backend == "auto":
-        if x.dtype == torch.float64:  # the kernels compute in float32 only; fp64 is the spec's precision
-            return "reference"
-        if dev == "cuda":
-            if triton_available()[0]:
-                return "triton"
-            if native_cuda_available():
-                return "cuda"
-            _warn_fallback(dev, "neither triton nor the CUDA extension is available")
-            return "reference"
-        if dev == "cpu":
-            if native_available():
-                return "cpu"
-            _warn_fallback(dev, f"precise_fast._C failed to import: {_native_error}")
-            return "reference"
-        _warn_fallback(dev, "no backend supports this device")
-        return "reference"
+        chosen, why = _auto_choice(dev, x.dtype)
+        if why is not None:
+            _warn_fallback(dev, why)
+        return chosen
     if x.dtype not in FUSED_DTYPES:
         raise TypeError(
             f"backend={backend!r} supports float32, bfloat16 and float16 inputs, got {x.dtype} "
@@ -249,11 +270,48 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     return backend
 
 
+# (backend, device type) -> the C++ backend resolve_backend picks for float32 tensors there,
+# or None. What decides it (which extensions loaded, whether triton imports) is fixed once
+# imported; the interpreter switch only matters to backend="triton", never a C++ choice.
+_native_choice: dict[tuple, str | None] = {}
+_UNSEEN = object()
+
+
+def native_backend(backend: str, x: torch.Tensor) -> str | None:
+    """The C++ backend (``"cpu"``, ``"cuda"``) that ``resolve_backend(backend, x)`` picks for x's
+    device, else None (a Python backend, or one that cannot run: the caller's full path says
+    why). Decided as for float32 x: a dtype the kernels lack (float64, which "auto" gives the
+    reference) is the op's to refuse, and the caller's full path then runs. Keyed by
+    ``x.is_cpu`` / ``x.is_cuda``, not ``x.device``: this runs on every call, and a device
+    object is built and hashed per access."""
+    if _native_error is not None:
+        return None
+    device_type = "cpu" if x.is_cpu else ("cuda" if x.is_cuda else None)
+    if device_type is None:
+        return None
+    chosen = _native_choice.get((backend, device_type), _UNSEEN)
+    if chosen is _UNSEEN:
+        try:
+            if backend == "auto":
+                chosen = _auto_choice(device_type, torch.float32)[0]  # no warning: resolve_backend's to give
+            else:  # float32, on x's device: the choice without x's dtype
+                chosen = resolve_backend(backend, torch.empty(0, device=x.device))
+        except (RuntimeError, TypeError, ValueError):
+            return None  # not remembered: the full path raises it
+        chosen = chosen if chosen in ("cpu", "cuda") else None
+        _native_choice[(backend, device_type)] = chosen
+    return chosen
+
+
+def native_ops():
+    """The C++ ops' namespace (``torch.ops.precise_fast``)."""
+    return getattr(torch.ops, OP_NAMESPACE)
+
+
 def op_table(backend: str):
     """``(sample_step, score_step)`` ops of a concrete fused backend."""
     if backend in ("cpu", "cuda"):
-        lib_ops = getattr(torch.ops, OP_NAMESPACE)
-        return lib_ops.sample_step.default, lib_ops.score_step.default
+        return native_ops().sample_step.default, native_ops().score_step.default
     if backend == "triton":
         from precise_fast.kernels import fused_step
 
@@ -264,7 +322,7 @@ def op_table(backend: str):
 def sample_out_op(backend: str):
     """The ``sample_step_out`` op (results written into given buffers) of a fused backend."""
     if backend in ("cpu", "cuda"):
-        return getattr(torch.ops, OP_NAMESPACE).sample_step_out.default
+        return native_ops().sample_step_out.default
     if backend == "triton":
         from precise_fast.kernels import fused_step
 
