@@ -76,7 +76,8 @@ def barrier() -> None:
 
 
 def finish_distributed() -> None:
-    """Ends the process group in step on every rank at the end of a finished run.
+    """Ends the process group in step on every rank at the end of a finished or stopped run
+    (a stop is agreed on every rank at one safe point, so all of them get here).
 
     Left to interpreter exit, gloo's connection threads are torn down in whatever order the
     interpreter frees them, while the peer rank may already have closed its sockets. The

@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopRequest(all_reduce_max_)  # before the slow start: a TERM while loading stops at the first safe point
     trainer = None
     owns_group = not torch.distributed.is_initialized()  # in-process callers (tests) may bring their own
+    exit_code = 0
     try:
         dist = init_distributed(cfg.run.device)
         trainer = Trainer(cfg, dist, resume=args.resume, resume_or_start=args.resume_or_start, stop=stop)
@@ -100,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     except StopRequested as err:
         if rank == 0:
             print(f"[precise_fast] {err}; resume with --resume", file=sys.stderr, flush=True)
-        return err.exit_code
+        # Every rank agreed on this stop at the same safe point (StopRequest.agreed is a
+        # collective), so all of them reach finish_distributed below, as after a finished run.
+        # Returning here skipped it, and the 2-rank TERM test saw the exit-time gloo abort
+        # ("terminate called without an active exception", rc 250) in 2 of ~25 launches.
+        exit_code = err.exit_code
     except TrainingHealthError as err:  # nothing trained, rewards failing
         if rank == 0:
             print(f"[precise_fast] error: {err}", file=sys.stderr, flush=True)
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.restore()
     if owns_group:
         finish_distributed()
-    return 0
+    return exit_code
 
 
 if __name__ == "__main__":
