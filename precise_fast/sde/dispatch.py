@@ -88,7 +88,9 @@ _SCORED: dict[tuple, tuple] = {}
 def _native_scored(x, v, sigma, next_sigma, std, kind, prev_sample, backend) -> StepOutput | None:
     """Score mode on a C++ backend: the op with the remembered rows (the op checks the tensors
     itself, see ``fused.native_score``); None where the full path must run, which then words
-    any error. Step values that are not tensors take the full path."""
+    any error. Step values that are not tensors take the full path. It calls the op itself
+    rather than ``native_score``: on a memo hit the backend choice is already known, and the
+    second lookup would be most of what this path costs."""
     if not (isinstance(sigma, torch.Tensor) and isinstance(next_sigma, torch.Tensor) and isinstance(std, torch.Tensor)):
         return None
     try:

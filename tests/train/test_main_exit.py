@@ -21,10 +21,15 @@ print("rc", rc, "group left", torch.distributed.is_initialized())
 """
 
 
-def test_a_finished_run_destroys_the_process_group_it_made(tmp_path):
+def _run_probe(probe: str, tmp_path) -> subprocess.CompletedProcess:
+    """``main`` on the small config in a fresh interpreter (the group is the process's own)."""
     overrides = [a for o in (*SMALL, f"run.output_dir={tmp_path / 'run'}") for a in ("--set", o)]
-    proc = subprocess.run([sys.executable, "-c", PROBE, "--config", str(TINY_CONFIG), *overrides], env=child_env(),
+    return subprocess.run([sys.executable, "-c", probe, "--config", str(TINY_CONFIG), *overrides], env=child_env(),
                           capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+def test_a_finished_run_destroys_the_process_group_it_made(tmp_path):
+    proc = _run_probe(PROBE, tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "rc 0 group left False" in proc.stdout, proc.stdout[-2000:]
 
@@ -46,9 +51,7 @@ STOPPED_PROBE = PROBE.replace(
 def test_a_stopped_run_destroys_the_process_group_it_made(tmp_path):
     """A stop is agreed on every rank at one safe point, so it ends the group as a finished
     run does (it used to return before, and a 2-rank TERM run once aborted at exit)."""
-    overrides = [a for o in (*SMALL, f"run.output_dir={tmp_path / 'run'}") for a in ("--set", o)]
-    proc = subprocess.run([sys.executable, "-c", STOPPED_PROBE, "--config", str(TINY_CONFIG), *overrides],
-                          env=child_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = _run_probe(STOPPED_PROBE, tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "stopped by SIGTERM" in proc.stderr, proc.stderr[-2000:]
     assert "rc 143 group left False" in proc.stdout, proc.stdout[-2000:]
