@@ -427,6 +427,17 @@ def config_from_dict(data: dict) -> Config:
 # ----------------------------------------------------------------------------- checks
 
 
+_TARGET_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_target_name(name: str, key: str) -> None:
+    """The one rule for eval target names, which become folder and metric names: no path
+    separator, and not ``.`` or ``..`` (either would put a target's files outside its folder)."""
+    if not isinstance(name, str) or not _TARGET_NAME.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(f"{key}: letters, digits, '_', '.', '-' only, not '.' or '..' (it names metrics and files), "
+                          f"got {name!r}")
+
+
 def _positive(value, key: str, *, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
@@ -511,8 +522,7 @@ def validate(cfg: Config) -> None:
     names = [t.name for t in cfg.eval.targets]
     for i, t in enumerate(cfg.eval.targets):
         key = f"eval.targets[{i}]"
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", t.name):
-            raise ConfigError(f"{key}.name: letters, digits, '_', '.', '-' only (it names metrics and files), got {t.name!r}")
+        check_target_name(t.name, f"{key}.name")
         if names.count(t.name) > 1:
             raise ConfigError(f"{key}.name: {t.name!r} names two targets")
         _positive(t.batch_size, f"{key}.batch_size")
