@@ -137,10 +137,16 @@ def plan(args):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for flag in ("batch_size", "images_per_prompt"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise SystemExit(f"eval: --{flag.replace('_', '-')} must be >= 1")
-    cfg, jobs = plan(args)
+    try:
+        for flag in ("batch_size", "images_per_prompt"):
+            if getattr(args, flag) is not None and getattr(args, flag) < 1:
+                raise SystemExit(f"eval: --{flag.replace('_', '-')} must be >= 1")
+        cfg, jobs = plan(args)
+    except SystemExit as exc:  # plan's one-line refusals of bad input: exit 2, as a usage error
+        if not isinstance(exc.code, str):
+            raise
+        print(exc.code, file=sys.stderr)
+        raise SystemExit(2) from None
     from ..train.distributed import init_distributed
     from ..train.main import _quiet_libraries
     from ..train.evaluate import eval_seed

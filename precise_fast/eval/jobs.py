@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Union
 
 from ..train.checkpoint import list_checkpoints, read_manifest
-from ..train.config import SAMPLER_KINDS, EvalTarget
+from ..train.config import SAMPLER_KINDS, ConfigError, EvalTarget, check_target_name
 from .peft_lora import is_peft_folder
 
 DATASETS = {"pickscore": "data/pickscore_test.txt", "geneval": "data/geneval_test_metadata.jsonl"}
@@ -127,6 +127,10 @@ def parse_eval_config(text: str, *, batch_size: int | None = None) -> tuple[int,
         raise EvalJobError(f"--eval-config {text!r}: need STEP >= 0, NUM_STEPS >= 1, NOISE_LEVEL >= 0")
     # Like the paper's output folder names: everything that changes the numbers is in the name.
     name = f"{dataset}_{kind}_eta{noise_f:g}_steps{steps_i}_rm-{'-'.join(spec)}"
+    try:
+        check_target_name(name, f"--eval-config {text!r}: the target name")
+    except ConfigError as err:
+        raise EvalJobError(str(err)) from None
     target = EvalTarget(name=name, prompts=DATASETS[dataset], reward=spec, kind=kind, eta=noise_f, num_steps=steps_i,
                         batch_size=batch_size or EvalTarget.batch_size)
     return step_i, target
