@@ -59,8 +59,9 @@ def input_error_message(err: BaseException) -> str | None:
     from .config import ConfigError
     from .prompts import PromptError
     from .resume import RunFolderError
+    from .run_lock import RunLockError
 
-    if isinstance(err, (ConfigError, CheckpointError, RunFolderError, PromptError, MissingCheckpointError)):
+    if isinstance(err, (ConfigError, CheckpointError, RunFolderError, RunLockError, PromptError, MissingCheckpointError)):
         return str(err)
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         return f"no space left on {err.filename or 'the device'} ({err.strerror})"
@@ -84,18 +85,23 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries(rank)
     import torch.distributed
 
-    from .distributed import all_reduce_max_, finish_distributed, init_distributed
+    from .distributed import all_reduce_max_, broadcast_object, finish_distributed, init_distributed
     from .health import TrainingHealthError
     from .checkpoint import DiskFullError
+    from .run_lock import acquire_agreed
     from .signals import StopRequest, StopRequested
     from .trainer import Trainer
 
     stop = StopRequest(all_reduce_max_)  # before the slow start: a TERM while loading stops at the first safe point
-    trainer = None
+    trainer = run_lock = None
     owns_group = not torch.distributed.is_initialized()  # in-process callers (tests) may bring their own
     exit_code = 0
     try:
         dist = init_distributed(cfg.run.device)
+        # One run per folder (global rank 0 holds the lock for the run's life; the others
+        # learn its decision), taken before the start is chosen: that may move files aside.
+        run_lock = acquire_agreed(cfg.run.output_dir, is_main=dist.is_main, broadcast=broadcast_object,
+                                  warn=logging.getLogger("precise_fast.train").warning)
         trainer = Trainer(cfg, dist, resume=args.resume, resume_or_start=args.resume_or_start, stop=stop)
         trainer.run()
     except StopRequested as err:
@@ -120,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if trainer is not None:
             trainer.close()
+        if run_lock is not None:
+            run_lock.release()
         stop.restore()
     if owns_group:
         finish_distributed()
