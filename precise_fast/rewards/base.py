@@ -13,6 +13,10 @@ Conventions
   mask alongside so that a legitimate score of -10 (e.g. a 10 kB JPEG) is never mistaken for
   a failure. Where only values travel (after a gather), validity is recovered as
   ``score != SENTINEL``.
+* A score is in range when it is finite and ``|score| <= MAX_ABS_SCORE``; any other score
+  (a broken server's ``1e300``, a local model's ``inf``) and any image holding a non-finite
+  pixel (a diverged sampler's NaN, which the uint8 conversion would turn into a black image
+  that scores as valid) make the sample invalid, with a warning.
 * Normalisation (Precise recipe, shared/SAMPLERS.md "The GRPO objective"): each component is
   standardised over the *global* batch ignoring invalid samples, then weighted and summed.
   A sample is invalid if any component with a non-zero weight is invalid; it then gets the
@@ -33,6 +37,17 @@ import torch
 logger = logging.getLogger("precise_fast.rewards")
 
 SENTINEL = -10.0
+# Every reward here scores within +-1e3 (JPEG size in kB, PickScore's ~22, the others within
+# +-10, GenEval [0, 1], UnifiedReward [1, 5]). Beyond +-1e6 a score is a broken scorer's: one
+# such value dominates the epoch's normalisation (a valid 1e30 overflowed the float32 variance
+# and zeroed every advantage), while within it the float32 statistics neither overflow (N x
+# 4e12 for N samples) nor lose the in-range differences.
+MAX_ABS_SCORE = 1e6
+
+
+def in_range(scores: torch.Tensor) -> torch.Tensor:
+    """Where ``scores`` are finite and within +-:data:`MAX_ABS_SCORE` (device-side, no sync)."""
+    return torch.isfinite(scores) & (scores.abs() <= MAX_ABS_SCORE)
 
 
 @dataclass
@@ -45,10 +60,10 @@ class ScoreOutput:
 
     @staticmethod
     def from_scores(scores: torch.Tensor, valid: torch.Tensor | None = None, extras=None) -> ScoreOutput:
-        """Build an output, forcing the sentinel into invalid (or non-finite) entries."""
+        """Build an output, forcing the sentinel into invalid (or out-of-range) entries."""
         scores = scores.detach().to(torch.float32).reshape(-1)
-        finite = torch.isfinite(scores)
-        valid = finite if valid is None else (valid.to(device=scores.device, dtype=torch.bool).reshape(-1) & finite)
+        ok = in_range(scores)
+        valid = ok if valid is None else (valid.to(device=scores.device, dtype=torch.bool).reshape(-1) & ok)
         scores = torch.where(valid, scores, torch.full_like(scores, SENTINEL))
         return ScoreOutput(scores=scores, valid=valid, extras=dict(extras or {}))
 
@@ -106,7 +121,7 @@ def _valid_masks(components: Mapping[str, torch.Tensor], valid) -> dict[str, tor
             mask = valid
         else:
             mask = values != SENTINEL
-        out[name] = mask.to(device=values.device, dtype=torch.bool) & torch.isfinite(values)
+        out[name] = mask.to(device=values.device, dtype=torch.bool) & in_range(values)
     return out
 
 
@@ -246,6 +261,11 @@ class MultiReward:
         """Run every scorer; remote ones overlap with the local ones."""
         metadata = _check_batch(images, prompts, metadata)
         prompts = list(prompts)
+        finite_images = torch.isfinite(images).flatten(1).all(dim=1)
+        if not bool(finite_images.all()):  # scorers get defined pixels; these samples are invalid below
+            logger.warning("%d of %d images hold non-finite pixels: invalid samples",
+                           int((~finite_images).sum()), images.shape[0])
+            images = torch.where(finite_images.view(-1, 1, 1, 1), images, torch.zeros_like(images))
         pending = {name: c.submit(images, prompts, metadata) for name, c in self.components.items() if c.remote}
         outputs: dict[str, ScoreOutput] = {}
         try:
@@ -270,9 +290,16 @@ class MultiReward:
         for name, out in outputs.items():
             if out.scores.shape != (batch,):
                 raise RuntimeError(f"reward {name!r} returned shape {tuple(out.scores.shape)} for {batch} images")
+            scores = out.scores.to(device)
+            ok = in_range(scores)
+            valid = out.valid.to(device)
+            if not bool((ok | ~valid).all()):
+                logger.warning("reward %r: %d scores out of range (non-finite or beyond +-%g): invalid samples",
+                               name, int((valid & ~ok).sum()), MAX_ABS_SCORE)
+            valid = valid & ok & finite_images.to(device)
             outputs[name] = ScoreOutput(
-                scores=out.scores.to(device),
-                valid=out.valid.to(device),
+                scores=torch.where(valid, scores, torch.full_like(scores, SENTINEL)),
+                valid=valid,
                 extras={k: v.to(device) for k, v in out.extras.items()},
             )
         return {name: outputs[name] for name in self.components}

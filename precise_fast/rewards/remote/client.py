@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..base import SENTINEL, RewardModel, ScoreOutput
+from ..base import MAX_ABS_SCORE, SENTINEL, RewardModel, ScoreOutput
 from .encoding import check_format, images_to_host
 from .http import (
     ON_ERROR,
@@ -34,11 +34,12 @@ def invalid_output(batch: int, extras: Sequence[str] = ()) -> ScoreOutput:
 
 
 def finite_or_none(value) -> float | None:
-    """A JSON number that is finite, else None (null, NaN, strings, booleans...)."""
+    """A JSON number in range (finite, within +-MAX_ABS_SCORE), else None (null, NaN, 1e300,
+    strings, booleans...): a 1e300 written into the float32 score tensor crashed the run."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     value = float(value)
-    return value if math.isfinite(value) else None
+    return value if math.isfinite(value) and abs(value) <= MAX_ABS_SCORE else None
 
 
 class RemoteReward(RewardModel):
