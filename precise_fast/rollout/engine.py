@@ -27,6 +27,7 @@ latent per prompt" option.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 from collections.abc import Sequence
@@ -289,6 +290,9 @@ class RolloutEngine:
         self._graph_pool = None
         self.attention_backend = attention_backend
         self.before_capture = None
+        # Transformer forward rows run so far, per text length (batch x hops of every plan, replayed or
+        # eager): what the trainer's rollout FLOP count and MFU are made of (train/throughput.py).
+        self.forward_rows: collections.Counter[int] = collections.Counter()
         logger.info(
             "rollout engine: kind=%s eta=%g steps=%d %dx%d (%d tokens), op backend=%s, cuda graph=%s, compiled=%s",
             self.kind, self.eta, num_steps, height, width, self.layout.seq_len, resolved, self.cuda_graph, compile_step,
@@ -419,6 +423,7 @@ class RolloutEngine:
     @torch.no_grad()
     def run_plan(self, plan: Plan, prompt_embeds: torch.Tensor, seeds: torch.Tensor, start: torch.Tensor) -> _Buffers:
         """Run ``plan`` from packed latents ``start`` (B, S, C); returns buffers owned by the caller."""
+        self.forward_rows[prompt_embeds.shape[1]] += prompt_embeds.shape[0] * len(plan.hops)
         with self._attention():
             return self._run_plan_on_buffers(plan, prompt_embeds, seeds, start)
 

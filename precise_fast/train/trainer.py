@@ -40,6 +40,7 @@ from .rollouts import Rollouts
 from .prompt_groups import GroupSampler
 from .sampling_phase import TimedReward, sample_epoch
 from .signals import StopRequest, StopRequested
+from .throughput import Throughput, device_peak_flops, throughput_line
 from .tracking import RunLogger
 from .update_phase import count_minibatches, train_epoch
 from .validation import build_checked_reward
@@ -135,6 +136,10 @@ class Trainer:
         self.ema = EMA(params, cfg.train.ema_decay, cfg.train.ema_interval, cfg.train.ema_schedule) if cfg.train.ema else None
 
         self.rollouts = Rollouts(self.pipeline, cfg)
+        self.throughput = Throughput(transformer.config, self.rollouts.engine.layout.seq_len,
+                                     lora_rank=m.lora_rank if self.lora else 0, lora_targets=m.lora_targets,
+                                     reference=self.reference is not None, inner_epochs=cfg.train.num_inner_epochs,
+                                     world_size=dist.world_size, peak_flops=device_peak_flops(device))
 
         self.timed_reward = TimedReward(self.reward)
         self.executor = RewardExecutor(self.timed_reward, mode="thread" if r.overlap else "inline",
@@ -290,6 +295,7 @@ class Trainer:
         cfg = self.cfg
         start = time.perf_counter()
         epoch_key, batches, _ = self.sampler.next_epoch()
+        forward_rows = self.rollouts.engine.forward_rows.copy()
         want_images = self.main and self._due(cfg.log.image_every, epoch)
         show = self.main and cfg.log.progress
         bar = _Bar(show, total=len(batches), desc=f"epoch {epoch} sampling", position=0,
@@ -338,6 +344,7 @@ class Trainer:
         metrics.update({f"time/{k}": v for k, v in er.timings.items()})
         metrics["time/train_s"] = train_s
         metrics["time/epoch_s"] = time.perf_counter() - start
+        metrics.update(self.throughput.epoch_metrics(self.rollouts.engine.forward_rows - forward_rows, er, data, train_s))
         metrics["guard/skipped_updates"] = float(self.policy.guard.skipped_updates)
         for cause, count in self.policy.guard.skipped.items():
             metrics[f"guard/skipped_{cause}"] = float(count)
@@ -436,6 +443,8 @@ class Trainer:
             f"| rollout {m['time/rollout_s']:.1f}s reward {m['time/reward_s']:.1f}s (hidden {m['time/overlap_saved_s']:.1f}s) "
             f"train {m['time/train_s']:.1f}s epoch {m['time/epoch_s']:.1f}s"
         )
+        if throughput_line(m):
+            parts.append(f"| {throughput_line(m)}")
         if m.get("guard/skipped_updates"):
             parts.append(f"| non-finite skips {int(m['guard/skipped_updates'])}")
         print("  ".join(parts), flush=True)
