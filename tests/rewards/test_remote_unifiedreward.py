@@ -58,6 +58,40 @@ def test_parser_formats():
     assert parse_unifiedreward_scores(None) == {}
 
 
+# Degenerate replies a model can produce with no attacker: an aspect name, then a run of
+# whitespace or markdown and no number. The old pattern put four optional separator runs in
+# a row, which backtracks over every split of the run: measured 5-7 s for 200 characters
+# and ~100 s for 400 (O(n^4)); issue 25 item 3.
+DEGENERATE_RUNS = [" ", "*", "_", "\n", "**\n", " * "]
+DEGENERATE_HEADS = ["Alignment", "Coherence Score", "Style Score (1-5)", "Final Score:", "**Alignment Score (1-5):**"]
+
+
+@pytest.mark.parametrize("run", DEGENERATE_RUNS, ids=repr)
+def test_parser_is_fast_on_degenerate_replies(run):
+    for head in DEGENERATE_HEADS:
+        text = head + run * (300 // len(run)) + "x"
+        start = time.perf_counter()
+        assert parse_unifiedreward_scores(text) == {}
+        assert time.perf_counter() - start < 2.0, (head, run)  # the old pattern: > 30 s for the first head
+
+
+def test_parser_time_is_linear_in_the_reply():
+    """A few hundred kilobytes of degenerate runs (far beyond a 256-token answer) parse in a
+    bounded time, and the time grows with the size, not faster."""
+    def reply_of(n):
+        return "".join(head + run * n for head in DEGENERATE_HEADS for run in DEGENERATE_RUNS) + "Style Score: 4"
+
+    assert parse_unifiedreward_scores(reply_of(4000)) == {"style": 4.0}
+    timings = []
+    for n in (4000, 8000):
+        text = reply_of(n)
+        start = time.perf_counter()
+        parse_unifiedreward_scores(text)
+        timings.append(time.perf_counter() - start)
+    assert timings[1] < 2.0, timings
+    assert timings[1] < 8 * timings[0] + 0.05, timings  # linear doubles; O(n^2) would quadruple, O(n^4) x16
+
+
 def test_scores_and_request_contract(scripted_server):
     server = scripted_server(
         by_caption(
