@@ -1,0 +1,167 @@
+"""Every Triton kernel variant compiles for sm_90 (H100 / H200) here, without a GPU, and its
+PTX keeps the bitwise promise: no contracted multiply-add, no approximate division, square
+root or transcendental in the noise, mean and log-prob math (rules: ``sm90_ptx.py``).
+
+The variants are the ones the ops launch: each Triton op is called on small tensors for
+every kind, latent dtype and optional input, with the launch recorded instead of run; a
+variant is a kernel with its pointer types and constexpr values. The latent tensors share
+one dtype per call (float32 noise, means and gradients, as the public API passes them):
+other mixes change only the loads' exact widening conversions. Compilation runs in a
+subprocess without ``TRITON_INTERPRET`` (CI sets it for these tests), with the launch
+options of ``fused_step.LAUNCH_OPTIONS``, as a GPU launch compiles them. A control compiles
+two variants with fusion on and checks that the rules then fire.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from precise_fast.kernels import fused_step as fs
+from precise_fast.sde import KINDS
+
+from .sm90_ptx import violations
+
+pytest.importorskip("triton.compiler")
+
+ROOT = Path(__file__).resolve().parents[2]
+DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int64: "i64"}
+LOG_LINES = {i for i, line in enumerate(Path(fs.__file__).read_text().splitlines(), 1) if "tl.log(" in line}
+
+
+def _kernel_name(kernel) -> str:
+    kernel = getattr(kernel, "kernel", kernel)  # wrap_triton's wrapper holds the jit function
+    return getattr(kernel, "fn", kernel).__name__
+
+
+def _record(calls) -> list[dict]:
+    """The distinct (kernel, signature, constexprs) that ``calls()`` launches, nothing run."""
+    seen: dict[str, dict] = {}
+
+    def record(kernel, grid, *args, **meta):
+        name = _kernel_name(kernel)
+        params = list(inspect.signature(getattr(fs, name).fn).parameters)
+        signature = {}
+        for pname, arg in zip(params, args):
+            if isinstance(arg, torch.Tensor):
+                signature[pname] = "*" + DTYPES[arg.dtype]
+            else:
+                assert isinstance(arg, int), (name, pname, arg)
+                signature[pname] = "i32"
+        constexprs = {k: (int(v) if isinstance(v, bool) else v) for k, v in meta.items()}
+        key = json.dumps([name, signature, constexprs], sort_keys=True)
+        seen.setdefault(key, {"kernel": name, "signature": signature, "constexprs": constexprs})
+
+    real = fs._launch
+    fs._launch = record
+    try:
+        calls()
+    finally:
+        fs._launch = real
+    return list(seen.values())
+
+
+def _every_launch() -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows, n = 2, 8
+    f32 = dict(dtype=torch.float32, device=device)
+    s, sn, sd = torch.full((rows,), 0.6, **f32), torch.full((rows,), 0.5, **f32), torch.full((rows,), 0.1, **f32)
+    seeds = torch.arange(rows, dtype=torch.int64, device=device)
+    steps = torch.zeros(rows, dtype=torch.int64, device=device)
+    fs.triton_philox_normal(seeds, steps, n)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        x = torch.ones(rows, n, dtype=dtype, device=device)
+        mean32 = torch.ones(rows, n, **f32)
+        for kind in KINDS:
+            for noise in (None, mean32):
+                for return_mean in (False, True):
+                    fs.triton_sample_step(x, x, s, sn, sd, seeds, steps, noise, kind, return_mean)
+            for old in (None, mean32):
+                for return_mean in (False, True):
+                    fs.triton_score_step(x, x, x, s, sn, sd, old, kind, return_mean)
+            for grad_mean in (None, mean32):
+                for old, grad_bias, need_old in ((None, None, False), (mean32, s, False), (mean32, s, True)):
+                    for need_x in (False, True):
+                        fs.triton_score_step_backward(s, grad_mean, grad_bias, x, x, x, s, sn, sd, old, kind,
+                                                      need_x, need_old)
+
+
+VARIANTS = _record(_every_launch)
+IDS = [f"{v['kernel']}-{v['signature'].get('x_ptr', '')}-" + ",".join(f"{k}={c}" for k, c in v["constexprs"].items())
+       for v in VARIANTS]
+
+
+def _compile(variants, tmp: Path, fusion: bool = False) -> list[str]:
+    spec = tmp / "variants.json"
+    spec.write_text(json.dumps(variants))
+    env = {k: val for k, val in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "tests.kernels.sm90_ptx", str(spec), str(tmp)] + (["--fusion"] if fusion else [])
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return [(tmp / f"{i}.ptx").read_text() for i in range(len(variants))]
+
+
+@pytest.fixture(scope="module")
+def ptx(tmp_path_factory):
+    return dict(zip(IDS, _compile(VARIANTS, tmp_path_factory.mktemp("sm90"))))
+
+
+def test_every_kernel_and_flag_is_a_variant():
+    """The recording saw every kernel and every value of each constexpr flag."""
+    kernels = {v["kernel"] for v in VARIANTS}
+    assert kernels == {"_sample_kernel", "_score_kernel", "_finalize_kernel", "_backward_kernel", "_normals_kernel"}
+    for name in kernels:
+        flags = {}
+        for v in (v for v in VARIANTS if v["kernel"] == name):
+            for k, c in v["constexprs"].items():
+                flags.setdefault(k, set()).add(c)
+        for k, values in flags.items():
+            if k.startswith(("HAS_", "NEED_", "RETURN_")):
+                assert values == {0, 1}, (name, k, values)
+            if k == "FAMILY":
+                assert values == {0, 1, 2}, (name, values)
+    assert {v["signature"].get("x_ptr") for v in VARIANTS} >= {"*fp32", "*bf16", "*fp16"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", IDS)
+def test_sm90_ptx_keeps_the_bitwise_promise(ptx, variant):
+    code = ptx[variant]
+    assert ".target sm_90" in code
+    bad = violations(code, "fused_step.py", LOG_LINES)
+    assert not bad, f"{len(bad)} instructions break the bitwise promise, e.g. {bad[:8]}"
+
+
+@pytest.mark.slow
+def test_the_rules_catch_contraction_when_fusion_is_on(tmp_path):
+    """The control: with ``enable_fp_fusion=True`` the same kernels contract (fma.rn.f32)."""
+    picks = [v for v in VARIANTS if v["signature"].get("x_ptr") == "*fp32" and (
+        (v["kernel"] == "_sample_kernel" and v["constexprs"] == {"FAMILY": 2, "HAS_NOISE": 0, "RETURN_MEAN": 1,
+                                                                   "GROUPS_": fs.GROUPS})
+        or (v["kernel"] == "_backward_kernel" and v["constexprs"]["FAMILY"] == 2 and v["constexprs"]["HAS_GBIAS"]))][:2]
+    assert len(picks) == 2
+    for code in _compile(picks, tmp_path, fusion=True):
+        bad = violations(code, "fused_step.py", LOG_LINES)
+        assert any("fma.rn.f32" in b for b in bad), bad[:8]
+
+
+def test_the_libdevice_log_is_the_only_exemption():
+    """The float64 log's body is allowed on ``tl.log`` lines only; approximations never."""
+    ptx = '.file 1 "/x/fused_step.py"\n.loc 1 {line} 3\n\tfma.rn.f64 %fd1, %fd2, %fd3, %fd4;\n\trcp.approx.ftz.f64 %fd5, %fd6;\n'
+    line = min(LOG_LINES)
+    assert violations(ptx.format(line=line), "fused_step.py", LOG_LINES) == []
+    assert len(violations(ptx.format(line=line + 1000), "fused_step.py", LOG_LINES)) == 2
+    for opcode in ("fma.rn.f32", "mul.f32", "add.f64", "div.approx.f32", "div.full.f32", "sqrt.approx.ftz.f32",
+                   "rsqrt.approx.f32", "ex2.approx.f32", "lg2.approx.ftz.f32", "sin.approx.f32", "mul.rn.ftz.f32",
+                   "cvt.rz.f16.f32"):
+        assert violations(ptx.replace("fma.rn.f64", opcode).format(line=line), "fused_step.py", LOG_LINES), opcode
+    for opcode in ("mul.rn.f32", "add.rn.f64", "div.rn.f32", "sqrt.rn.f32", "mad.lo.s32", "mul.hi.u32",
+                   "cvt.rn.f32.s32", "cvt.rzi.s32.f32", "max.f32"):
+        assert violations(f'\t{opcode} %r1, %r2;\n', "fused_step.py", LOG_LINES) == [], opcode
