@@ -2,14 +2,59 @@
 
 After a resume, what the interrupted run logged past its last checkpoint is dropped
 rather than shown twice: TensorBoard is opened with ``purge_step`` at the next epoch and
-``metrics.jsonl`` loses its later lines.
+``metrics.jsonl`` loses its later lines. That rewrite goes through a temporary file that is
+fsynced and renamed over the old one (:func:`keep_metrics_through`), so a kill at any
+moment leaves the old file or the new one whole; the run then appends. A line a kill tore
+(the last one) is dropped with a warning, as is any other line that is not JSON.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from pathlib import Path
+
+logger = logging.getLogger("precise_fast.train")
+
+
+def _kept_lines(path: Path, epoch: int) -> list[str]:
+    """The lines of ``path`` for epochs up to ``epoch``; unreadable ones are dropped with a warning."""
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    kept = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            record_epoch = record["epoch"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            torn = number == len(lines)  # no newline after it: the write was cut short
+            logger.warning("%s line %d is %s and was dropped: %.80r", path, number,
+                           "torn (an interrupted write)" if torn else "not a metrics record", line)
+            continue
+        if record_epoch <= epoch:
+            kept.append(line)
+    return kept
+
+
+def keep_metrics_through(path: Path, epoch: int) -> None:
+    """Rewrite ``path`` with its lines up to ``epoch``: temporary file, fsync, rename, fsync the folder."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in _kept_lines(path, epoch))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 class RunLogger:
@@ -33,11 +78,9 @@ class RunLogger:
             self.wandb = wandb.init(project=cfg.log.wandb_project, name=cfg.run.name, config=cfg.to_dict(),
                                     dir=str(self.out_dir), resume="allow")
         jsonl = self.out_dir / "metrics.jsonl"
-        kept = []
-        if resumed_epoch is not None and jsonl.is_file():
-            kept = [line for line in jsonl.read_text().splitlines() if json.loads(line)["epoch"] <= resumed_epoch]
-        self._jsonl = open(jsonl, "w")
-        self._jsonl.writelines(line + "\n" for line in kept)
+        if resumed_epoch is not None:
+            keep_metrics_through(jsonl, resumed_epoch)
+        self._jsonl = open(jsonl, "a", encoding="utf-8")  # never truncates: a fresh start has no file
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
