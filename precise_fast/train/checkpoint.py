@@ -16,6 +16,13 @@ convenience pointer, never trusted over the manifests). The last ``keep_last`` a
 older ones are renamed away before deletion, so a half-deleted folder is never mistaken
 for a checkpoint. Assumes a filesystem shared by all ranks (the usual cluster setup).
 
+A checkpoint folder is input from outside (the manifest does not vouch for it: whoever
+writes the folder writes the manifest), so no file of it is unpickled with code: every
+``*.pt`` is read by torch's weights-only unpickler, allowing the few types that our files
+and DeepSpeed's hold (:data:`SAFE_GLOBALS`); :func:`check_loadable` runs that unpickler over
+every ``*.pt`` of a folder (without reading tensor data) before any model loads, and
+DeepSpeed's own loads run under :func:`weights_only_loads`.
+
 Resuming verifies the checksums (:func:`verify_checkpoint`): damage that keeps the size
 (zeroed blocks) is caught too. ``latest`` falls back to the newest checkpoint that
 verifies, warning about each broken one; an explicitly named checkpoint must verify.
@@ -25,6 +32,7 @@ to ``<root>/abandoned/`` (:func:`set_aside_later`), so no later ``latest`` picks
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -32,9 +40,10 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .faults import crash_point
@@ -52,6 +61,70 @@ class CheckpointError(ValueError):
 class DiskFullError(CheckpointError):
     """No space left while saving (may hit one rank only)."""
 _TAG = re.compile(r"epoch-(\d+)")
+
+
+def _safe_globals() -> list:
+    """Types beyond torch's weights-only defaults that checkpoint files hold (listed with
+    ``torch.serialization.get_unsafe_globals_in_checkpoint`` over runs of ZeRO 0-3, LoRA and
+    full fine-tuning): numpy's RNG state array (rank files; numpy 2 and 1 name its
+    constructor differently) and DeepSpeed's ZeRO optimizer state (a loss scaler, a stage
+    enum, fragment addresses). Each is data: built without calling anything else."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    try:
+        from numpy._core.multiarray import _reconstruct as reconstruct
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import _reconstruct as reconstruct
+    return [np.ndarray, np.dtype, *{type(np.dtype(t)) for t in (np.uint32, np.float64, np.int64)},
+            (reconstruct, "numpy.core.multiarray._reconstruct"), (reconstruct, "numpy._core.multiarray._reconstruct"),
+            LossScaler, ZeroStageEnum, fragment_address]
+
+
+def _refusal(err: BaseException) -> str:
+    """The line of torch's weights-only error that names what was refused."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (named or lines or [type(err).__name__])[0]
+
+
+def load_checkpoint_file(path: Path, *, skip_data: bool = False):
+    """``torch.load`` of one checkpoint file through the weights-only unpickler; a file that
+    needs anything else (a pickle that would call code) is a :class:`CheckpointError`."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_safe_globals()), \
+                (torch.serialization.skip_data() if skip_data else contextlib.nullcontext()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - the unpickler raises UnpicklingError, RuntimeError, ...
+        raise CheckpointError(f"{path} is refused: loading it would need more than tensors and plain data "
+                              f"({_refusal(err)})") from None
+
+
+def check_loadable(folder: Path) -> None:
+    """Every ``*.pt`` under ``folder`` passes the weights-only unpickler (tensor data not read:
+    1 GiB of tensors takes 1 ms)."""
+    for path in sorted(Path(folder).rglob("*.pt")):
+        load_checkpoint_file(path, skip_data=True)
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Every ``torch.load`` in the block uses the weights-only unpickler with :func:`_safe_globals`,
+    also one that asks for ``weights_only=False`` (DeepSpeed's ``load_checkpoint`` does):
+    torch's own ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` switch, read at every call."""
+    key = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def checkpoint_tag(epoch: int) -> str:
@@ -312,7 +385,8 @@ class CheckpointManager:
                 f"{folder} was written by {manifest['world_size']} ranks; this run has {self.world_size}. "
                 "ZeRO partitions (and the rank-major slot layout) need the same world size to resume."
             )
-        read_engine(folder / "ds")
-        trainer_state = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=False)
-        rank_state = torch.load(folder / f"rank{self.rank:05d}.pt", map_location="cpu", weights_only=False)
+        with weights_only_loads():
+            read_engine(folder / "ds")
+        trainer_state = load_checkpoint_file(folder / "trainer.pt")
+        rank_state = load_checkpoint_file(folder / f"rank{self.rank:05d}.pt")
         return manifest, trainer_state, rank_state

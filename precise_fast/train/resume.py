@@ -21,9 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
-from .checkpoint import MANIFEST, CheckpointError, resolve_resume
+from .checkpoint import MANIFEST, CheckpointError, check_loadable, load_checkpoint_file, resolve_resume
 from .config import Config
 
 # Sections that may change without changing what the remaining epochs compute.
@@ -85,6 +83,7 @@ def choose_start(out_dir: Path, resume: str | None, *, or_start: bool, warn: Cal
     if resume is not None or or_start:
         folder = resolve_resume(resume or "latest", root, warn=warn)
         if folder is not None:
+            check_loadable(folder)  # a crafted folder is refused here, before any of it is unpickled
             return folder
         if not or_start:
             raise CheckpointError(f"--resume: nothing to resume, {root} holds no checkpoint "
@@ -103,7 +102,7 @@ def saved_config(folder: Path) -> dict:
     manifest = json.loads((Path(folder) / MANIFEST).read_text())
     if isinstance(manifest.get("config"), dict):
         return manifest["config"]
-    return torch.load(Path(folder) / "trainer.pt", map_location="cpu", weights_only=False)["config"]
+    return load_checkpoint_file(Path(folder) / "trainer.pt")["config"]
 
 
 def changed_settings(saved: dict, cfg: Config, folder: Path) -> list[str]:

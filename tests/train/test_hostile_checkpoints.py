@@ -1,0 +1,98 @@
+"""A checkpoint folder is input from outside (issue 25 item 1): ``--resume`` of a crafted folder
+ran code, since trainer.pt was read with ``torch.load(weights_only=False)`` and DeepSpeed reads
+its own files the same way. The manifest's SHA-256s do not help: whoever writes the folder
+writes the manifest. Every checkpoint file is now read by torch's weights-only unpickler
+(an allow-list of types), and every ``*.pt`` of the folder is checked so before any model loads."""
+
+import os
+
+import pytest
+import torch
+
+from precise_fast.train import main as train_main
+from precise_fast.train.checkpoint import CheckpointError, CheckpointManager
+
+from .conftest import TINY_CONFIG, small_config
+
+
+class RunsCode:
+    """What a crafted file holds: unpickling it calls ``os.system`` (here: create a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    from precise_fast.train import trainer as trainer_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded although the checkpoint was refused")
+
+    monkeypatch.setattr(trainer_module, "load_pipeline", refuse)
+
+
+def _crafted(tmp_path, evil_file: str, *, with_config: bool) -> tuple:
+    """A checkpoint folder whose manifest verifies, with ``evil_file`` carrying the pickle."""
+    marker = tmp_path / "MARKER"
+    cfg = small_config(tmp_path)
+    payload = {"config": cfg.to_dict(), "hook": RunsCode(marker), "t": torch.zeros(2)}
+    m = CheckpointManager(tmp_path / "crafted" / "checkpoints", keep_last=3, rank=0, world_size=1, barrier=lambda: None)
+
+    def write_engine(folder):
+        (folder / "state").mkdir(parents=True)
+        torch.save(payload if evil_file.startswith("ds/") else {"t": torch.zeros(2)},
+                   folder / "state" / "mp_rank_00_model_states.pt")
+
+    folder = m.save(1, write_engine=write_engine,
+                    trainer_state=payload if evil_file == "trainer.pt" else {"config": cfg.to_dict()},
+                    rank_state=payload if evil_file == "rank00000.pt" else {},
+                    meta={"config": cfg.to_dict()} if with_config else None)
+    return folder, marker
+
+
+def _resume(tmp_path, capsys, folder):
+    args = ["--config", str(TINY_CONFIG), "--set", f"run.output_dir={tmp_path / 'run'}", "--set", "run.epochs=1",
+            "--set", "log.progress=false", "--set", "eval.every=0", "--resume", str(folder)]
+    code = train_main.main(args)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1, err
+    return code, lines[0]
+
+
+@pytest.mark.parametrize("evil_file,with_config", [
+    ("trainer.pt", False),  # an older manifest without the config: it was read from trainer.pt
+    ("trainer.pt", True),
+    ("rank00000.pt", True),
+    ("ds/state/mp_rank_00_model_states.pt", True),  # read by DeepSpeed's own torch.load
+])
+def test_a_crafted_checkpoint_is_refused_before_any_model_loads(tmp_path, capsys, dist1, no_model, evil_file,
+                                                                 with_config):
+    folder, marker = _crafted(tmp_path, evil_file, with_config=with_config)
+    try:
+        code, line = _resume(tmp_path, capsys, folder)
+    finally:
+        assert not marker.exists(), "the checkpoint's pickle ran code"
+    assert code == 2
+    assert f"{folder / evil_file}" in line and "posix.system" in line and "refused" in line
+
+
+def test_deepspeeds_own_loads_are_weights_only_too(tmp_path):
+    """Inside :func:`weights_only_loads` (around DeepSpeed's ``load_checkpoint``) a
+    ``torch.load(weights_only=False)`` is refused as well, so a file swapped in after the
+    pre-check cannot run code either."""
+    from precise_fast.train.checkpoint import load_checkpoint_file, weights_only_loads
+
+    marker = tmp_path / "MARKER"
+    torch.save({"hook": RunsCode(marker)}, tmp_path / "evil.pt")
+    with weights_only_loads(), pytest.raises(Exception, match="posix.system"):
+        torch.load(tmp_path / "evil.pt", weights_only=False)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="evil.pt .*posix.system"):
+        load_checkpoint_file(tmp_path / "evil.pt")
+    assert not marker.exists()
