@@ -9,6 +9,7 @@ import torch
 
 from precise_fast.models import PromptEncoder, load_pipeline
 from precise_fast.rollout import RolloutEngine
+from precise_fast.rollout.plan import granular_path
 
 pytestmark = pytest.mark.gpu
 
@@ -20,6 +21,14 @@ def cuda_pipe(tiny_dir):
     return load_pipeline(tiny_dir, device="cuda")
 
 
+def _g2rpo_plans(steps, granularities, num_steps) -> int:
+    """Distinct plans of one G2RPO batch: the ODE anchor, one stochastic hop per step, and
+    the ODE completions, which coincide where two strides give the same path (at 6 steps,
+    k = 4 completes 5 -> 6 for every stride) or none is left (k = N - 1)."""
+    paths = {tuple(granular_path(k + 1, num_steps, g)) for k in steps for g in granularities}
+    return 1 + len(steps) + sum(len(p) > 1 for p in paths)
+
+
 def test_g2rpo_graphs_are_reused_and_match_eager(cuda_pipe):
     embeds = PromptEncoder(cuda_pipe)(["a cat"])
     kwargs = dict(init_seeds=[5], steps=[0, 2, 4], granularities=[1, 2], decode=False)
@@ -27,7 +36,7 @@ def test_g2rpo_graphs_are_reused_and_match_eager(cuda_pipe):
     eager = RolloutEngine(cuda_pipe, kind="precise", num_steps=STEPS, height=SIZE, width=SIZE, cuda_graph=False)
     graphed.sample_g2rpo(embeds, member_seeds=[[1, 2]], **kwargs)
     captured = len(graphed._graphs)
-    assert captured == 1 + 3 + 3 * 2
+    assert captured == _g2rpo_plans(kwargs["steps"], kwargs["granularities"], STEPS) == 9
     a = graphed.sample_g2rpo(embeds, member_seeds=[[3, 4]], **kwargs)
     b = eager.sample_g2rpo(embeds, member_seeds=[[3, 4]], **kwargs)
     assert len(graphed._graphs) == captured, "the second batch must replay, not recapture"
@@ -37,16 +46,20 @@ def test_g2rpo_graphs_are_reused_and_match_eager(cuda_pipe):
 
 def test_capture_while_a_reward_worker_runs_on_a_side_stream(cuda_pipe):
     """thread_local capture: CUDA work (allocations, syncs) of another thread on its own
-    stream must not invalidate the capture (the default global mode fails here)."""
+    stream must not invalidate the capture (the default global mode fails here). The worker
+    draws from its own generator: the default CUDA generator belongs to the capture (torch
+    registers it with every graph), and a draw on it from another thread while a graph is
+    captured is an error in any capture mode."""
     stop = threading.Event()
     errors = []
 
     def worker():
         stream = torch.cuda.Stream()
+        gen = torch.Generator(device="cuda").manual_seed(0)
         try:
             while not stop.is_set():
                 with torch.cuda.stream(stream):
-                    x = torch.randn(256, 256, device="cuda")
+                    x = torch.randn(256, 256, device="cuda", generator=gen)
                     (x @ x).sum().item()  # a host sync on the other thread
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
@@ -64,6 +77,20 @@ def test_capture_while_a_reward_worker_runs_on_a_side_stream(cuda_pipe):
     assert not errors
     want = eager.sample(embeds, seeds=[1, 2], decode=False)
     torch.testing.assert_close(got.latents, want.latents, rtol=0, atol=1e-5)
+
+
+def test_rollouts_leave_the_default_cuda_generator_alone(cuda_pipe):
+    """Nothing in a captured rollout (capture, replay, G2RPO's plan set) draws on the default
+    CUDA generator: the noise is Philox keyed by seeds. So the trainer's rollouts never
+    collide with another thread's draws on it, and its state is the same as before."""
+    embeds = PromptEncoder(cuda_pipe)(["a cat", "a dog"])
+    engine = RolloutEngine(cuda_pipe, kind="precise", num_steps=STEPS, height=SIZE, width=SIZE, cuda_graph=True)
+    before = torch.cuda.get_rng_state()
+    engine.sample(embeds, seeds=[1, 2], decode=False)  # capture
+    engine.sample(embeds, seeds=[3, 4], decode=True)  # replay and VAE decode
+    engine.sample_g2rpo(embeds[:1], init_seeds=[5], member_seeds=[[1, 2]], steps=[0, 3], granularities=[1, 2])
+    torch.cuda.synchronize()
+    assert torch.equal(torch.cuda.get_rng_state(), before)
 
 
 def test_rollout_attention_backend_is_switched_around_sampling(tiny_dir):
