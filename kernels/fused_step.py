@@ -305,6 +305,14 @@ def _normals_kernel(seeds_ptr, steps_ptr, out_ptr, M, GROUPS_: tl.constexpr):
 # the float32 noise math: one seed gives bitwise the same normals and samples as the C++
 # kernels (the interpreter always computes that way).
 LAUNCH_OPTIONS = {"enable_fp_fusion": False}
+# Under torch.compile the launches become Inductor's user-kernel nodes, and torch 2.11's
+# Inductor drops launch options it does not know (pytorch/pytorch PR 187028 keeps them,
+# after 2.11): Triton then compiles with its default, fusion on. Triton reads that default
+# from the environment at each compile, and Inductor's generated kernels pass the option
+# themselves, so this reaches only user kernels compiled without one, like these. Set at
+# import, before a compile of these ops can start Inductor's worker processes (they inherit
+# it); tests/kernels/test_sm90_compile.py checks the compiled graph's PTX on the GPU.
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "0")
 
 
 def _expect(ok: bool, what: str) -> None:
