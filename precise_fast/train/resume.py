@@ -15,6 +15,7 @@ Rules (docs/RELIABILITY.md lists the tests):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -28,7 +29,8 @@ from .config import Config
 RESUME_FREE = ("run.epochs", "run.output_dir", "eval.", "log.", "checkpoint.")
 # Changing these would not load (tensor shapes, ZeRO partition layout, the EMA's state, the
 # prompt order's seed).
-REFUSED = ("model.finetune", "model.lora_rank", "train.zero_stage", "train.ema", "run.seed")
+REFUSED = ("model.finetune", "model.lora_rank", "model.lora_targets", "train.zero_stage", "train.ema", "run.seed")
+LORA_ONLY = ("model.lora_rank", "model.lora_targets")  # no adapter is saved by a full fine-tune
 OPTIMIZER_KEYS = ("train.lr", "train.betas", "train.weight_decay", "train.adam_eps", "train.max_grad_norm")
 PREVIOUS = "previous"  # where --resume-or-start puts the logs of an attempt that left no checkpoint
 
@@ -105,11 +107,31 @@ def saved_config(folder: Path) -> dict:
     return load_checkpoint_file(Path(folder) / "trainer.pt")["config"]
 
 
+def prompt_set_identity(prompt_set) -> dict:
+    """What the manifest records of ``prompts.train``: its path, size and a SHA-256 of its
+    content (every prompt and its metadata, in order), so a rewritten file of the same size is seen."""
+    content = json.dumps([list(prompt_set.prompts), list(prompt_set.metadata)], sort_keys=True, ensure_ascii=False)
+    return {"path": str(prompt_set.path), "count": len(prompt_set),
+            "sha256": hashlib.sha256(content.encode("utf-8")).hexdigest()}
+
+
+def check_prompt_set(folder: Path, prompt_set) -> None:
+    """Refuse a resume onto another prompt set: the saved prompt order walks the trained one.
+    (Checkpoints older than the record: the sampler state still compares the count.)"""
+    saved = json.loads((Path(folder) / MANIFEST).read_text()).get("prompt_set")
+    now = prompt_set_identity(prompt_set)
+    if isinstance(saved, dict) and saved.get("sha256") != now["sha256"]:
+        raise CheckpointError(f"--resume {folder}: prompts.train {now['path']} ({now['count']} prompts) and the prompt "
+                              f"set the checkpoint was trained on ({saved.get('path')}, {saved.get('count')} prompts) "
+                              "differ in content; the prompt order cannot continue over another set (start a new "
+                              "run.output_dir to change it)")
+
+
 def changed_settings(saved: dict, cfg: Config, folder: Path) -> list[str]:
     """Keys that differ from the checkpoint's config and matter for the result; raises for :data:`REFUSED`."""
     before, now = flatten(saved), flatten(cfg.to_dict())
     for key in REFUSED:
-        if key == "model.lora_rank" and cfg.model.finetune != "lora":
+        if key in LORA_ONLY and cfg.model.finetune != "lora":
             continue
         if before.get(key) != now.get(key):
             raise CheckpointError(f"--resume {folder}: {key} is {now.get(key)!r} but the checkpoint was trained with "

@@ -33,8 +33,8 @@ from .health import RewardHealth, check_trained, warn_if_nothing_kept
 from .objective import lora_reference, module_reference
 from .plots import save_reward_curve, save_sample_grid
 from .prompts import load_prompts
-from .resume import (RunFolderError, apply_optimizer_settings, changed_settings, check_optimizer_settings, choose_start,
-                     saved_config)
+from .resume import (RunFolderError, apply_optimizer_settings, changed_settings, check_optimizer_settings, check_prompt_set,
+                     choose_start, prompt_set_identity, saved_config)
 from .rng import capture_rng, restore_rng, seed_everything
 from .rollouts import Rollouts
 from .prompt_groups import GroupSampler
@@ -91,6 +91,8 @@ class Trainer:
         device = dist.device
 
         self.train_set = load_prompts(cfg.prompts.train)
+        if self.resumed_from:
+            check_prompt_set(self.resumed_from, self.train_set)
         needs_eval = cfg.eval.every > 0 or cfg.eval.at_start
         self.test_set = load_prompts(cfg.prompts.test) if needs_eval else None
         # The reward before the model: a bad reward setup fails in seconds, not after a 4B load.
@@ -220,7 +222,7 @@ class Trainer:
             rank_state=self._rank_state(),
             export=export,
             meta={"zero_stage": self.cfg.train.zero_stage, "finetune": self.cfg.model.finetune,
-                  "config": self.cfg.to_dict()},
+                  "config": self.cfg.to_dict(), "prompt_set": prompt_set_identity(self.train_set)},
         )
 
     def _choose_start(self, resume: str | None, resume_or_start: bool) -> Path | None:

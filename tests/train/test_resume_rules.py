@@ -66,3 +66,36 @@ def test_fresh_start_refuses_a_folder_holding_a_run(tmp_path):
     empty.mkdir()
     (empty / "config.yaml").write_text("run: {}\n")  # a run that died while loading left only this
     assert choose_start(empty, None, or_start=False, warn=pytest.fail) is None
+
+
+def test_a_rewritten_prompt_set_or_changed_lora_targets_is_refused_before_the_model_loads(tmp_path, dist1, monkeypatch):
+    """Issue 25 item 13: a prompt file rewritten with as many lines resumed without a word (only
+    the count was compared) and a changed ``model.lora_targets`` crashed inside DeepSpeed after
+    the model loaded. Both are refused naming what changed, before any model loads."""
+    from precise_fast.train import trainer as trainer_module
+
+    from .conftest import REPO, small_config
+
+    fast = ("sampler.num_batches_per_epoch=2", "sampler.num_steps=4", "sampler.images_per_prompt=4")
+    prompts = tmp_path / "prompts.txt"
+    lines = (REPO / "configs" / "prompts" / "tiny_train.txt").read_text().splitlines()
+    prompts.write_text("\n".join(lines) + "\n")
+    t = trainer_module.Trainer(small_config(tmp_path, *fast, f"prompts.train={prompts}"), dist1)
+    try:
+        t.run()
+    finally:
+        t.close()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the resume was refused")
+
+    monkeypatch.setattr(trainer_module, "load_pipeline", no_model)
+    prompts.write_text("\n".join(["a red cube"] + lines[1:]) + "\n")  # same count, one prompt changed
+    with pytest.raises(CheckpointError, match=f"--resume .*epoch-000001: prompts.train {prompts} .*differ"):
+        trainer_module.Trainer(small_config(tmp_path, *fast, "run.epochs=2", f"prompts.train={prompts}"), dist1,
+                               resume="latest")
+    prompts.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CheckpointError, match="model.lora_targets is 'paper_plus_single_out' but the checkpoint was "
+                                              "trained with 'paper'"):
+        trainer_module.Trainer(small_config(tmp_path, *fast, "run.epochs=2", f"prompts.train={prompts}",
+                                            "model.lora_targets=paper_plus_single_out"), dist1, resume="latest")
