@@ -1,5 +1,6 @@
 """Run configs: strict keys and types, overrides, inheritance, and every shipped config loads."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,21 @@ def test_group_size_must_tile_the_global_batch():
 def test_missing_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Path(tmp_path) / "nope.yaml")
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.lr=.nan", "train.lr"),  # `value < 0 or value == 0` is False for NaN: it passed
+    ("train.clip_range=.inf", "train.clip_range"),
+    ("train.max_grad_norm=1e999", "train.max_grad_norm"),  # YAML 1.1 text read as a float: inf
+    ("advantage.eps=-.inf", "advantage.eps"),
+    ("sampler.eta=.nan", "sampler.eta"),
+    ("train.betas=[0.9, .nan]", "train.betas[1]"),
+    ("reward.abort_invalid_fraction=.nan", "reward.abort_invalid_fraction"),
+    ("reward.spec={pickscore: .nan}", "reward.spec.pickscore"),
+    ("reward.spec={pickscore: {weight: .inf}}", "reward.spec.pickscore.weight"),
+    ("eval.targets=[{name: a, eta: .nan}]", "eval.targets[0].eta"),
+])
+def test_a_non_finite_number_anywhere_is_refused_naming_the_key(override, key):
+    """Issue 25 item 14: a NaN passed validation and crashed the run later."""
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: must be a finite number, got -?(nan|inf)"):
+        load_config(TINY_CONFIG, [override])
