@@ -3,8 +3,13 @@
 Each rank appends its records to ``items.rank<r>.jsonl`` and flushes + fsyncs after every
 batch; a line cut short by a kill is ignored on reading. When every rank is done, rank 0
 merges all of them (and any earlier ``items.jsonl``) into ``items.jsonl``, sorted, one
-record per (step, target, index), then removes the shards. An item is done when its
-record is in any of these files, whatever the world size that wrote it.
+record per (checkpoint identity, target, index), then removes the shards. An item is done
+when its record is in any of these files, whatever the world size that wrote it.
+
+The identity is ``checkpoint_sha256`` (the evaluated LoRA's content, eval/jobs.py), not the
+step: the step of a rolled-back run, or of another run, names other weights. Records written
+before the identity existed keep a key of their own (``legacy:<step>:<checkpoint>``): they
+stay in ``items.jsonl`` but match no job, so those items are scored again.
 """
 
 from __future__ import annotations
@@ -17,8 +22,14 @@ from pathlib import Path
 MERGED = "items.jsonl"
 
 
-def item_key(record: dict) -> tuple[int, str, int]:
-    return (int(record["step"]), str(record["target"]), int(record["index"]))
+def item_key(record: dict) -> tuple[str, str, int]:
+    identity = record.get("checkpoint_sha256") or f"legacy:{int(record['step'])}:{record.get('checkpoint')}"
+    return (str(identity), str(record["target"]), int(record["index"]))
+
+
+def _order(record: dict) -> tuple:
+    """``items.jsonl`` reads by step, then target and index (then identity)."""
+    return (int(record["step"]), str(record["target"]), int(record["index"]), item_key(record)[0])
 
 
 def _files(folder: Path) -> list[Path]:
@@ -64,7 +75,7 @@ class ShardWriter:
 def merge(folder: Path) -> list[dict]:
     """Rank 0, after every rank finished: one sorted ``items.jsonl``; returns its records."""
     folder = Path(folder)
-    records = [r for _, r in sorted(read_records(folder).items())]
+    records = sorted(read_records(folder).values(), key=_order)
     tmp = folder / (MERGED + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for r in records:

@@ -17,11 +17,12 @@ from .stats import summarize
 def build_summary(records: list[dict], settings: dict, weights: dict | None = None) -> dict:
     """``weights``: target name -> its reward's component weights (for ``aggregated``)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in records:
-        groups[(r["target"], int(r["step"]))].append(r)
+    for r in records:  # two checkpoints of one step (two runs' epoch 5) are two results
+        groups[(r["target"], int(r["step"]), r.get("checkpoint_sha256", ""))].append(r)
     results = []
-    for (target, step), items in sorted(groups.items()):
+    for (target, step, identity), items in sorted(groups.items()):
         results.append({"target": target, "step": step, "checkpoint": items[0]["checkpoint"],
+                        "checkpoint_sha256": identity,
                         **summarize(sorted(items, key=lambda r: r["index"]), weights=(weights or {}).get(target))})
     return {"settings": settings, "results": results}
 

@@ -3,9 +3,10 @@
 Every rank loads the base pipeline once; per checkpoint it loads the exported LoRA through
 diffusers' stock loader (none for the base model, step 0), runs its share of each target's
 batches with the in-training eval's code (:class:`precise_fast.train.evaluate.Evaluator`),
-and drops the adapter again. Items already in the folder's JSONL files are skipped, so a
-killed eval picks up where it stopped; rank 0 writes the merged JSONL and the reports at
-the end. ``PRECISE_FAST_CRASH_AT=eval_batch:<n>`` kills the job after the n-th written
+and drops the adapter again. Items already in the folder's JSONL files for the same
+checkpoint content (``checkpoint_sha256``, eval/jobs.py) are skipped, so a killed eval picks
+up where it stopped, and a rolled-back (or another run's) checkpoint of the same step is
+scored anew; rank 0 writes the merged JSONL and the reports at the end. ``PRECISE_FAST_CRASH_AT=eval_batch:<n>`` kills the job after the n-th written
 batch (see :mod:`precise_fast.train.faults`), for the resume test.
 """
 
@@ -55,16 +56,18 @@ def _check_settings(out_dir: Path, settings: dict) -> None:
     path.write_text(json.dumps(settings, indent=2))
 
 
-def _save_images(images: torch.Tensor, records: list[dict], out_dir: Path, t: Target, step: int) -> None:
+def _save_images(images: torch.Tensor, records: list[dict], out_dir: Path, t: Target, ckpt: Checkpoint) -> None:
     from PIL import Image
 
     from ..rewards.preprocess import to_uint8
 
-    folder = out_dir / "images" / t.name / f"step-{step:06d}"
+    # Two checkpoints of one step (a rollback, another run) keep their images apart.
+    name = f"step-{ckpt.step:06d}-{ckpt.sha256[:12]}"
+    folder = out_dir / "images" / t.name / name
     folder.mkdir(parents=True, exist_ok=True)
     arrays = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
     for array, rec in zip(arrays, records):
-        rel = Path("images") / t.name / f"step-{step:06d}" / f"{rec['index']:05d}.png"
+        rel = Path("images") / t.name / name / f"{rec['index']:05d}.png"
         Image.fromarray(array).save(out_dir / rel)
         rec["image"] = rel.as_posix()
 
@@ -92,7 +95,7 @@ def run(cfg, jobs: list[tuple[Checkpoint, Target]], out_dir: Path, *, dist: Dist
     work = []  # (checkpoint, target, indices) of this rank still to do
     for ckpt, t in jobs:
         for indices, _ in rank_batches(evaluator.num_items(t), t.batch_size, dist.rank, dist.world_size, pad=False):
-            if any((ckpt.step, t.name, i) not in done for i in indices):
+            if any((ckpt.sha256, t.name, i) not in done for i in indices):
                 work.append((ckpt, t, indices))
     total = sum(len(w[2]) for w in work)
     if dist.is_main:
@@ -111,10 +114,11 @@ def run(cfg, jobs: list[tuple[Checkpoint, Target]], out_dir: Path, *, dist: Dist
                 _switch(pipeline, loaded, ckpt)
                 loaded = ckpt
             records, images = evaluator.score_batch(t, indices, seed=seed)
-            keep = [j for j, rec in enumerate(records) if (ckpt.step, t.name, rec["index"]) not in done]
-            records = [dict(records[j], step=ckpt.step, checkpoint=ckpt.label) for j in keep]
+            keep = [j for j, rec in enumerate(records) if (ckpt.sha256, t.name, rec["index"]) not in done]
+            records = [dict(records[j], step=ckpt.step, checkpoint=ckpt.label, checkpoint_sha256=ckpt.sha256)
+                       for j in keep]
             if save_images:
-                _save_images(images[keep], records, out_dir, t, ckpt.step)
+                _save_images(images[keep], records, out_dir, t, ckpt)
             writer.write(records)
             if bar is not None:
                 bar.update(len(indices))
@@ -129,10 +133,11 @@ def run(cfg, jobs: list[tuple[Checkpoint, Target]], out_dir: Path, *, dist: Dist
     summary = None
     if dist.is_main:
         records = merge(out_dir)
-        wanted = {(c.step, t.name) for c, t in jobs}
-        summary = write_reports(out_dir, [x for x in records if (x["step"], x["target"]) in wanted],
-                                {**settings, "jobs": [{"step": c.step, "checkpoint": c.label, "target": t.name}
-                                                      for c, t in jobs]}, weights)
+        wanted = {(c.sha256, t.name) for c, t in jobs}
+        mine = [x for x in records if (x.get("checkpoint_sha256"), x["target"]) in wanted]
+        listed = [{"step": c.step, "checkpoint": c.label, "checkpoint_sha256": c.sha256, "target": t.name}
+                  for c, t in jobs]
+        summary = write_reports(out_dir, mine, {**settings, "jobs": listed}, weights)
     return broadcast_object(summary) if dist.world_size > 1 else summary
 
 
