@@ -11,7 +11,7 @@ from diffusers import Flux2Transformer2DModel
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from precise_fast.models import apply_lora
+from precise_fast.models import apply_lora, predict_velocity
 from precise_fast.models.flops import (
     KLEIN_4B_TRANSFORMER_CONFIG,
     peak_bf16_flops,
@@ -35,15 +35,7 @@ def _counted(model, batch, image_tokens, text_tokens, *, backward=True):
     txt_ids[:, 3] = torch.arange(text_tokens)
     with sdpa_kernel(SDPBackend.MATH):
         with FlopCounterMode(display=False) as fwd:
-            out = model(
-                hidden_states=x,
-                encoder_hidden_states=text,
-                timestep=timestep,
-                img_ids=img_ids,
-                txt_ids=txt_ids,
-                guidance=None,
-                return_dict=False,
-            )[0]
+            out = predict_velocity(model, x, timestep, text, txt_ids, img_ids)
         if not backward:
             return fwd.get_total_flops(), None
         with FlopCounterMode(display=False) as bwd:
