@@ -12,12 +12,19 @@
   from the network is ever evaluated.
 * A single background event loop (a daemon thread) runs the coroutines, so synchronous
   callers get a ``concurrent.futures.Future`` and local scoring overlaps the network wait.
+* Replies are read (decoded, validated) off that loop, in worker threads, under the
+  attempt's timeout; whatever reading a reply raises makes it a bad reply. One reply that
+  is slow or breaks our parsers fails its own call only: on the loop it stalled every later
+  call of the process, and its exception crashed the run (issue 25 item 4). A thread cannot
+  be stopped, so the parsers themselves are linear in the reply (``safe_pickle``,
+  ``unifiedreward``) and the reply size is capped: the deadline is the second line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import json
 import random
 import threading
@@ -110,6 +117,37 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+# Threads that read replies. Reading is linear in a capped reply, so a few suffice; a reply
+# whose reading outlives its timeout keeps its thread until it ends, never the loop.
+_READERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="precise-fast-rewards-read")
+
+
+def _read_reply(content: bytes, decode, validate, incomplete):
+    """``(value, defect)`` of a 200 reply; any failure is a :class:`ResponseContractError`."""
+    try:
+        if decode is not None:
+            data = decode(content)
+        else:
+            try:
+                data = json.loads(content)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ResponseContractError(f"body is not JSON ({exc}): {content[:120]!r}") from None
+        value = validate(data)
+        return value, (incomplete(value) if incomplete is not None else None)
+    except ResponseContractError:
+        raise
+    except Exception as exc:  # deep nesting (RecursionError), odd types (TypeError): a bad reply, not a crash
+        raise ResponseContractError(f"reply could not be read ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+async def _read_off_loop(content: bytes, timeout_s: float, *parts):
+    work = functools.partial(_read_reply, content, *parts)
+    try:
+        return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(_READERS, work), timeout_s)
+    except TimeoutError:  # asyncio.wait_for raises the builtin on Python >= 3.11
+        raise ResponseContractError(f"reading the reply took longer than {timeout_s:g}s") from None
+
+
 async def post_json(
     client: httpx.AsyncClient,
     urls: Sequence[str],
@@ -131,8 +169,9 @@ async def post_json(
     answer (e.g. a NaN or missing score): such an answer is retried while attempts remain,
     and the last one is returned as it is (the caller then marks the gaps invalid).
     ``decode`` replaces ``json.loads`` for another wire format (it raises
-    :class:`ResponseContractError` on a bad body). Raises :class:`RemoteRewardError` when
-    every attempt failed.
+    :class:`ResponseContractError` on a bad body). The three run in a worker thread within
+    the attempt's timeout, and whatever they raise counts as a bad reply. Raises
+    :class:`RemoteRewardError` when every attempt failed.
     """
     body = payload if isinstance(payload, bytes) else json.dumps(payload, allow_nan=False).encode("utf-8")
     send_headers = {"content-type": "application/json", "accept": "application/json", **(headers or {})}
@@ -146,15 +185,7 @@ async def post_json(
                 content = await _read_capped(response, policy.max_response_bytes)
                 status = response.status_code
             if status == 200:
-                if decode is not None:
-                    data = decode(content)
-                else:
-                    try:
-                        data = json.loads(content)
-                    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                        raise ResponseContractError(f"body is not JSON ({exc}): {content[:120]!r}") from None
-                value = validate(data)
-                defect = incomplete(value) if incomplete is not None else None
+                value, defect = await _read_off_loop(content, policy.timeout_s, decode, validate, incomplete)
                 if defect is None or attempt + 1 == attempts:
                     return value
                 partial = [value]
