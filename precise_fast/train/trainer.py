@@ -25,7 +25,8 @@ from .advantages import AdvantageTracker
 from .checkpoint import CheckpointError, CheckpointManager, checkpoint_tag, set_aside_later
 from .config import Config, check_world, dump_config
 from .credit import assign_credit, epoch_rows
-from .distributed import DistInfo, all_reduce_, barrier, broadcast_object
+from .distributed import DistInfo, all_reduce_, all_reduce_max_, barrier, broadcast_object
+from .divergence import check_rollouts, check_updated_policy
 from .ema import EMA
 from .policy_engine import PolicyEngine
 from .evaluate import Evaluator, evaluate, resolve_targets
@@ -43,7 +44,7 @@ from .signals import StopRequest, StopRequested
 from .throughput import Throughput, device_peak_flops, throughput_line
 from .tracking import RunLogger
 from .update_phase import count_minibatches, train_epoch
-from .validation import build_checked_reward
+from .validation import build_checked_reward, check_start_lora
 
 logger = logging.getLogger("precise_fast.train")
 
@@ -112,6 +113,7 @@ class Trainer:
                 tiny_pipeline_path(m.tiny_seed)
             barrier()
             path = tiny_pipeline_path(m.tiny_seed)
+        check_start_lora(cfg, path)
         self.pipeline = load_pipeline(path, dtype=getattr(torch, m.dtype), device=device,
                                       attention_backend=m.attention_backend, model_root=m.model_root)
         apply_precision(self.pipeline, m.precision)
@@ -312,6 +314,8 @@ class Trainer:
         )
         bar.close()
         reward_bar.close()
+        check_rollouts(epoch, er.transitions, self.policy.params, all_reduce_max=all_reduce_max_,
+                       checkpoints_root=self.ckpt.root, lora_path=cfg.train.lora_path or "")
         credit = assign_credit(er, weights=self.reward.weights, cfg=cfg, rank=self.dist.rank,
                                num_steps=er.transitions.num_steps)
         tracked = self.tracker.update(credit.global_prompt_index.tolist(), credit.global_raw, credit.global_valid,
@@ -332,6 +336,8 @@ class Trainer:
             )
             self.policy.module.eval()
             bar.close()
+            check_updated_policy(epoch, self.policy, data, cfg, every_update_skipped=stats.updates > 0 and not stats.applied,
+                                 all_reduce_max=all_reduce_max_, checkpoints_root=self.ckpt.root)
             summary = stats.summary()
             rows = all_reduce_(torch.tensor([summary["rows"]], dtype=torch.float64), "sum")
             for key in ("ratio", "clipfrac", "approx_kl", "policy_loss", "kl_loss"):
