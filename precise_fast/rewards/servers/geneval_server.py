@@ -18,7 +18,14 @@ reports the cause instead of timing out.
 
 The wire format is the JSON contract in ``precise_fast/rewards/remote/geneval.py``;
 nothing received is unpickled. Requests are size-capped, images must decode as PNG or
-JPEG within a pixel budget, and the metadata is validated before the detector runs.
+JPEG, and the metadata is validated before the detector runs. Memory and threads are
+bounded whatever clients send: the pixels each image header declares (PIL reads them
+without decoding) are summed and checked against a per-request budget (413) and a budget
+shared by all requests being decoded or scored (503 when it stays full for
+``queue_wait_s``) before any pixel is decoded; connections idle for ``idle_timeout_s`` are
+closed; at most ``max_threads`` connections are served at once, and the next ones get an
+immediate 503 (issue 25 item 5: 32 large images in a 91 KiB body decoded to 4.4 GB, and
+400 stalled connections held 400 threads).
 """
 
 from __future__ import annotations
@@ -180,7 +187,16 @@ class BadRequest(ValueError):
     pass
 
 
-def decode_image(b64, max_pixels: int) -> Image.Image:
+class TooLarge(ValueError):
+    """Refused with 413: the request asks for more than one request may."""
+
+
+class Busy(RuntimeError):
+    """Refused with 503: the server is at its in-flight budget; the client retries."""
+
+
+def open_image(b64, max_pixels: int) -> Image.Image:
+    """The image with its header read and its pixels not yet decoded (PIL decodes lazily)."""
     if not isinstance(b64, str):
         raise BadRequest("each image must be a base64 string")
     try:
@@ -189,22 +205,61 @@ def decode_image(b64, max_pixels: int) -> Image.Image:
         raise BadRequest(f"invalid base64 ({exc})") from None
     try:
         image = Image.open(io.BytesIO(raw))
-        if image.format not in ("PNG", "JPEG"):
-            raise BadRequest(f"images must be PNG or JPEG, got {image.format}")
-        width, height = image.size
-        if width * height > max_pixels:
-            raise BadRequest(f"image of {width}x{height} pixels exceeds the limit of {max_pixels}")
-        image.load()
-    except BadRequest:
-        raise
     except Exception as exc:  # PIL raises many types for corrupt data
         raise BadRequest(f"image does not decode ({type(exc).__name__}: {exc})") from None
-    return image.convert("RGB")
+    if image.format not in ("PNG", "JPEG"):
+        raise BadRequest(f"images must be PNG or JPEG, got {image.format}")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise BadRequest(f"image of {width}x{height} pixels exceeds the limit of {max_pixels}")
+    return image
+
+
+def decode_pixels(image: Image.Image) -> Image.Image:
+    try:
+        image.load()
+        return image.convert("RGB")
+    except Exception as exc:
+        raise BadRequest(f"image does not decode ({type(exc).__name__}: {exc})") from None
+
+
+class PixelBudget:
+    """Pixels decoded or being scored, across all requests; a request takes its share
+    before it decodes and gives it back after its reply."""
+
+    def __init__(self, total: int):
+        self.total = int(total)
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, pixels: int, wait_s: float) -> bool:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.used + pixels <= self.total, timeout=wait_s):
+                return False
+            self.used += pixels
+            return True
+
+    def release(self, pixels: int) -> None:
+        with self._cond:
+            self.used -= pixels
+            self._cond.notify_all()
+
+
+_BUSY_REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+               b"Connection: close\r\nContent-Length: %d\r\n\r\n%s")
 
 
 class GenEvalHTTPServer(ThreadingHTTPServer):
+    """``max_request_pixels``: the pixels one request may decode (the default holds 64
+    images of 1024x1024; decoded RGB plus its conversion take ~6 bytes a pixel);
+    ``max_inflight_pixels``: those of all requests being decoded or scored at once (two
+    full requests: one on the detector, one decoding behind it)."""
+
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 leaves further connections in the kernel's SYN
+    # retries for a second or more, where neither a thread nor the busy reply reaches them.
+    request_queue_size = 128
 
     def __init__(
         self,
@@ -215,16 +270,58 @@ class GenEvalHTTPServer(ThreadingHTTPServer):
         max_body_bytes: int = 256 * 1024 * 1024,
         max_images: int = 256,
         max_pixels: int = 4096 * 4096,
+        max_request_pixels: int = 64 * 1024 * 1024,
+        max_inflight_pixels: int = 128 * 1024 * 1024,
+        queue_wait_s: float = 30.0,
+        idle_timeout_s: float = 30.0,
+        max_threads: int = 32,
     ):
         if scorer is None and not unavailable:
             raise ValueError("give a scorer or the reason why the detector is unavailable")
+        if not 0 < max_pixels <= max_request_pixels <= max_inflight_pixels:
+            raise ValueError("need 0 < max_pixels <= max_request_pixels <= max_inflight_pixels")
+        if idle_timeout_s <= 0 or queue_wait_s < 0 or max_threads < 1:
+            raise ValueError("need idle_timeout_s > 0, queue_wait_s >= 0 and max_threads >= 1")
         super().__init__(address, _Handler)
         self.scorer = scorer
         self.unavailable = unavailable
         self.max_body_bytes = int(max_body_bytes)
         self.max_images = int(max_images)
         self.max_pixels = int(max_pixels)
+        self.max_request_pixels = int(max_request_pixels)
+        self.inflight = PixelBudget(max_inflight_pixels)
+        self.queue_wait_s = float(queue_wait_s)
+        self.idle_timeout_s = float(idle_timeout_s)
+        self.max_threads = int(max_threads)
+        self._slots = threading.BoundedSemaphore(self.max_threads)
         self.model_lock = threading.Lock()  # one batch on the GPU at a time
+
+    def process_request(self, request, client_address):
+        """One thread per connection, up to ``max_threads``; past that an immediate 503."""
+        if not self._slots.acquire(blocking=False):
+            self._refuse_busy(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse_busy(self, request) -> None:
+        body = json.dumps({"version": CONTRACT_VERSION,
+                           "error": f"server busy: {self.max_threads} connections are being served"}).encode()
+        try:
+            request.settimeout(1.0)  # a few hundred bytes into a fresh socket's buffer: never waits in practice
+            request.sendall(_BUSY_REPLY % (len(body), body))
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
     @property
     def url(self) -> str:
@@ -244,6 +341,12 @@ class _Handler(BaseHTTPRequestHandler):
     server: GenEvalHTTPServer
     server_version = "precise-fast-geneval/1"
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        # Every read and write of the connection waits at most this long; http.server
+        # closes a connection whose request line, headers or body stall past it.
+        self.timeout = self.server.idle_timeout_s
+        super().setup()
 
     def log_message(self, fmt, *args):  # route the access log to logging
         logger.debug("%s - %s", self.address_string(), fmt % args)
@@ -304,9 +407,38 @@ class _Handler(BaseHTTPRequestHandler):
             payload = self._read_json()
             if self.server.scorer is None:
                 return self._error(HTTPStatus.SERVICE_UNAVAILABLE, f"detector unavailable: {self.server.unavailable}")
-            images, metadata, only_strict = self._parse(payload)
-        except OverflowError as exc:
+            headers, metadata, only_strict = self._parse(payload)
+            pixels = self._admit(headers)
+        except (OverflowError, TooLarge) as exc:
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc))
+        except BadRequest as exc:
+            return self._error(HTTPStatus.BAD_REQUEST, str(exc))
+        except Busy as exc:
+            return self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+        try:
+            return self._score(headers, metadata, only_strict)
+        finally:
+            self.server.inflight.release(pixels)
+
+    def _admit(self, headers: list) -> int:
+        """Take this request's pixels from the budgets, from the declared sizes alone."""
+        pixels = sum(image.size[0] * image.size[1] for image in headers)
+        if pixels > self.server.max_request_pixels:
+            raise TooLarge(f"{len(headers)} images of {pixels} pixels in all exceed the limit of "
+                           f"{self.server.max_request_pixels} pixels per request; send fewer per request")
+        if not self.server.inflight.acquire(pixels, self.server.queue_wait_s):
+            raise Busy(f"server busy: {self.server.inflight.used} of {self.server.inflight.total} pixels in flight "
+                       f"left no room for {pixels} within {self.server.queue_wait_s:g}s; retry later")
+        return pixels
+
+    def _score(self, headers: list, metadata: list, only_strict: bool) -> None:
+        try:
+            images = []
+            for i, image in enumerate(headers):
+                try:
+                    images.append(decode_pixels(image))
+                except BadRequest as exc:
+                    raise BadRequest(f"images[{i}]: {exc}") from None
         except BadRequest as exc:
             return self._error(HTTPStatus.BAD_REQUEST, str(exc))
         try:
@@ -339,13 +471,13 @@ class _Handler(BaseHTTPRequestHandler):
                 validate_metadata(meta, class_names)
             except ValueError as exc:
                 raise BadRequest(f"metadata[{i}]: {exc}") from None
-        decoded = []
+        headers = []
         for i, b64 in enumerate(images):
             try:
-                decoded.append(decode_image(b64, self.server.max_pixels))
+                headers.append(open_image(b64, self.server.max_pixels))
             except BadRequest as exc:
                 raise BadRequest(f"images[{i}]: {exc}") from None
-        return decoded, metadata, only_strict
+        return headers, metadata, only_strict
 
 
 def make_server(
@@ -405,6 +537,12 @@ def parse_args(argv=None):
                         help="credit of a wrong relation: paper = 0 then 1 (the paper's server), zero = 0 (corrected)")
     parser.add_argument("--max-images", type=int, default=256)
     parser.add_argument("--max-body-mb", type=int, default=256)
+    parser.add_argument("--max-request-mpixels", type=int, default=64,
+                        help="decoded pixels one request may hold, in 2**20 (default 64: 64 images of 1024x1024)")
+    parser.add_argument("--max-inflight-mpixels", type=int, default=128,
+                        help="decoded pixels of all requests at once, in 2**20 (default 128)")
+    parser.add_argument("--idle-timeout", type=float, default=30.0, help="seconds before a stalled connection is closed")
+    parser.add_argument("--max-threads", type=int, default=32, help="connections served at once; the next get 503")
     return parser.parse_args(argv)
 
 
@@ -428,6 +566,10 @@ def main(argv=None) -> int:
         unavailable=unavailable,
         max_images=args.max_images,
         max_body_bytes=args.max_body_mb * 1024 * 1024,
+        max_request_pixels=args.max_request_mpixels * 1024 * 1024,
+        max_inflight_pixels=args.max_inflight_mpixels * 1024 * 1024,
+        idle_timeout_s=args.idle_timeout,
+        max_threads=args.max_threads,
     )
     logger.info("GenEval server on %s%s", server.url, API_PATH)
     try:
