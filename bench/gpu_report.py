@@ -47,8 +47,7 @@ def _md(report: dict) -> str:
     gpu = next((b["gpu"] for b in report["benchmarks"].values() if b and "gpu" in b), {})
     if gpu:
         lines += [f"GPU: {gpu.get('device')} ({gpu.get('capability', '')}), HBM peak {gpu.get('hbm_peak_gbs')} GB/s, "
-                  f"bf16 peak {gpu.get('bf16_peak_tflops')} TFLOP/s, measured stream add "
-                  f"{gpu.get('measured_stream_add_gbs')} GB/s", ""]
+                  f"measured copy {gpu.get('measured_copy_gbs')} GB/s, bf16 peak {gpu.get('bf16_peak_tflops')} TFLOP/s", ""]
     lines += ["| step | status | seconds |", "|---|---|---|"]
     lines += [f"| {s['step']} | {'ok' if s['status'] == 0 else 'FAILED (' + str(s['status']) + ')'} | {s['seconds']:.0f} |"
               for s in report["steps"]]
@@ -59,21 +58,30 @@ def _md(report: dict) -> str:
         lines += [f"- skipped x{n}: {why}" for why, n in t["skipped_why"].items()]
     fused = report["benchmarks"].get("gpu_fused_step")
     if fused:
-        lines += ["", "## Fused step (B=16 x 131072)", "", "| case | median ms | GB/s | % HBM |", "|---|---|---|---|"]
-        lines += [f"| {k} | {r['median_ms']} | {r['gbs']} | {r.get('hbm_pct', '-')} |" for k, r in fused["results"].items()]
+        c = fused.get("config", {})
+        lines += ["", f"## Fused step (B={c.get('batch')} x {c.get('elements')}, inputs rotated past 4x L2)", "",
+                  "| case | median us | GB/s | % HBM peak | % measured copy | timing |", "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {1e3 * r['median_ms']:.1f} | {r['gbs']} | {r.get('hbm_pct', '-')} | {r.get('copy_pct', '-')} | "
+                  f"{r.get('timing', '-')} |" for k, r in fused["results"].items()]
         lines += [f"- {k}: {v}x" for k, v in fused.get("speedups", {}).items()]
+        lines += [f"- skipped: {k}" for k in fused.get("skipped", [])]
     roll = report["benchmarks"].get("gpu_rollout")
     if roll:
-        lines += ["", "## Rollout (real widths)", "", "| engine | median ms | images/s | ms/step |", "|---|---|---|---|"]
-        lines += [f"| {k} | {r['median_ms']} | {r['images_per_s']} | {r['ms_per_step']} |" for k, r in roll["results"].items()]
-        if "graph_speedup" in roll:
-            lines += [f"- CUDA graph speedup {roll['graph_speedup']}x, max |graph - eager| {roll['graph_max_abs_diff_vs_eager']:.3g}"]
+        c = roll.get("config", {})
+        lines += ["", f"## Rollout ({roll.get('model')}; {c.get('batch')} images {c.get('size')}px, {c.get('steps')} steps)", "",
+                  "| variant | s / rollout | images/s | MFU % | peak GiB | speedup vs eager |", "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {r['median_ms'] / 1e3:.2f} | {r['images_per_s']} | {r['mfu_pct']} | {r['peak_memory_gib']} | "
+                  f"{r.get('speedup_vs_engine_eager', '-')} |" for k, r in roll["results"].items()]
+        lines += [f"- MFU: {roll.get('mfu_formula')}"] + [f"- skipped: {k}" for k in roll.get("skipped", [])]
     train = report["benchmarks"].get("gpu_train_step")
     if train:
-        u = train["results"]["update"]
-        lines += ["", "## One training update (real widths, bf16)", "",
-                  f"- {u['median_ms']} ms per update, {u['tokens_per_s']} tokens/s, {u['achieved_tflops']} TFLOP/s, "
-                  f"MFU {u['mfu_pct']}%, peak memory {u['peak_memory_gib']} GiB"]
+        c = train.get("config", {})
+        lines += ["", f"## One GRPO-Guard update ({train.get('model')}; LoRA rank {c.get('lora_rank')}, "
+                      f"{c.get('samples')} samples x {c.get('trained_timesteps')} timesteps)", "",
+                  "| variant | s / update | MFU % | peak GiB |", "|---|---|---|---|"]
+        lines += [f"| {k} | {r['seconds_per_update']} | {r['mfu_pct']} | {r['peak_memory_gib']} |"
+                  for k, r in train["results"].items()]
+        lines += [f"- MFU: {train.get('mfu_formula')}"] + [f"- skipped: {k}" for k in train.get("skipped", [])]
     return "\n".join(lines) + "\n"
 
 
