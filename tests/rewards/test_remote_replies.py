@@ -82,3 +82,12 @@ def test_after_a_degenerate_reply_the_next_call_succeeds_in_time(scripted_server
     assert out.valid.all() and time.monotonic() - start < FAST["timeout_s"] + 1.0
     assert not first.result(timeout=10).valid.any()
 
+
+
+def test_an_oversized_reply_is_refused_unread(scripted_server):
+    """The default cap (4 MiB) bounds what a reply can cost to read; a larger one is a bad reply."""
+    huge = chat(GOOD + " " * (5 * 1024 * 1024))
+    server = scripted_server(reply(200, huge))
+    with pytest.raises(RemoteRewardError, match="larger than 4194304 bytes"):
+        UnifiedRewardClient(server.url, on_error="raise", **{**FAST, "max_retries": 0})(
+            torch.rand(1, 3, 8, 8), ["x"], None)
