@@ -152,6 +152,16 @@ def test_hostile_pickles_are_refused_within_a_bound(build, size, reason):
     assert seconds < 2.0
 
 
+def test_a_far_memo_slot_is_refused():
+    """The unpickler grows its memo table to the slot written: 6 bytes could ask for 16 GiB
+    (slot 2**31). Slot 2**24 (a 128 MiB table, which the unpickler did allocate) stands in
+    for it here."""
+    for slot in (1 << 24, (1 << 31) - 1):
+        with pytest.raises(UnsafePickleError, match=f"memo slot {slot} of 0"):
+            safe_loads(b"\x80\x02N" + _put(slot) + b".")
+    assert safe_loads(b"\x80\x02N" + _put(0) + _put(0) + b".") is None  # rewriting a slot is plain
+
+
 def test_cycles_and_shared_scalars():
     cyclic = []
     cyclic.append(cyclic)

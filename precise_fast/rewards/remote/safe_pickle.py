@@ -237,6 +237,10 @@ class _Scan:
             if self.memoize not in (None, memoize):
                 raise UnsafePickleError("refused a pickle that mixes MEMOIZE with PUT")
             self.memoize = memoize
+            # The unpickler sizes its memo table by the largest slot: one PUT of slot 2**31
+            # would allocate and clear 16 GiB. Picklers number slots in order, from 0.
+            if not memoize and not 0 <= arg <= len(self.memo):
+                raise UnsafePickleError(f"refused a pickle that writes memo slot {arg} of {len(self.memo)}")
             node = self.pop()
             push(node)
             self.memo[len(self.memo) if memoize else arg] = node
