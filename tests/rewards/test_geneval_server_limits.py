@@ -17,7 +17,6 @@ import time
 import urllib.error
 import urllib.request
 
-import numpy as np
 import pytest
 from PIL import Image, ImageFile
 

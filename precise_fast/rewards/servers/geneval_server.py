@@ -541,7 +541,8 @@ def parse_args(argv=None):
                         help="decoded pixels one request may hold, in 2**20 (default 64: 64 images of 1024x1024)")
     parser.add_argument("--max-inflight-mpixels", type=int, default=128,
                         help="decoded pixels of all requests at once, in 2**20 (default 128)")
-    parser.add_argument("--idle-timeout", type=float, default=30.0, help="seconds before a stalled connection is closed")
+    parser.add_argument("--idle-timeout", type=float, default=30.0,
+                        help="seconds before a stalled connection is closed")
     parser.add_argument("--max-threads", type=int, default=32, help="connections served at once; the next get 503")
     return parser.parse_args(argv)
 
