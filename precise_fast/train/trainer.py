@@ -44,7 +44,7 @@ from .signals import StopRequest, StopRequested
 from .throughput import Throughput, device_peak_flops, throughput_line
 from .tracking import RunLogger
 from .update_phase import count_minibatches, train_epoch
-from .validation import build_checked_reward, check_start_lora
+from .validation import build_checked_reward
 
 logger = logging.getLogger("precise_fast.train")
 
@@ -113,7 +113,6 @@ class Trainer:
                 tiny_pipeline_path(m.tiny_seed)
             barrier()
             path = tiny_pipeline_path(m.tiny_seed)
-        check_start_lora(cfg, path)
         self.pipeline = load_pipeline(path, dtype=getattr(torch, m.dtype), device=device,
                                       attention_backend=m.attention_backend, model_root=m.model_root)
         apply_precision(self.pipeline, m.precision)
