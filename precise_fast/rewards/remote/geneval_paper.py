@@ -18,8 +18,9 @@ Wire format, as the paper's code has it:
   ``500`` with a traceback as text on failure (the paper's client retries those).
 
 We pickle only our own request. The reply is decoded by :func:`.safe_pickle.safe_loads`,
-which admits plain containers, numbers, strings and bytes and refuses anything else, and
-then checked against the shape above; the per-image values then flow through the same
+which admits plain containers, numbers, strings and bytes, in time linear in the reply
+(at most 1 MiB), and refuses anything else, and then checked against the shape above;
+the per-image values then flow through the same
 columns as the JSON client (``geneval_score``, ``geneval_strict``, ``geneval_correct``).
 """
 

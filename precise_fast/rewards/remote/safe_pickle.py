@@ -10,7 +10,7 @@ numbers, booleans and None directly). So this unpickler admits no global at all 
 the two set constructors that protocols < 4 need for sets and, for bytes under protocols
 < 3, a latin-1-only stand-in for ``_codecs.encode``; anything else is refused with
 :class:`UnsafePickleError` before it is called. Persistent ids are refused too (the
-stdlib default). The reply size is capped by the HTTP layer before decoding.
+stdlib default). The reply size is capped by the HTTP layer, and here at ``MAX_PICKLE_BYTES``.
 
 Names are not the only danger: a few hundred bytes can make the decoding itself run for
 hours. Memo references (``GET``) let one container appear many times, so a chain of lists
@@ -20,7 +20,8 @@ whose hashes collide make each insertion compare against all earlier ones. So be
 C unpickler sees the bytes, :func:`scan` walks the opcodes once (linear in the size) with
 a model of the stack and memo, and refuses a pickle whose decoded value would hold a
 container more than once (the expanded tree may not outgrow the opcode count), whose
-dict keys or set members are anything but scalars with uncolliding hashes, or whose
+dict keys or set members are anything but scalars with uncolliding hashes, which writes
+memo slots out of order (the unpickler sizes its memo table by the largest), or whose
 decoding work (items moved, key bytes compared, set and bytes rebuilds) exceeds
 ``WORK_PER_BYTE`` steps per byte. The paper's reply (plain lists of floats, dicts with
 string keys) passes untouched.
@@ -65,7 +66,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         raise UnsafePickleError("refused a pickle with persistent ids")
-
 
 
 # The paper's reply for 64 images is ~3 KB (a few thousand images fit in 1 MiB); the scan
