@@ -26,7 +26,9 @@ gpu-check:
 # The GRPO main job: the shapes world's pretrained tiny FLUX.2 Klein (precise_fast/toy) trained on
 # CPU, 2 ranks under the deepspeed launcher (ZeRO-2, LoRA, Precise sampler, the toy GenEval reward:
 # no downloaded weights); ends with "eval reward rose from <base> to <final>" (held-out prompts).
-# Starts fresh in runs/toy_shapes; `make train-resume` continues it from its latest checkpoint.
+# Starts fresh in runs/toy_shapes (--fresh: an earlier run there, logs and checkpoints, moves to
+# runs/toy_shapes/previous/<time>/, nothing is deleted; a run still going there is refused);
+# `make train-resume` continues it from its latest checkpoint.
 TRAIN_CONFIG ?= configs/toy/shapes_precise.yaml
 TRAIN_RUN ?= runs/toy_shapes
 TRAIN_PORT ?= 29517
@@ -36,8 +38,7 @@ DS_LAUNCH = OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu $(PY) -m precise_fast.train.sup
 	--master_port $(TRAIN_PORT) --module precise_fast.train --config $(TRAIN_CONFIG) --set run.output_dir=$(TRAIN_RUN)
 
 train: setup
-	rm -rf $(TRAIN_RUN)
-	$(DS_LAUNCH) $(TRAIN_ARGS)
+	$(DS_LAUNCH) --fresh $(TRAIN_ARGS)
 
 train-resume: setup
 	$(DS_LAUNCH) --resume $(TRAIN_ARGS)

@@ -29,11 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="run config YAML (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.lr=1e-4 (repeatable)")
-    parser.add_argument("--resume", nargs="?", const="latest", default=None,
-                        help="continue from the latest checkpoint of this run (no value) or from a checkpoint / run folder; "
-                             "an error when there is none")
-    parser.add_argument("--resume-or-start", action="store_true",
-                        help="continue from the latest checkpoint, or start fresh when the run has none yet")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", nargs="?", const="latest", default=None,
+                       help="continue from the latest checkpoint of this run (no value) or from a checkpoint / run folder; "
+                            "an error when there is none")
+    start.add_argument("--resume-or-start", action="store_true",
+                       help="continue from the latest checkpoint, or start fresh when the run has none yet")
+    start.add_argument("--fresh", action="store_true",
+                       help="start fresh even when run.output_dir holds a run: that run moves to <output_dir>/previous/<time>/ "
+                            "first (nothing is deleted; without --fresh such a start is refused)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
     return parser
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         # learn its decision), taken before the start is chosen: that may move files aside.
         run_lock = acquire_agreed(cfg.run.output_dir, is_main=dist.is_main, broadcast=broadcast_object,
                                   warn=logging.getLogger("precise_fast.train").warning)
-        trainer = Trainer(cfg, dist, resume=args.resume, resume_or_start=args.resume_or_start, stop=stop)
+        trainer = Trainer(cfg, dist, resume=args.resume, resume_or_start=args.resume_or_start, fresh=args.fresh, stop=stop)
         trainer.run()
     except StopRequested as err:
         if rank == 0:

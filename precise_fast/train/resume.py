@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .checkpoint import MANIFEST, CheckpointError, check_loadable, load_checkpoint_file, resolve_resume
 from .config import Config
+from .run_lock import LOCK_NAME, RunFolderError, check_run_folder  # noqa: F401 - RunFolderError: importers' name
 
 # Sections that may change without changing what the remaining epochs compute.
 RESUME_FREE = ("run.epochs", "run.output_dir", "eval.", "log.", "checkpoint.")
@@ -33,10 +34,6 @@ REFUSED = ("model.finetune", "model.lora_rank", "model.lora_targets", "train.zer
 LORA_ONLY = ("model.lora_rank", "model.lora_targets")  # no adapter is saved by a full fine-tune
 OPTIMIZER_KEYS = ("train.lr", "train.betas", "train.weight_decay", "train.adam_eps", "train.max_grad_norm")
 PREVIOUS = "previous"  # where --resume-or-start puts the logs of an attempt that left no checkpoint
-
-
-class RunFolderError(ValueError):
-    """A fresh start into a folder that holds another run."""
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -64,23 +61,48 @@ def run_traces(out_dir: Path) -> list[str]:
     return found
 
 
+def _set_aside(out_dir: Path, items: list[Path], warn: Callable[[str], None], what: str) -> Path | None:
+    """Move ``items`` to a new ``out_dir/previous/<time>/`` (never one an earlier set-aside made)."""
+    if not items:
+        return None
+    base = out_dir / PREVIOUS / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    dest, n = base, 1
+    while dest.exists():  # two set-asides within one second
+        dest, n = base.with_name(f"{base.name}-{n}"), n + 1
+    dest.mkdir(parents=True)
+    for item in items:
+        os.rename(item, dest / item.name)
+    warn(f"{what} {dest}")
+    return dest
+
+
 def set_aside_logs(out_dir: Path, warn: Callable[[str], None]) -> Path | None:
     """Move metrics.jsonl and tensorboard/ of an earlier attempt to ``out_dir/previous/<time>/``."""
     out_dir = Path(out_dir)
     items = [out_dir / n for n in ("metrics.jsonl", "tensorboard") if (out_dir / n).exists()]
-    if not items:
-        return None
-    dest = out_dir / PREVIOUS / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    dest.mkdir(parents=True, exist_ok=True)
-    for item in items:
-        os.rename(item, dest / item.name)
-    warn(f"no checkpoint to resume in {out_dir}: starting fresh; the earlier attempt's logs were moved to {dest}")
-    return dest
+    return _set_aside(out_dir, items, warn,
+                      f"no checkpoint to resume in {out_dir}: starting fresh; the earlier attempt's logs were moved to")
 
 
-def choose_start(out_dir: Path, resume: str | None, *, or_start: bool, warn: Callable[[str], None]) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh start (rank 0 only: it may move files)."""
+def set_aside_run(out_dir: Path, warn: Callable[[str], None]) -> Path | None:
+    """``--fresh``: move everything of an earlier run (logs, checkpoints, images, config) to
+    ``out_dir/previous/<time>/``; only the lock and the earlier set-asides stay."""
     out_dir = Path(out_dir)
+    items = sorted(p for p in out_dir.iterdir() if p.name not in (PREVIOUS, LOCK_NAME)) if out_dir.is_dir() else []
+    return _set_aside(out_dir, items, warn, f"--fresh: the earlier run in {out_dir} was moved (nothing deleted) to")
+
+
+def choose_start(out_dir: Path, resume: str | None, *, or_start: bool, warn: Callable[[str], None],
+                 fresh: bool = False) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh start (rank 0 only: it may move files;
+    under the run lock, main.py). ``fresh`` sets an earlier run aside rather than refusing it."""
+    out_dir = Path(out_dir)
+    check_run_folder(out_dir)
+    if fresh:
+        if resume is not None or or_start:
+            raise ValueError("fresh excludes resume and or_start")
+        set_aside_run(out_dir, warn)
+        return None
     root = out_dir / "checkpoints"
     if resume is not None or or_start:
         folder = resolve_resume(resume or "latest", root, warn=warn)

@@ -40,7 +40,11 @@ LOCK_NAME = "run.lock"
 _NO_FLOCK = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
-class RunLockError(ValueError):
+class RunFolderError(ValueError):
+    """A run folder that cannot be used (a file in its place, another run in it); the message names it."""
+
+
+class RunLockError(RunFolderError):
     """The run folder is held by another run, or cannot hold a lock; the message names the holder."""
 
 
@@ -88,10 +92,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def check_run_folder(run_dir: str | os.PathLike) -> None:
+    """Refuse a run folder path that names a file (or lies below one)."""
+    run_dir = Path(run_dir)
+    for path in (run_dir, *run_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "" if path == run_dir else f" ({path} is a file)"
+                raise RunFolderError(f"run.output_dir {run_dir} is a file, not a folder{what}: choose another run.output_dir")
+            return
+
+
 def _folder(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunLockError(f"run.output_dir {run_dir} is a file, not a folder: choose another run.output_dir")
+    check_run_folder(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:

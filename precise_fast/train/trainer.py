@@ -44,7 +44,7 @@ from .signals import StopRequest, StopRequested
 from .throughput import Throughput, device_peak_flops, throughput_line
 from .tracking import RunLogger
 from .update_phase import count_minibatches, train_epoch
-from .validation import build_checked_reward
+from .validation import build_checked_reward, check_start_lora
 
 logger = logging.getLogger("precise_fast.train")
 
@@ -73,7 +73,7 @@ class _Bar:
 
 class Trainer:
     def __init__(self, cfg: Config, dist: DistInfo, *, resume: str | None = None, resume_or_start: bool = False,
-                 stop: StopRequest | None = None):
+                 fresh: bool = False, stop: StopRequest | None = None):
         self.cfg = cfg
         self.dist = dist
         self.out_dir = Path(cfg.run.output_dir)
@@ -83,7 +83,7 @@ class Trainer:
             torch.set_num_threads(cfg.run.num_threads)
         check_world(cfg, dist.world_size)
         # Where to start is settled (and a refused resume reported) before any model loads.
-        self.resumed_from = self._choose_start(resume, resume_or_start)
+        self.resumed_from = self._choose_start(resume, resume_or_start, fresh)
         self.resume_changes = (changed_settings(saved_config(self.resumed_from), cfg, self.resumed_from)
                                if self.resumed_from else [])
         # The same seed on every rank: initial weights (a LoRA's A) must agree, ZeRO-3
@@ -113,6 +113,7 @@ class Trainer:
                 tiny_pipeline_path(m.tiny_seed)
             barrier()
             path = tiny_pipeline_path(m.tiny_seed)
+        check_start_lora(cfg, path)
         self.pipeline = load_pipeline(path, dtype=getattr(torch, m.dtype), device=device,
                                       attention_backend=m.attention_backend, model_root=m.model_root)
         apply_precision(self.pipeline, m.precision)
@@ -226,12 +227,12 @@ class Trainer:
                   "config": self.cfg.to_dict(), "prompt_set": prompt_set_identity(self.train_set)},
         )
 
-    def _choose_start(self, resume: str | None, resume_or_start: bool) -> Path | None:
+    def _choose_start(self, resume: str | None, resume_or_start: bool, fresh: bool = False) -> Path | None:
         """Rank 0 decides (it may move files aside); every rank gets the answer or the same error."""
         answer = None
         if self.main:
             try:
-                folder = choose_start(self.out_dir, resume, or_start=resume_or_start, warn=logger.warning)
+                folder = choose_start(self.out_dir, resume, or_start=resume_or_start, fresh=fresh, warn=logger.warning)
                 answer = ("ok", None if folder is None else str(folder))
             except (CheckpointError, RunFolderError) as err:
                 answer = ("error", str(err))

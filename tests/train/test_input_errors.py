@@ -83,3 +83,31 @@ def test_full_disk_while_logging_is_one_line(tmp_path, capsys, dist1, monkeypatc
     monkeypatch.setattr(RunLogger, "log", full)
     code, line = _run(tmp_path, capsys)
     assert code == 2 and f"no space left on {target}" in line
+
+
+def test_a_file_where_the_run_folder_should_be_is_one_line(tmp_path, capsys, dist1, no_model):
+    """Issue 25 item 14: a regular file at run.output_dir crashed with a traceback after the model loaded."""
+    from precise_fast.train.trainer import Trainer
+
+    from .conftest import small_config
+
+    out = tmp_path / "run"
+    out.write_text("not a folder")
+    with pytest.raises(ValueError, match=f"run.output_dir {out} is a file, not a folder"):
+        Trainer(small_config(tmp_path), dist1)  # in-process callers too, not only the command line
+    code, line = _run(tmp_path, capsys)
+    assert code == 2 and f"run.output_dir {out} is a file, not a folder" in line
+    assert out.read_text() == "not a folder"
+
+
+def test_a_lora_file_of_other_shapes_is_one_line_before_the_model_loads(tmp_path, capsys, dist1, tiny_pipe, no_model):
+    """Issue 25 item 14: train.lora_path with another rank crashed with a traceback after the model loaded."""
+    from precise_fast.models import apply_lora, save_lora
+
+    apply_lora(tiny_pipe.transformer, rank=4, alpha=4.0)
+    lora = save_lora(tiny_pipe, tmp_path / "rank4")
+    code, line = _run(tmp_path, capsys, f"train.lora_path={lora}", "model.lora_rank=8")
+    assert code == 2 and "train.lora_path:" in line and "LoRA shapes differ" in line and "(4, " in line
+    code, line = _run(tmp_path, capsys, f"train.lora_path={lora}", "model.lora_rank=4",
+                      "model.lora_targets=paper_plus_single_out")
+    assert code == 2 and "train.lora_path:" in line and "LoRA targets differ" in line

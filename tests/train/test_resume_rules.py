@@ -2,6 +2,8 @@
 ``--resume`` never silently starts over, ``--resume-or-start`` may, and a fresh start never
 overwrites an earlier run's metrics.jsonl / TensorBoard events."""
 
+import subprocess
+
 import pytest
 import torch
 
@@ -99,3 +101,42 @@ def test_a_rewritten_prompt_set_or_changed_lora_targets_is_refused_before_the_mo
                                               "trained with 'paper'"):
         trainer_module.Trainer(small_config(tmp_path, *fast, "run.epochs=2", f"prompts.train={prompts}",
                                             "model.lora_targets=paper_plus_single_out"), dist1, resume="latest")
+
+
+def _earlier_run(out):
+    """What a finished run leaves: logs, checkpoints, images, its config, the released lock."""
+    _old_run(out)
+    _checkpoint(out)
+    (out / "images").mkdir()
+    (out / "images" / "samples_epoch_0001.png").write_bytes(b"png")
+    (out / "config.yaml").write_text("run: {}\n")
+    (out / "run.lock").write_text("")
+
+
+def test_fresh_sets_the_earlier_run_aside_whole(tmp_path):
+    """Issue 25 item 12: ``make train`` ran ``rm -rf runs/toy_shapes``; it now starts with
+    ``--fresh``, which moves the earlier run (everything but the lock) to previous/<time>/."""
+    out = tmp_path / "run"
+    _earlier_run(out)
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.name != "run.lock")
+    warnings = []
+    assert choose_start(out, None, or_start=False, fresh=True, warn=warnings.append) is None
+    assert sorted(p.name for p in out.iterdir()) == ["previous", "run.lock"]
+    (kept,) = (out / "previous").iterdir()
+    assert sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*")) == before
+    assert len(warnings) == 1 and str(kept) in warnings[0]
+    # A second fresh start keeps both earlier runs apart, even within the same second.
+    _earlier_run(out)
+    assert choose_start(out, None, or_start=False, fresh=True, warn=warnings.append) is None
+    assert len(list((out / "previous").iterdir())) == 2
+    assert choose_start(out, None, or_start=False, fresh=True, warn=pytest.fail) is None  # nothing to move: no warning
+
+
+def test_make_train_never_deletes_the_previous_run():
+    from .conftest import REPO
+
+    proc = subprocess.run(["make", "-n", "train", "TRAIN_RUN=runs/some_run"], cwd=REPO, capture_output=True, text=True,
+                          check=True)
+    assert "rm " not in proc.stdout, proc.stdout
+    (launch,) = [line for line in proc.stdout.splitlines() if "precise_fast.train.supervise" in line]
+    assert "--set run.output_dir=runs/some_run" in launch and launch.rstrip().endswith("--fresh")

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from precise_fast.train import run_lock
-from precise_fast.train.run_lock import LOCK_NAME, RunLock, RunLockError, hold_run_lock
+from precise_fast.train.run_lock import LOCK_NAME, RunFolderError, RunLock, RunLockError, hold_run_lock
 
 from ..child_env import child_env
 from .conftest import REPO, TINY_CONFIG
@@ -107,7 +107,7 @@ def test_without_flock_a_dead_holder_of_this_host_is_taken_over_and_another_host
 def test_a_file_where_the_run_folder_should_be_is_one_line(tmp_path):
     target = tmp_path / "run"
     target.write_text("not a folder")
-    with pytest.raises(RunLockError, match=f"run.output_dir {target} is a file, not a folder"):
+    with pytest.raises(RunFolderError, match=f"run.output_dir {target} is a file, not a folder"):
         RunLock.acquire(target)
-    with pytest.raises(RunLockError, match="cannot create the folder"):
+    with pytest.raises(RunFolderError, match=f"run.output_dir {target / 'below'} is a file, not a folder \\({target} is a file\\)"):
         RunLock.acquire(target / "below")
