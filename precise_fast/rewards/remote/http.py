@@ -26,6 +26,7 @@ import asyncio
 import concurrent.futures
 import functools
 import json
+import os
 import random
 import threading
 from collections.abc import Callable, Coroutine, Sequence
@@ -121,8 +122,20 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes:
 
 
 # Threads that read replies. Reading is linear in a capped reply, so a few suffice; a reply
-# whose reading outlives its timeout keeps its thread until it ends, never the loop.
-_READERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="precise-fast-rewards-read")
+# whose reading outlives its timeout keeps its thread until it ends, never the loop. One
+# pool per process: a forked child inherits the pool but not its threads.
+_readers: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+_readers_lock = threading.Lock()
+
+
+def _reader_pool() -> concurrent.futures.ThreadPoolExecutor:
+    with _readers_lock:
+        pid = os.getpid()
+        if pid not in _readers:
+            _readers.clear()
+            _readers[pid] = concurrent.futures.ThreadPoolExecutor(
+                max_workers=4, thread_name_prefix="precise-fast-rewards-read")
+        return _readers[pid]
 
 
 def _read_reply(content: bytes, decode, validate, incomplete):
@@ -146,7 +159,7 @@ def _read_reply(content: bytes, decode, validate, incomplete):
 async def _read_off_loop(content: bytes, timeout_s: float, *parts):
     work = functools.partial(_read_reply, content, *parts)
     try:
-        return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(_READERS, work), timeout_s)
+        return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(_reader_pool(), work), timeout_s)
     except TimeoutError:  # asyncio.wait_for raises the builtin on Python >= 3.11
         raise ResponseContractError(f"reading the reply took longer than {timeout_s:g}s") from None
 
