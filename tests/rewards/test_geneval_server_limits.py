@@ -71,8 +71,8 @@ def serve():
         server.server_close()
 
 
-def post(url, images, timeout=10):
-    data = json.dumps({"images": images, "metadata": [meta()] * len(images)}).encode()
+def post(url, images, timeout=10, pad=0):
+    data = (json.dumps({"images": images, "metadata": [meta()] * len(images)}) + " " * pad).encode()
     req = urllib.request.Request(url + "/v1/geneval", data=data, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
@@ -133,6 +133,24 @@ def test_requests_in_flight_share_one_pixel_budget(serve, decodes):
     worker.join(10)
     assert first["result"][0] == 200
     assert post(server.url, [png()] * 2)[0] == 200  # the budget came back
+
+
+def test_request_bodies_in_flight_share_one_byte_budget(serve):
+    """Bodies wait in memory while their requests are decoded and scored: their bytes in
+    flight are budgeted too, and a body that does not fit is refused before it is read."""
+    detector = GatedDetector()
+    server = serve(detector, max_body_bytes=50_000, max_inflight_body_bytes=60_000, queue_wait_s=0.2)
+    first = {}
+    worker = threading.Thread(target=lambda: first.update(result=post(server.url, [png()], pad=40_000)),
+                              daemon=True)
+    worker.start()
+    assert detector.entered.wait(10)
+    status, body = post(server.url, [png()], pad=30_000)
+    assert status == 503 and "body bytes in flight" in body["error"], body
+    detector.gate.set()
+    worker.join(10)
+    assert first["result"][0] == 200
+    assert post(server.url, [png()], pad=30_000)[0] == 200
 
 
 def test_idle_connections_are_closed(serve):

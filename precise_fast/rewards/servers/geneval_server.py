@@ -22,7 +22,8 @@ JPEG, and the metadata is validated before the detector runs. Memory and threads
 bounded whatever clients send: the pixels each image header declares (PIL reads them
 without decoding) are summed and checked against a per-request budget (413) and a budget
 shared by all requests being decoded or scored (503 when it stays full for
-``queue_wait_s``) before any pixel is decoded; connections idle for ``idle_timeout_s`` are
+``queue_wait_s``) before any pixel is decoded; the bodies held by all requests have a
+budget of their own, taken before a body is read; connections idle for ``idle_timeout_s`` are
 closed; at most ``max_threads`` connections are served at once, and the next ones get an
 immediate 503 (issue 25 item 5: 32 large images in a 91 KiB body decoded to 4.4 GB, and
 400 stalled connections held 400 threads).
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import io
 import json
 import logging
@@ -223,9 +225,9 @@ def decode_pixels(image: Image.Image) -> Image.Image:
         raise BadRequest(f"image does not decode ({type(exc).__name__}: {exc})") from None
 
 
-class PixelBudget:
-    """Pixels decoded or being scored, across all requests; a request takes its share
-    before it decodes and gives it back after its reply."""
+class Budget:
+    """Body bytes or decoded pixels held by all requests at once: a request takes its share
+    before it reads or decodes, and gives it back after its reply."""
 
     def __init__(self, total: int):
         self.total = int(total)
@@ -244,6 +246,13 @@ class PixelBudget:
             self.used -= pixels
             self._cond.notify_all()
 
+    def hold(self, amount: int, wait_s: float, held: contextlib.ExitStack, what: str) -> None:
+        """Take ``amount`` for the life of ``held``, or raise :class:`Busy`."""
+        if not self.acquire(amount, wait_s):
+            raise Busy(f"server busy: {self.used} of {self.total} {what} in flight left no room for {amount} "
+                       f"within {wait_s:g}s; retry later")
+        held.callback(self.release, amount)
+
 
 _BUSY_REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s")
@@ -253,7 +262,8 @@ class GenEvalHTTPServer(ThreadingHTTPServer):
     """``max_request_pixels``: the pixels one request may decode (the default holds 64
     images of 1024x1024; decoded RGB plus its conversion take ~6 bytes a pixel);
     ``max_inflight_pixels``: those of all requests being decoded or scored at once (two
-    full requests: one on the detector, one decoding behind it)."""
+    full requests: one on the detector, one decoding behind it); ``max_inflight_body_bytes``:
+    the bodies of all requests being served (two full bodies by default)."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -272,14 +282,19 @@ class GenEvalHTTPServer(ThreadingHTTPServer):
         max_pixels: int = 4096 * 4096,
         max_request_pixels: int = 64 * 1024 * 1024,
         max_inflight_pixels: int = 128 * 1024 * 1024,
+        max_inflight_body_bytes: int | None = None,
         queue_wait_s: float = 30.0,
         idle_timeout_s: float = 30.0,
         max_threads: int = 32,
     ):
         if scorer is None and not unavailable:
             raise ValueError("give a scorer or the reason why the detector is unavailable")
+        if max_inflight_body_bytes is None:
+            max_inflight_body_bytes = 2 * max_body_bytes
         if not 0 < max_pixels <= max_request_pixels <= max_inflight_pixels:
             raise ValueError("need 0 < max_pixels <= max_request_pixels <= max_inflight_pixels")
+        if not 0 < max_body_bytes <= max_inflight_body_bytes:
+            raise ValueError("need 0 < max_body_bytes <= max_inflight_body_bytes")
         if idle_timeout_s <= 0 or queue_wait_s < 0 or max_threads < 1:
             raise ValueError("need idle_timeout_s > 0, queue_wait_s >= 0 and max_threads >= 1")
         super().__init__(address, _Handler)
@@ -289,7 +304,8 @@ class GenEvalHTTPServer(ThreadingHTTPServer):
         self.max_images = int(max_images)
         self.max_pixels = int(max_pixels)
         self.max_request_pixels = int(max_request_pixels)
-        self.inflight = PixelBudget(max_inflight_pixels)
+        self.inflight_pixels = Budget(max_inflight_pixels)
+        self.inflight_bytes = Budget(max_inflight_body_bytes)
         self.queue_wait_s = float(queue_wait_s)
         self.idle_timeout_s = float(idle_timeout_s)
         self.max_threads = int(max_threads)
@@ -376,24 +392,32 @@ class _Handler(BaseHTTPRequestHandler):
             HTTPStatus.OK, {"status": "ok", "version": CONTRACT_VERSION, "classes": len(self.server.scorer.class_names)}
         )
 
-    def _read_json(self):
+    def _drop_body(self, length: int) -> None:
+        """Read (and drop) a body we refuse, so the client sees the answer instead of a
+        broken pipe; past 4x the body limit just hang up after answering."""
+        if length > 4 * self.server.max_body_bytes:
+            self.close_connection = True
+            return
+        remaining = length
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+
+    def _read_json(self, held: contextlib.ExitStack):
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
             self.close_connection = True  # the body (if any) was not read
             raise BadRequest("a Content-Length header is required")
         if int(length) > self.server.max_body_bytes:
-            # Read (and drop) a moderately oversized body so the client sees the 413 instead of
-            # a broken pipe; past 4x the limit just hang up after answering.
-            if int(length) <= 4 * self.server.max_body_bytes:
-                remaining = int(length)
-                while remaining > 0:
-                    chunk = self.rfile.read(min(remaining, 1 << 20))
-                    if not chunk:
-                        break
-                    remaining -= len(chunk)
-            else:
-                self.close_connection = True
+            self._drop_body(int(length))
             raise OverflowError(f"body of {length} bytes exceeds the limit of {self.server.max_body_bytes}")
+        try:
+            self.server.inflight_bytes.hold(int(length), self.server.queue_wait_s, held, "body bytes")
+        except Busy:
+            self._drop_body(int(length))
+            raise
         body = self.rfile.read(int(length))
         try:
             return json.loads(body)
@@ -403,33 +427,29 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         if self.path != API_PATH:
             return self._error(HTTPStatus.NOT_FOUND, f"unknown path {self.path}; use POST {API_PATH}")
-        try:
-            payload = self._read_json()
-            if self.server.scorer is None:
-                return self._error(HTTPStatus.SERVICE_UNAVAILABLE, f"detector unavailable: {self.server.unavailable}")
-            headers, metadata, only_strict = self._parse(payload)
-            pixels = self._admit(headers)
-        except (OverflowError, TooLarge) as exc:
-            return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc))
-        except BadRequest as exc:
-            return self._error(HTTPStatus.BAD_REQUEST, str(exc))
-        except Busy as exc:
-            return self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
-        try:
+        with contextlib.ExitStack() as held:  # this request's share of the budgets, until its reply
+            try:
+                payload = self._read_json(held)
+                if self.server.scorer is None:
+                    return self._error(HTTPStatus.SERVICE_UNAVAILABLE,
+                                       f"detector unavailable: {self.server.unavailable}")
+                headers, metadata, only_strict = self._parse(payload)
+                self._admit(headers, held)
+            except (OverflowError, TooLarge) as exc:
+                return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc))
+            except BadRequest as exc:
+                return self._error(HTTPStatus.BAD_REQUEST, str(exc))
+            except Busy as exc:
+                return self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
             return self._score(headers, metadata, only_strict)
-        finally:
-            self.server.inflight.release(pixels)
 
-    def _admit(self, headers: list) -> int:
+    def _admit(self, headers: list, held: contextlib.ExitStack) -> None:
         """Take this request's pixels from the budgets, from the declared sizes alone."""
         pixels = sum(image.size[0] * image.size[1] for image in headers)
         if pixels > self.server.max_request_pixels:
             raise TooLarge(f"{len(headers)} images of {pixels} pixels in all exceed the limit of "
                            f"{self.server.max_request_pixels} pixels per request; send fewer per request")
-        if not self.server.inflight.acquire(pixels, self.server.queue_wait_s):
-            raise Busy(f"server busy: {self.server.inflight.used} of {self.server.inflight.total} pixels in flight "
-                       f"left no room for {pixels} within {self.server.queue_wait_s:g}s; retry later")
-        return pixels
+        self.server.inflight_pixels.hold(pixels, self.server.queue_wait_s, held, "pixels")
 
     def _score(self, headers: list, metadata: list, only_strict: bool) -> None:
         try:
