@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..train.distributed import init_distributed
     from ..train.main import _quiet_libraries
     from ..train.evaluate import eval_seed
+    from .jobs import EvalJobError
     from .runner import run
 
     _quiet_libraries(int(os.environ.get("RANK", 0)))
@@ -159,8 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(cfg.run.num_threads)
     dist = init_distributed(cfg.run.device)
     out = _out_dir(args)
-    summary = run(cfg, jobs, out, dist=dist, seed=eval_seed(cfg) if args.seed is None else args.seed,
-                  weights=args.weights, save_images=args.save_images, progress=not args.no_progress)
+    try:
+        summary = run(cfg, jobs, out, dist=dist, seed=eval_seed(cfg) if args.seed is None else args.seed,
+                      weights=args.weights, save_images=args.save_images, progress=not args.no_progress)
+    except EvalJobError as err:  # a checkpoint that went away while the eval ran
+        if dist.is_main:
+            print(f"eval: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     if dist.is_main:
         n = sum(r["count"] for r in summary["results"])
         print(f"[precise_fast] eval done: {len(summary['results'])} (target, step) results over {n} images; "

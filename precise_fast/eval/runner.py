@@ -22,7 +22,7 @@ import torch
 from ..train.distributed import DistInfo, barrier, broadcast_object
 from ..train.evaluate import Evaluator, Target, rank_batches
 from ..train.faults import crash_point
-from .jobs import Checkpoint
+from .jobs import Checkpoint, EvalJobError
 from .records import ShardWriter, merge, read_records
 from .report import write_reports
 
@@ -149,6 +149,9 @@ def _switch(pipeline, current: Checkpoint | None, new: Checkpoint | None) -> Non
     if current is not None and current.lora is not None:
         pipeline.delete_adapters(ADAPTER)
     if new is not None and new.lora is not None:
+        if not new.lora.is_dir():  # diffusers would take the missing path for a Hugging Face repo id
+            raise EvalJobError(f"checkpoint {new.label} no longer exists (pruned by its run's checkpoint.keep_last while "
+                               "this eval ran?); the items scored so far are kept: evaluate the checkpoints that remain")
         if is_peft_folder(new.lora):  # the paper's checkpoint-STEP/lora
             load_peft_adapter(pipeline.transformer, new.lora, ADAPTER)
         else:
