@@ -10,7 +10,8 @@ no recomputation, LoRA adapters included), summed over ranks:
   gradients only), plus the reference forward when ``train.beta > 0``, over ``time/train_s``.
 
 ``images/s`` counts images sampled (each one the reward scored) and samples trained (each
-with all its trained timesteps, every inner epoch), over all ranks. MFU = FLOPs / seconds /
+with all its trained timesteps, every inner epoch; padding rows included: they cost the same),
+over all ranks. MFU = FLOPs / seconds /
 (ranks x the GPU's dense bf16 peak); it is absent where the peak is unknown (CPU, other GPUs).
 """
 
