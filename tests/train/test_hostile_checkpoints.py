@@ -9,10 +9,10 @@ import os
 import pytest
 import torch
 
-from precise_fast.train import main as train_main
 from precise_fast.train.checkpoint import CheckpointError, CheckpointManager
 
-from .conftest import TINY_CONFIG, small_config
+from .conftest import small_config
+from .test_input_errors import _run, no_model  # noqa: F401 - no_model: the fixture
 
 
 class RunsCode:
@@ -23,16 +23,6 @@ class RunsCode:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    from precise_fast.train import trainer as trainer_module
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded although the checkpoint was refused")
-
-    monkeypatch.setattr(trainer_module, "load_pipeline", refuse)
 
 
 def _crafted(tmp_path, evil_file: str, *, with_config: bool) -> tuple:
@@ -54,17 +44,6 @@ def _crafted(tmp_path, evil_file: str, *, with_config: bool) -> tuple:
     return folder, marker
 
 
-def _resume(tmp_path, capsys, folder):
-    args = ["--config", str(TINY_CONFIG), "--set", f"run.output_dir={tmp_path / 'run'}", "--set", "run.epochs=1",
-            "--set", "log.progress=false", "--set", "eval.every=0", "--resume", str(folder)]
-    code = train_main.main(args)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if "error" in line]
-    assert len(lines) == 1, err
-    return code, lines[0]
-
-
 @pytest.mark.parametrize("evil_file,with_config", [
     ("trainer.pt", False),  # an older manifest without the config: it was read from trainer.pt
     ("trainer.pt", True),
@@ -75,7 +54,7 @@ def test_a_crafted_checkpoint_is_refused_before_any_model_loads(tmp_path, capsys
                                                                  with_config):
     folder, marker = _crafted(tmp_path, evil_file, with_config=with_config)
     try:
-        code, line = _resume(tmp_path, capsys, folder)
+        code, line = _run(tmp_path, capsys, flags=("--resume", str(folder)))
     finally:
         assert not marker.exists(), "the checkpoint's pickle ran code"
     assert code == 2

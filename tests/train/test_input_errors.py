@@ -27,8 +27,9 @@ def no_model(monkeypatch):
     monkeypatch.setattr(trainer_module, "load_pipeline", refuse)
 
 
-def _run(tmp_path, capsys, *overrides, config=TINY_CONFIG):
-    args = ["--config", str(config), "--set", f"run.output_dir={tmp_path / 'run'}"]
+def _run(tmp_path, capsys, *overrides, config=TINY_CONFIG, flags=()):
+    """``main`` with ``overrides``; asserts one error line, no traceback; returns (status, line)."""
+    args = ["--config", str(config), "--set", f"run.output_dir={tmp_path / 'run'}", *flags]
     for o in (*BASE, *overrides):
         args += ["--set", o]
     code = train_main.main(args)
