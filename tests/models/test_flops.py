@@ -106,3 +106,10 @@ def test_forward_flops_scale_linearly_with_batch_and_reject_missing_keys():
 def test_device_peaks(name, flops, hbm):
     assert peak_bf16_flops(name) == flops
     assert peak_hbm_bytes_per_s(name) == hbm
+
+
+@pytest.mark.gpu
+def test_the_gpu_this_runs_on_has_known_peaks():
+    """The lent H100 / H200 must match a row (its MFU would silently vanish from the report otherwise)."""
+    name = torch.cuda.get_device_name()
+    assert peak_bf16_flops(name) is not None and peak_hbm_bytes_per_s(name) is not None, f"no peaks for {name!r}"
