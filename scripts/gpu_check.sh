@@ -1,65 +1,106 @@
 #!/usr/bin/env bash
-# The one GPU check (issue 12): on a machine with one CUDA GPU, from a fresh clone, in at most
-# 8 minutes: set up .venv and build the CUDA extension, run every GPU-marked test
-# (`pytest -m gpu`), then the GPU benchmarks (fused step vs eager / torch.compile with % of
-# HBM bandwidth; rollout of the real-width model, CUDA graph vs eager; one bf16 training
-# update at real width with tokens/s and MFU). Writes OUT/gpu_report.json and
-# OUT/gpu_report.md (plus one log per step) and exits non-zero on any failure.
+# The one GPU check (issues 12, 24), for the lent machine as it is: no network, no registry, a
+# python3 that holds torch, at most 8 files back from OUT. In at most BUDGET_S seconds:
+#   wheels     install .whl/*.whl offline (what the image lacks: scripts/gpu_wheels.sh made them)
+#   build      the project, editable, with the CUDA extension for sm_90
+#   preflight  GPU, versions, an import of every needed package, the _C CUDA kernel
+#   gpu_tests  every gpu-marked test (JUnit: gpu_tests.xml); triton_on_gpu: the Triton launch checks
+#   gpu_*      the GPU benchmarks (bench/gpu_*.py --out OUT/NAME.json)
+# then bench/gpu_report.py writes OUT/gpu_report.json and .md; the logs go in OUT/logs.tar.gz.
+# A failed wheels / build / preflight step stops the check with one line "[gpu_check] STOP: ...".
+# Exit status: the report's (non-zero when any step failed).
 #
-#   scripts/gpu_check.sh OUT            # on the GPU machine
-#   scripts/gpu_check.sh --dry-run OUT  # CPU CI: the script parses, every test file it names
-#                                       # holds GPU tests, every benchmark it calls imports
-# GPU_CHECK_SKIP_SETUP=1 uses the existing .venv and extension build as they are.
+#   bash scripts/gpu_check.sh OUT            # on the GPU machine (carry .whl)
+#   bash scripts/gpu_check.sh --dry-run OUT  # CPU CI: parses, limits within the budget, files
+#                                            # in OUT <= 8, GPU tests collect, benchmarks import
+#   bash scripts/gpu_check.sh --setup-only OUT  # the wheels and build steps alone, without the
+#                                            # time limits (scripts/device_rehearsal.sh: a 2-core
+#                                            # host builds the CUDA extension in ~6 min)
+# The interpreter: $PYTHON if set, else python3 if it imports torch with CUDA, else .venv.
+# GPU_CHECK_SKIP_SETUP=1 skips the wheels and build steps (the environment is ready).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 DRY=0
-if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
+SETUP_ONLY=0
+case "${1:-}" in
+  --dry-run) DRY=1; shift ;;
+  --setup-only) SETUP_ONLY=1; shift ;;
+esac
 if [ $# -ne 1 ]; then
-  echo "usage: scripts/gpu_check.sh [--dry-run] OUT" >&2
+  echo "usage: scripts/gpu_check.sh [--dry-run | --setup-only] OUT" >&2
   exit 2
 fi
 OUT="$(mkdir -p "$1" && cd "$1" && pwd)"
-PY="${PYTHON:-$ROOT/.venv/bin/python}"
 
-# Test files holding @pytest.mark.gpu tests this check must run (each must collect >= 1);
-# the run itself selects every gpu-marked test under tests/.
-GPU_TEST_FILES=(
-  tests/kernels/test_fused_step_cpu.py
-  tests/kernels/test_fused_step_triton.py
-  tests/kernels/test_noise_stream.py
-  tests/kernels/test_op_registration.py
-  tests/models/test_attention.py
-  tests/rollout/test_capture.py
-  tests/rollout/test_capture_gpu.py
-  tests/rewards/test_executor_gpu.py
-)
-# Not gpu-marked (they run wherever Triton runs) but they check what a GPU compiles: run by name.
+# The budget and each step's share of it, in one place. A step may use what earlier steps left
+# unused, never the share of a later one. The device call's own limit is 600 s and a lease has
+# 15 minutes with a 1-2 minute start: 480 s leaves room for the start and one rerun. The
+# benchmarks keep about a third (the share they had of the first plan's 860 s).
+BUDGET_S=480
+STEPS=(wheels build preflight gpu_tests triton_on_gpu gpu_fused_step gpu_rollout gpu_train_step)
+declare -A SHARE=([wheels]=20 [build]=110 [preflight]=25 [gpu_tests]=135 [triton_on_gpu]=20
+                  [gpu_fused_step]=50 [gpu_rollout]=60 [gpu_train_step]=60)
+# What each step leaves in OUT; the rest of OUT is the report and the log archive. Each XML
+# and JSON is written in place, so a check cut short still brings back what it finished.
+declare -A OUTPUT=([gpu_tests]=gpu_tests.xml [triton_on_gpu]=triton_tests.xml [gpu_fused_step]=gpu_fused_step.json
+                   [gpu_rollout]=gpu_rollout.json [gpu_train_step]=gpu_train_step.json)
+FINAL_FILES=(gpu_report.json gpu_report.md logs.tar.gz)
+MAX_OUT_FILES=8          # what the device tool brings back
+PER_TEST_TIMEOUT_S=90    # pytest-timeout: one hung test fails alone
+KILL_AFTER_S=15          # after INT (pytest then writes its JUnit XML), KILL
+# Not gpu-marked (they run wherever Triton runs), but on a GPU host they check what CUDA compiles.
 TRITON_GPU_TESTS=(
   tests/kernels/test_op_registration.py::test_triton_ops_use_the_triton_op_registration_shipped_for_gpu
   tests/kernels/test_op_registration.py::test_every_triton_launch_disables_fp_fusion
 )
 BENCHES=(bench/gpu_fused_step.py bench/gpu_rollout.py bench/gpu_train_step.py)
-BUDGET_S=480
+# The device has no network: let nothing wait on one.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
+# torch looks for CUDA beside `which nvcc`: a wrapper script there (/usr/local/bin/nvcc on the
+# rehearsal host) would point it at /usr/local.
+if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
+
+pick_python() {
+  if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"; return; fi
+  if command -v python3 >/dev/null && python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    command -v python3; return
+  fi
+  echo "$ROOT/.venv/bin/python"
+}
+
+sum_shares() { local s=0 n; for n in "${STEPS[@]}"; do s=$(( s + SHARE[$n] )); done; echo "$s"; }
+out_files() { local n; for n in "${STEPS[@]}"; do [ -n "${OUTPUT[$n]:-}" ] && echo "${OUTPUT[$n]}"; done; printf '%s\n' "${FINAL_FILES[@]}"; }
 
 if [ "$DRY" = 1 ]; then
+  PY="${PYTHON:-$ROOT/.venv/bin/python}"
   [ -x "$PY" ] || PY="$(command -v python3)"
-  bash -n "${BASH_SOURCE[0]}" || { echo "[gpu_check] FAIL: the script does not parse"; exit 1; }
-  for f in "${GPU_TEST_FILES[@]}" "${BENCHES[@]}" bench/gpu_report.py; do
-    [ -f "$f" ] || { echo "[gpu_check] FAIL: $f does not exist"; exit 1; }
+  fail() { echo "[gpu_check] FAIL: $*"; exit 1; }
+  bash -n "${BASH_SOURCE[0]}" || fail "the script does not parse"
+  total=$(sum_shares)
+  [ "$total" -le "$BUDGET_S" ] || fail "the step shares add up to ${total} s, over the ${BUDGET_S} s budget"
+  n_files=$(out_files | sort -u | wc -l)
+  [ "$n_files" -le "$MAX_OUT_FILES" ] || fail "$n_files files would land in OUT; the device brings back $MAX_OUT_FILES"
+  for f in "${BENCHES[@]}" bench/gpu_report.py scripts/gpu_preflight.py; do
+    [ -f "$f" ] || fail "$f does not exist"
   done
-  if ! "$PY" -m pytest --collect-only -q -m gpu -p no:cacheprovider "${GPU_TEST_FILES[@]}" >"$OUT/gpu_collect.txt" 2>&1; then
-    cat "$OUT/gpu_collect.txt"; echo "[gpu_check] FAIL: collecting the GPU tests"; exit 1
-  fi
-  for f in "${GPU_TEST_FILES[@]}"; do
-    grep -q "^$f::" "$OUT/gpu_collect.txt" || { echo "[gpu_check] FAIL: $f holds no gpu-marked test"; exit 1; }
+  for f in "${BENCHES[@]}"; do
+    n=$(basename "$f" .py)
+    [ -n "${SHARE[$n]:-}" ] && [ "${OUTPUT[$n]:-}" = "$n.json" ] || fail "$f has no step of its own"
   done
-  if ! "$PY" -m pytest --collect-only -q -p no:cacheprovider "${TRITON_GPU_TESTS[@]}" >"$OUT/triton_collect.txt" 2>&1; then
-    cat "$OUT/triton_collect.txt"; echo "[gpu_check] FAIL: a Triton test named here does not exist"; exit 1
+  "$PY" -m pytest --collect-only -q -m gpu -p no:cacheprovider tests >"$OUT/gpu_collect.txt" 2>&1
+  status=$?
+  errors=$(grep -cE '^(ERROR|E  )' "$OUT/gpu_collect.txt")
+  if [ "$status" -ne 0 ] || [ "$errors" -ne 0 ]; then
+    tail -n 30 "$OUT/gpu_collect.txt"; fail "collecting the GPU tests (pytest status $status, $errors error lines)"
   fi
+  n_gpu=$(grep -c '::' "$OUT/gpu_collect.txt")
+  [ "$n_gpu" -gt 0 ] || fail "no gpu-marked test collected"
+  "$PY" -m pytest --collect-only -q -p no:cacheprovider "${TRITON_GPU_TESTS[@]}" >"$OUT/triton_collect.txt" 2>&1 \
+    || { cat "$OUT/triton_collect.txt"; fail "a Triton test named here does not exist"; }
   for f in "${BENCHES[@]}" bench/gpu_report.py; do
-    "$PY" - "$f" <<'PYEOF' || { echo "[gpu_check] FAIL: $f does not import"; exit 1; }
+    "$PY" - "$f" <<'PYEOF' || fail "$f does not import"
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("gpu_check_probe", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
@@ -67,47 +108,105 @@ spec.loader.exec_module(module)
 assert callable(getattr(module, "main", None)), f"{sys.argv[1]} has no main()"
 PYEOF
   done
-  echo "[gpu_check] dry run ok: $(grep -c '::' "$OUT/gpu_collect.txt") GPU tests in ${#GPU_TEST_FILES[@]} files, ${#BENCHES[@]} benchmarks import"
+  echo "[gpu_check] dry run ok: shares ${total}/${BUDGET_S} s, ${n_files}/${MAX_OUT_FILES} files in OUT, ${n_gpu} GPU tests collect with 0 errors, ${#BENCHES[@]} benchmarks import"
   exit 0
 fi
 
+PY="$(pick_python)"
+LOGS="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_logs.XXXXXX")"
 START=$(date +%s)
-: >"$OUT/steps.tsv"
-# step NAME LIMIT_S CMD...: runs CMD with its output in OUT/NAME.log, within the time left.
-step() {
-  local name=$1 limit=$2 t0 status left
-  shift 2
-  left=$(( BUDGET_S - ($(date +%s) - START) ))
-  [ "$left" -lt "$limit" ] && limit=$left
-  if [ "$limit" -le 0 ]; then
-    echo "[gpu_check] $name: no time left of the ${BUDGET_S} s budget"
-    printf '%s\t%d\t%d\n' "$name" 124 0 >>"$OUT/steps.tsv"
-    return
+: >"$LOGS/steps.tsv"
+
+# The report from what exists, then the logs into one archive: runs on every exit.
+finish() {
+  local status=${1:-1}
+  trap - EXIT INT TERM
+  if [ -x "$PY" ] || command -v "$PY" >/dev/null; then
+    cp "$LOGS/steps.tsv" "$OUT/steps.tsv"
+    "$PY" bench/gpu_report.py "$OUT" >"$LOGS/gpu_report.log" 2>&1 || status=1
+    rm -f "$OUT/steps.tsv"
   fi
-  echo "[gpu_check] $name (limit ${limit} s)"
-  t0=$(date +%s)
-  timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
-  status=$?
-  printf '%s\t%d\t%d\n' "$name" "$status" "$(( $(date +%s) - t0 ))" >>"$OUT/steps.tsv"
-  [ "$status" -eq 0 ] || { echo "[gpu_check] $name FAILED ($status), last lines:"; tail -n 20 "$OUT/$name.log"; }
+  tar -czf "$OUT/logs.tar.gz" -C "$LOGS" . && rm -rf "$LOGS"
+  local n
+  n=$(find "$OUT" -type f | wc -l)
+  [ "$n" -le "$MAX_OUT_FILES" ] || echo "[gpu_check] WARNING: $n files in OUT; only $MAX_OUT_FILES come back"
+  echo "[gpu_check] done in $(( $(date +%s) - START )) s, status $status; OUT: $(ls "$OUT" | tr '\n' ' ')"
+  exit "$status"
+}
+trap 'finish 1' EXIT INT TERM
+
+# The later steps' shares, so that no step eats into them.
+later_shares() {
+  local seen=0 s=0 n
+  for n in "${STEPS[@]}"; do
+    [ "$seen" = 1 ] && s=$(( s + SHARE[$n] ))
+    [ "$n" = "$1" ] && seen=1
+  done
+  echo "$s"
 }
 
-nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || echo "[gpu_check] nvidia-smi failed (see $OUT/nvidia-smi.txt)"
+# step NAME CMD...: CMD with its output in the log archive, within its share plus what earlier
+# steps left; INT at the limit (pytest writes its JUnit XML), KILL 15 s later. Returns CMD's status.
+step() {
+  local name=$1 limit t0 status
+  shift
+  limit=$(( BUDGET_S - ($(date +%s) - START) - $(later_shares "$name") ))
+  [ "$SETUP_ONLY" = 1 ] && limit=86400
+  if [ "$limit" -le 0 ]; then
+    echo "[gpu_check] $name: no time left of the ${BUDGET_S} s budget"
+    printf '%s\t%d\t%d\n' "$name" 124 0 >>"$LOGS/steps.tsv"
+    return 124
+  fi
+  echo "[gpu_check] $name (limit ${limit} s, $(( $(date +%s) - START )) s in)"
+  t0=$(date +%s)
+  timeout -s INT -k "$KILL_AFTER_S" "$limit" "$@" >"$LOGS/$name.log" 2>&1
+  status=$?
+  printf '%s\t%d\t%d\n' "$name" "$status" "$(( $(date +%s) - t0 ))" >>"$LOGS/steps.tsv"
+  if [ "$status" -ne 0 ]; then
+    echo "[gpu_check] $name FAILED (status $status)"
+    # A step that says why in one STOP line (the preflight) is quoted by setup_step alone.
+    grep -q '^\[gpu_check\] STOP' "$LOGS/$name.log" || tail -n 15 "$LOGS/$name.log"
+  fi
+  return "$status"
+}
+
+# A setup step that fails ends the check: nothing after it could run.
+setup_step() {
+  local name=$1
+  step "$@" && return 0
+  local why
+  why="$(grep -h '^\[gpu_check\] STOP' "$LOGS/$name.log" | tail -n 1)"
+  [ -n "$why" ] && echo "$why" || echo "[gpu_check] STOP: the $name step failed (see $name.log in OUT/logs.tar.gz)"
+  finish 1
+}
+
+echo "[gpu_check] python: $PY ($("$PY" --version 2>&1)); budget ${BUDGET_S} s; OUT $OUT"
+"$PY" -c 'import sys' 2>/dev/null || { echo "[gpu_check] STOP: no usable Python at $PY (set PYTHON)"; finish 1; }
+nvidia-smi >"$LOGS/nvidia-smi.txt" 2>&1 || echo "[gpu_check] nvidia-smi failed (its output is in the log archive)"
 if [ "${GPU_CHECK_SKIP_SETUP:-0}" != 1 ]; then
-  step setup 240 env PRECISE_FAST_BUILD_CUDA=1 MAX_JOBS="$(nproc)" bash scripts/setup_env.sh
+  shopt -s nullglob
+  wheels=(.whl/*.whl)
+  shopt -u nullglob
+  if [ ${#wheels[@]} -gt 0 ]; then
+    setup_step wheels "$PY" -m pip install -q --no-index --no-deps --no-compile "${wheels[@]}"
+  else
+    echo "[gpu_check] wheels: no .whl/*.whl carried; the interpreter must hold every package (preflight checks)"
+  fi
+  # The extension in place, then the package registered editable without building it again:
+  # build_ext keeps its objects in build/ (ninja rebuilds only what changed: a rerun on a warm
+  # machine costs seconds), where pip's editable build starts from an empty folder each time.
+  export PRECISE_FAST_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+  setup_step build bash -c '"$0" setup.py -q build_ext --inplace &&
+    PRECISE_FAST_SKIP_EXT=1 "$0" -m pip install -q --no-index --no-build-isolation --no-deps -e .' "$PY"
 fi
-step cuda_extension 60 "$PY" -c "
-import torch
-from precise_fast.sde import resolve_backend
-assert torch.cuda.is_available(), 'no CUDA device visible to torch'
-x = torch.empty(1, device='cuda')
-assert resolve_backend('cuda', x) == 'cuda', 'the CUDA kernel of precise_fast._C is not built'
-print(torch.cuda.get_device_name(), 'auto ->', resolve_backend('auto', x))
-"
-step gpu_tests 200 "$PY" -m pytest -q -m gpu -p no:cacheprovider -rs tests --junitxml="$OUT/gpu_tests.xml"
-step triton_on_gpu 60 "$PY" -m pytest -q -p no:cacheprovider "${TRITON_GPU_TESTS[@]}"
+[ "$SETUP_ONLY" = 1 ] && { echo "[gpu_check] setup done in $(( $(date +%s) - START )) s"; rm -rf "$LOGS"; trap - EXIT INT TERM; exit 0; }
+setup_step preflight "$PY" scripts/gpu_preflight.py
+
+PYTEST=("$PY" -m pytest -q -p no:cacheprovider -rs --continue-on-collection-errors --timeout="$PER_TEST_TIMEOUT_S")
+step gpu_tests "${PYTEST[@]}" -m gpu tests --junitxml="$OUT/${OUTPUT[gpu_tests]}"
+step triton_on_gpu "${PYTEST[@]}" "${TRITON_GPU_TESTS[@]}" --junitxml="$OUT/${OUTPUT[triton_on_gpu]}"
 for bench in "${BENCHES[@]}"; do
   name=$(basename "$bench" .py)
-  step "$name" 100 "$PY" "$bench" --out "$OUT/$name.json"
+  step "$name" "$PY" "$bench" --out "$OUT/${OUTPUT[$name]}"
 done
-"$PY" bench/gpu_report.py "$OUT"
+finish 0

@@ -1,11 +1,15 @@
-"""scripts/gpu_check.sh without a GPU: its dry run (what CPU CI runs), the GPU benchmarks'
-``--smoke`` code paths, and the report that decides the check's exit status."""
+"""scripts/gpu_check.sh without a GPU: its dry run (what CPU CI runs) and what it refuses, the
+real run's stop at the preflight, a step cut at its limit, the GPU benchmarks' ``--smoke`` code
+paths, and the report that decides the check's exit status."""
 
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import tarfile
+import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -23,14 +27,119 @@ def test_dry_run_collects_every_named_gpu_test_and_imports_every_benchmark(tmp_p
     run = subprocess.run(["bash", str(SCRIPT), "--dry-run", str(tmp_path / "out")], capture_output=True, text=True,
                          env=_env(tmp_path), timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "[gpu_check] dry run ok" in run.stdout
+    assert "[gpu_check] dry run ok: shares 480/480 s, 8/8 files in OUT" in run.stdout
+    assert "GPU tests collect with 0 errors, 3 benchmarks import" in run.stdout
     collected = (tmp_path / "out" / "gpu_collect.txt").read_text()
     assert "tests/rollout/test_capture_gpu.py::" in collected and "tests/rewards/test_executor_gpu.py::" in collected
 
 
 def test_usage_error_without_out():
     run = subprocess.run(["bash", str(SCRIPT), "--dry-run"], capture_output=True, text=True, timeout=30)
-    assert run.returncode == 2 and "usage: scripts/gpu_check.sh [--dry-run] OUT" in run.stderr
+    assert run.returncode == 2 and "usage: scripts/gpu_check.sh [--dry-run | --setup-only] OUT" in run.stderr
+
+
+def _script_copy(root: Path, *edits: tuple[str, str]) -> Path:
+    """scripts/gpu_check.sh in a folder of its own (its ROOT), with text replaced, and the
+    repo's bench/ beside it (bench/gpu_report.py writes the report)."""
+    text = SCRIPT.read_text()
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    (root / "scripts").mkdir(parents=True)
+    (root / "scripts" / "gpu_check.sh").write_text(text)
+    (root / "bench").symlink_to(REPO / "bench")
+    return root / "scripts" / "gpu_check.sh"
+
+
+def test_dry_run_refuses_step_shares_over_the_budget(tmp_path):
+    script = _script_copy(tmp_path / "root", ("BUDGET_S=480", "BUDGET_S=400"))
+    run = subprocess.run(["bash", str(script), "--dry-run", str(tmp_path / "out")], capture_output=True, text=True,
+                         timeout=30)
+    assert run.returncode == 1
+    assert run.stdout.strip() == "[gpu_check] FAIL: the step shares add up to 480 s, over the 400 s budget"
+
+
+def test_dry_run_refuses_more_files_than_the_device_brings_back(tmp_path):
+    script = _script_copy(tmp_path / "root", ("[gpu_train_step]=gpu_train_step.json)",
+                                              "[gpu_train_step]=gpu_train_step.json [build]=build.json)"))
+    run = subprocess.run(["bash", str(script), "--dry-run", str(tmp_path / "out")], capture_output=True, text=True,
+                         timeout=30)
+    assert run.returncode == 1
+    assert run.stdout.strip() == "[gpu_check] FAIL: 9 files would land in OUT; the device brings back 8"
+
+
+def test_without_a_gpu_the_check_stops_at_the_preflight_with_one_line(tmp_path):
+    out = tmp_path / "out"
+    run = subprocess.run(["bash", str(SCRIPT), str(out)], capture_output=True, text=True, timeout=300,
+                         env={**_env(tmp_path), "GPU_CHECK_SKIP_SETUP": "1", "CUDA_VISIBLE_DEVICES": ""})
+    assert run.returncode == 1, run.stdout + run.stderr
+    stops = [line for line in run.stdout.splitlines() if line.startswith("[gpu_check] STOP")]
+    assert stops == ["[gpu_check] STOP: no CUDA GPU visible to torch (torch.cuda.is_available() is False): "
+                     "the rest of the check needs one"], run.stdout
+    assert "gpu_tests" not in run.stdout  # nothing ran after the stop
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_report.json", "gpu_report.md", "logs.tar.gz"]
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+        steps = tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("steps.tsv"))).read().decode()
+    assert {"preflight.log", "steps.tsv", "nvidia-smi.txt"} <= names
+    assert steps.split("\t")[:2] == ["preflight", "1"]
+    assert (out / "gpu_report.md").read_text().startswith("# GPU check (FAIL)")
+
+
+HANGING_TEST = """
+import time
+import pytest
+
+@pytest.mark.gpu
+def test_quick():
+    pass
+
+@pytest.mark.gpu
+def test_hangs():
+    time.sleep(120)
+"""
+
+# Stands for the device's python3: the preflight passes, the benchmarks do nothing, the rest
+# (pytest, the report) is the real interpreter.
+FAKE_PYTHON = """#!/usr/bin/env bash
+case "$*" in
+  *gpu_preflight.py*) echo "[preflight] ok"; exit 0 ;;
+  *bench/gpu_*_step.py*|*bench/gpu_rollout.py*) exit 0 ;;
+esac
+exec {python} "$@"
+"""
+
+
+def test_a_step_cut_at_its_limit_gets_int_so_pytest_writes_its_junit_xml(tmp_path):
+    """Shares of 3 s (budget 24 s): the hanging GPU test is cut by INT at the step's limit, the
+    JUnit XML holds the test that finished, and the check stays within its budget."""
+    root = tmp_path / "root"
+    script = _script_copy(root, ("BUDGET_S=480", "BUDGET_S=24"),
+                          ("[wheels]=20 [build]=110 [preflight]=25 [gpu_tests]=135 [triton_on_gpu]=20",
+                           "[wheels]=3 [build]=3 [preflight]=3 [gpu_tests]=3 [triton_on_gpu]=3"),
+                          ("[gpu_fused_step]=50 [gpu_rollout]=60 [gpu_train_step]=60",
+                           "[gpu_fused_step]=3 [gpu_rollout]=3 [gpu_train_step]=3"),
+                          ("KILL_AFTER_S=15", "KILL_AFTER_S=5"))
+    (root / "tests").mkdir()
+    (root / "tests" / "test_hang.py").write_text(HANGING_TEST)
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable))
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    start = time.monotonic()
+    run = subprocess.run(["bash", str(script), str(out)], capture_output=True, text=True, timeout=120,
+                         env={**_env(tmp_path), "PYTHON": str(fake), "GPU_CHECK_SKIP_SETUP": "1"})
+    elapsed = time.monotonic() - start
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert elapsed < 24 + 5 + 10, elapsed  # the budget, one KILL_AFTER, the report
+    junit = ET.parse(out / "gpu_tests.xml").getroot()
+    cases = {c.get("name") for c in junit.iter("testcase")}
+    assert "test_quick" in cases, ET.tostring(junit)
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        steps = tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("steps.tsv"))).read().decode()
+    rows = {line.split("\t")[0]: line.split("\t")[1] for line in steps.splitlines()}
+    assert rows["preflight"] == "0" and rows["gpu_tests"] == "124", steps  # 124: timeout cut it
+    assert len(list(out.iterdir())) <= 8
 
 
 def _bench_main(name: str):
