@@ -17,13 +17,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bandwidth", help="print this machine's streaming memory bandwidth")
 
     sub.add_parser("train", add_help=False,
-                   help="GRPO training: --config FILE runs the trainer here; --reward R --sde S launches a recipe "
-                        "under deepspeed (precise-fast train --help)")
+                   help="GRPO training: --config FILE runs the trainer here; --reward R --sde S (or --config FILE "
+                        "with --num-gpus / --hostfile / --num-nodes) launches under deepspeed (precise-fast train --help)")
     sub.add_parser("eval", add_help=False, help="evaluate checkpoints (precise-fast eval --help)")
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":
-        if any(a.split("=")[0] in ("--reward", "--sde") for a in rest) or rest in (["-h"], ["--help"]):
+        from .multinode import LAUNCH_OPTIONS
+
+        launcher = ("--reward", "--sde", *LAUNCH_OPTIONS)  # else --config runs the trainer in this process
+        if any(a.split("=")[0] in launcher for a in rest) or rest in (["-h"], ["--help"]):
             from .launch import main as launch_main
 
             return launch_main(rest)

@@ -12,6 +12,13 @@ localhost) and nothing answers its health check, the launcher starts ours
 (``precise_fast.rewards.servers.geneval_server``) there, waits until it reports healthy,
 and stops it when training ends; ``PRECISE_SDE_AUTO_START_GENEVAL=0`` (the paper's switch)
 or ``--no-geneval-server`` turn that off.
+
+``--config FILE`` instead of the selectors launches any run config the same way. Several
+nodes (:mod:`precise_fast.multinode`, docs/SCALING.md): ``--hostfile FILE`` (ssh) or
+``--num-nodes N --node-rank R --master-addr A`` on every node (no ssh). Each node's ranks
+reach the GenEval server on their own loopback, so in no-ssh mode every node's launcher
+starts (or reuses) its own; one launcher over ssh cannot start servers on the other hosts,
+so there it refuses unless ``--no-geneval-server`` says they run already.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from .multinode import LaunchError, add_launcher_options, describe, fail, node_command, plan
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = REPO_ROOT / "configs" / "flux2_klein"
 REWARDS = ("mix", "pickscore", "geneval")
@@ -39,19 +48,18 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="precise-fast train", description=__doc__.split("\n\n")[0],
-                                epilog="With --config instead of the selectors, the trainer runs in this process "
-                                       "(python -m precise_fast.train --help).")
-    p.add_argument("--reward", choices=REWARDS, required=True)
-    p.add_argument("--sde", choices=SDES, required=True)
+                                epilog="With --config and no launcher option, the trainer runs in this process "
+                                       "(python -m precise_fast.train --help). Several nodes: docs/SCALING.md.")
+    p.add_argument("--reward", choices=REWARDS)
+    p.add_argument("--sde", choices=SDES)
+    p.add_argument("--config", help="a run config instead of the --reward / --sde recipe")
     p.add_argument("--noise-level", type=float, help="sampler.eta (default: the recipe's)")
     p.add_argument("--steps", "--step", dest="steps", type=int, help="denoising steps of training and eval")
-    p.add_argument("--num-gpus", type=int, default=8, help="processes for the deepspeed launcher (default 8)")
-    p.add_argument("--master-port", type=int, help="rendezvous port (default: deepspeed's)")
+    add_launcher_options(p, default_gpus=8)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="more config overrides (repeatable)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, help="passed to the trainer")
     p.add_argument("--no-geneval-server", action="store_true", help="never start a local GenEval server")
-    p.add_argument("--dry-run", action="store_true", help="print the command and exit")
     return p
 
 
@@ -60,6 +68,17 @@ def recipe_path(reward: str, sde: str) -> Path:
     if not path.is_file():
         raise SystemExit(f"train: no recipe {path}")
     return path
+
+
+def config_path(args) -> Path:
+    """The run config to launch: ``--config``, else the recipe the selectors pick."""
+    if args.config:
+        if args.reward or args.sde:
+            raise LaunchError("give --config or --reward / --sde, not both")
+        return Path(args.config)
+    if not (args.reward and args.sde):
+        raise LaunchError("give --reward and --sde (a recipe), or --config FILE")
+    return recipe_path(args.reward, args.sde)
 
 
 def overrides_for(args) -> list[str]:
@@ -79,21 +98,13 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def deepspeed_executable() -> str:
-    beside = Path(sys.executable).parent / "deepspeed"
-    return str(beside) if beside.is_file() else "deepspeed"
-
-
-def train_command(args, trainer_args: list[str]) -> list[str]:
-    cmd = [deepspeed_executable(), "--num_gpus", str(args.num_gpus)]
-    if args.master_port:
-        cmd += ["--master_port", str(args.master_port)]
-    cmd += ["--module", "precise_fast.train", "--config", _shown(recipe_path(args.reward, args.sde))]
+def trainer_args_for(args, trainer_args: list[str]) -> list[str]:
+    out = ["--config", _shown(config_path(args))]
     for o in overrides_for(args):
-        cmd += ["--set", o]
+        out += ["--set", o]
     if args.resume:
-        cmd += ["--resume", args.resume]
-    return cmd + trainer_args
+        out += ["--resume", args.resume]
+    return out + trainer_args
 
 
 # ----------------------------------------------------------------------------- GenEval server
@@ -170,6 +181,13 @@ def geneval_server(url: str, command: list[str] | None = None, *, wait_s: float 
                 proc.wait()
 
 
+def _shown_recipe(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     trainer_args = []
@@ -177,24 +195,36 @@ def main(argv: list[str] | None = None) -> int:
         cut = argv.index("--")
         argv, trainer_args = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
-    if args.num_gpus < 1:
-        raise SystemExit("train: --num-gpus must be >= 1")
     from .train.config import ConfigError, load_config
 
-    recipe = recipe_path(args.reward, args.sde)
     try:
+        recipe = config_path(args)
+        nodes = plan(args)
         cfg = load_config(recipe, overrides_for(args))
+    except LaunchError as err:
+        return fail("train", err)
     except ConfigError as err:
         raise SystemExit(f"train: config error: {err}") from None
-    cmd = train_command(args, trainer_args)
     url = None if args.no_geneval_server or os.environ.get(AUTO_START_ENV, "1") != "1" else local_geneval_url(cfg)
+    if url and nodes.mode == "ssh" and nodes.num_nodes > 1:
+        return fail("train", LaunchError(
+            f"the reward needs a GenEval server at {url} on every node, and one launcher over ssh starts none on the "
+            "other hosts: launch in no-ssh mode (--node-rank; each node's launcher starts one), or start one per node "
+            "and pass --no-geneval-server"))
+    module_args = trainer_args_for(args, trainer_args)
+    commands = [(r, node_command(args, nodes, r, "precise_fast.train", module_args)) for r in nodes.node_ranks]
     if args.dry_run:
-        print(json.dumps({"recipe": str(recipe.relative_to(REPO_ROOT)), "overrides": overrides_for(args),
-                          "geneval_server": url}))
+        print(json.dumps({"recipe": _shown_recipe(recipe), "overrides": overrides_for(args), "geneval_server": url,
+                          "nodes": nodes.num_nodes, "mode": nodes.mode}))
         if url:
-            print(f"# if nothing answers at {url}/health: {shlex.join(server_command(url))}")
-        print(shlex.join(cmd))
+            where = "on each node" if nodes.num_nodes > 1 else "here"
+            print(f"# {where}, if nothing answers at {url}/health: {shlex.join(server_command(url))}")
+        for r, cmd in commands:
+            if nodes.mode != "local":
+                print(describe(nodes, r))
+            print(shlex.join(cmd))
         return 0
+    ((_, cmd),) = commands
     with geneval_server(url) if url else contextlib.nullcontext():
         return subprocess.call(cmd)
 

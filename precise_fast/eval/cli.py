@@ -1,7 +1,9 @@
 """Command line of the standalone evaluator (``precise-fast eval`` / ``python -m precise_fast.eval``).
 
-One process, or ``deepspeed --num_gpus G --module precise_fast.eval ...`` (CPU:
-``DS_ACCELERATOR=cpu``) to shard the prompts over ranks. Examples::
+One process, or the prompts sharded over ranks by the ``deepspeed`` launcher: ``--num-gpus G``
+on this machine, ``--hostfile FILE`` or ``--num-nodes N --node-rank R --master-addr A`` over
+nodes (:mod:`precise_fast.multinode`; ``--dry-run`` prints each node's command; CPU:
+``DS_ACCELERATOR=cpu``). Examples::
 
     precise-fast eval runs/tiny_cpu            # base + every checkpoint on the run's targets -> runs/tiny_cpu/eval/
     precise-fast eval --ckpt-base runs/flux2_klein/mix_precise \\
@@ -20,6 +22,10 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from ..multinode import (LaunchError, add_launcher_options, describe, fail, launcher_requested, node_command,
+                         split_launcher_args)
+from ..multinode import plan as plan_nodes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-images", action="store_true", help="also write every image as PNG under --out/images")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    add_launcher_options(p, default_gpus=None)
     return p
 
 
@@ -147,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(exc.code, file=sys.stderr)
         raise SystemExit(2) from None
-    from ..train.distributed import init_distributed
+    if launcher_requested(args):
+        return _launch(args, argv)
+    from ..train.distributed import check_shared_folder, init_distributed
     from ..train.main import _quiet_libraries
     from ..train.evaluate import eval_seed
     from .jobs import EvalJobError
@@ -158,8 +167,16 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(cfg.run.num_threads)
-    dist = init_distributed(cfg.run.device)
+    dist = init_distributed(cfg.run.device, timeout_s=cfg.run.collective_timeout_s)
     out = _out_dir(args)
+    from ..train.config import ConfigError
+
+    try:
+        check_shared_folder(out, "--out")  # every rank writes its items there, rank 0 merges them
+    except ConfigError as err:
+        if dist.is_main:
+            print(f"eval: {err}", file=sys.stderr)
+        return 2
     try:
         summary = run(cfg, jobs, out, dist=dist, seed=eval_seed(cfg) if args.seed is None else args.seed,
                       weights=args.weights, save_images=args.save_images, progress=not args.no_progress)
@@ -172,6 +189,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[precise_fast] eval done: {len(summary['results'])} (target, step) results over {n} images; "
               f"{out / 'summary.md'}", flush=True)
     return 0
+
+
+def _launch(args, argv: list[str] | None) -> int:
+    """This evaluation (already checked) under the ``deepspeed`` launcher, one process per GPU."""
+    import shlex
+    import subprocess
+
+    try:
+        nodes = plan_nodes(args)
+    except LaunchError as err:
+        return fail("eval", err)
+    _, rest = split_launcher_args(list(sys.argv[1:] if argv is None else argv), default_gpus=None)
+    commands = [(r, node_command(args, nodes, r, "precise_fast.eval", rest)) for r in nodes.node_ranks]
+    if args.dry_run:
+        for r, cmd in commands:
+            print(describe(nodes, r))
+            print(shlex.join(cmd))
+        return 0
+    ((_, cmd),) = commands
+    return subprocess.call(cmd)
 
 
 if __name__ == "__main__":

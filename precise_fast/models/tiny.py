@@ -288,16 +288,51 @@ def _folder_name(seed: int, widths: str) -> str:
     return f"tiny-flux2-klein{tag}-v{TINY_BUILDER_VERSION}-seed{int(seed)}"
 
 
+def _is_built(path: Path, seed: int, widths: str) -> bool:
+    marker = path / _MARKER
+    if not marker.is_file():
+        return False
+    info = json.loads(marker.read_text())
+    return (info.get("version"), info.get("seed"), info.get("widths", "tiny")) == (TINY_BUILDER_VERSION, int(seed), widths)
+
+
+def _build_lock(path: Path):
+    """A lock beside ``path``: processes sharing the cache (the ranks of a node, the nodes of a
+    job on one filesystem) build it once, the others wait, then read. It saves the duplicate
+    work; what keeps a reader from a half-written folder is the rename that publishes a build
+    (filelock falls back to a lock file where the filesystem has no ``flock``)."""
+    from filelock import FileLock
+
+    return FileLock(str(path.parent / f".{path.name}.lock"))
+
+
 def tiny_pipeline_path(seed: int = 0, cache_dir: str | os.PathLike | None = None, widths: str = "tiny") -> Path:
-    """The tiny pipeline's folder in the cache, built on first use (tests and benchmarks share it)."""
+    """The tiny pipeline's folder in the cache, built on first use (tests and benchmarks share it).
+
+    Safe for any number of processes at once on one or several machines sharing the cache:
+    one builds (under a file lock) into a temporary folder that a rename publishes whole;
+    a build is deterministic in (seed, widths), so nodes with separate caches load equal
+    models. A folder of another build (no or a foreign marker) is renamed aside, never
+    deleted under a reader.
+    """
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = root / _folder_name(seed, _check_widths(widths))
-    marker = path / _MARKER
-    if marker.is_file():
-        info = json.loads(marker.read_text())
-        if (info.get("version"), info.get("seed"), info.get("widths", "tiny")) == (TINY_BUILDER_VERSION, int(seed), widths):
+    if _is_built(path, seed, widths):
+        return path
+    root.mkdir(parents=True, exist_ok=True)
+    with _build_lock(path):
+        if _is_built(path, seed, widths):  # another process built it while this one waited
             return path
-    return build_tiny_pipeline(path, seed=seed, overwrite=True, widths=widths)
+        if path.exists():
+            stale = Path(tempfile.mkdtemp(prefix=f".{path.name}.stale.", dir=root))
+            os.rename(path, stale / path.name)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            return build_tiny_pipeline(path, seed=seed, widths=widths)
+        except OSError:  # FileExistsError too: a node whose lock this one did not see (NFS with local locks) won
+            if _is_built(path, seed, widths):
+                return path
+            raise
 
 
 _PROCESS_TINY: dict[tuple[int, str], Path] = {}

@@ -45,6 +45,11 @@ class RunConfig:
     epochs: int = 100
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = 0  # torch intra-op threads per rank; 0 leaves torch's default
+    # The longest wait on another rank (rendezvous, collective, barrier) before this rank
+    # fails: a node that went silent ends the job after this long (train/distributed.py).
+    # PyTorch's default; it must exceed the longest step one rank takes alone (rank 0's
+    # checkpoint hashing, a 4B model's load).
+    collective_timeout_s: float = 1800.0
 
 
 @dataclass
@@ -480,6 +485,7 @@ def validate(cfg: Config) -> None:
         ("eval.images_per_prompt", cfg.eval.images_per_prompt),
         ("log.num_images", cfg.log.num_images),
         ("advantage.clip", cfg.advantage.clip),
+        ("run.collective_timeout_s", cfg.run.collective_timeout_s),
     ):
         _positive(value, key)
     for key, value in (

@@ -8,10 +8,13 @@ CUDA runs NCCL.
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import os
+import secrets
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -42,8 +45,16 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def init_distributed(requested_device: str = "auto") -> DistInfo:
-    """Initialise (once) the default process group and DeepSpeed's communication backend."""
+def init_distributed(requested_device: str = "auto", timeout_s: float | None = None) -> DistInfo:
+    """Initialise (once) the default process group and DeepSpeed's communication backend.
+
+    ``timeout_s`` (``run.collective_timeout_s``; None: PyTorch's 30 minutes) bounds every wait
+    on another rank: the rendezvous, a collective, a barrier. A rank whose peer died with its
+    sockets closed (a killed process, a rebooted node) fails at its next collective at once
+    (gloo: "Connection closed by peer"); one whose peer went silent (a frozen or unplugged
+    node) fails after ``timeout_s`` (gloo's per-operation timeout; NCCL's watchdog aborts the
+    communicator and the process). Either way it exits non-zero, and so does its launcher.
+    """
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
     if "MASTER_PORT" not in os.environ:
@@ -59,7 +70,8 @@ def init_distributed(requested_device: str = "auto") -> DistInfo:
         # uses; training collectives go through gloo. Skip the build.
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="gloo" if device.type == "cpu" else "nccl")
+        kwargs = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+        deepspeed.init_distributed(dist_backend="gloo" if device.type == "cpu" else "nccl", **kwargs)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return DistInfo(
@@ -68,6 +80,34 @@ def init_distributed(requested_device: str = "auto") -> DistInfo:
         local_rank=int(os.environ["LOCAL_RANK"]),
         device=device,
     )
+
+
+def check_shared_folder(folder: str | os.PathLike, what: str) -> None:
+    """Every rank must see what rank 0 writes in ``folder`` (a run or eval folder: rank 0
+    publishes checkpoints and merges files the other ranks wrote there). Rank 0 creates
+    ``folder`` and a file of a fresh name in it; a rank that cannot see it, as on a node whose
+    folder is a local disk, raises on every rank, before any model loads. A fresh name: an
+    NFS client may have cached the absence of an old one."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return
+    from .config import ConfigError
+
+    path = Path(folder)
+    probe = path / f".shared-{broadcast_object(secrets.token_hex(8))}"
+    if torch.distributed.get_rank() == 0:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+    barrier()
+    blind = torch.tensor([0 if probe.is_file() else 1 + torch.distributed.get_rank()], dtype=torch.int64)
+    all_reduce_max_(blind)
+    if torch.distributed.get_rank() == 0:
+        probe.unlink()
+    if int(blind):
+        # Every rank knows, so every rank ends the group in step: left to interpreter exit, a
+        # rank whose peer closed first aborted in gloo's teardown (exit 250 instead of 2, measured).
+        finish_distributed()
+        raise ConfigError(f"{what}: {path} is not shared by every node: rank {int(blind) - 1} does not see what rank 0 "
+                          "wrote there (every rank writes its share into this folder; docs/SCALING.md)")
 
 
 def barrier() -> None:

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries(rank)
     import torch.distributed
 
-    from .distributed import all_reduce_max_, broadcast_object, finish_distributed, init_distributed
+    from .distributed import all_reduce_max_, broadcast_object, check_shared_folder, finish_distributed, init_distributed
     from .health import TrainingHealthError
     from .checkpoint import DiskFullError
     from .run_lock import acquire_agreed
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     owns_group = not torch.distributed.is_initialized()  # in-process callers (tests) may bring their own
     exit_code = 0
     try:
-        dist = init_distributed(cfg.run.device)
+        dist = init_distributed(cfg.run.device, timeout_s=cfg.run.collective_timeout_s)
+        check_shared_folder(cfg.run.output_dir, "run.output_dir")
         # One run per folder (global rank 0 holds the lock for the run's life; the others
         # learn its decision), taken before the start is chosen: that may move files aside.
         run_lock = acquire_agreed(cfg.run.output_dir, is_main=dist.is_main, broadcast=broadcast_object,

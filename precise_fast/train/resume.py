@@ -27,7 +27,7 @@ from .config import Config
 from .run_lock import LOCK_NAME, RunFolderError, check_run_folder  # noqa: F401 - RunFolderError: importers' name
 
 # Sections that may change without changing what the remaining epochs compute.
-RESUME_FREE = ("run.epochs", "run.output_dir", "eval.", "log.", "checkpoint.")
+RESUME_FREE = ("run.epochs", "run.output_dir", "run.collective_timeout_s", "eval.", "log.", "checkpoint.")
 # Changing these would not load (tensor shapes, ZeRO partition layout, the EMA's state, the
 # prompt order's seed).
 REFUSED = ("model.finetune", "model.lora_rank", "model.lora_targets", "train.zero_stage", "train.ema", "run.seed")
