@@ -22,7 +22,8 @@ import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 from torch._subclasses.functional_tensor import FunctionalTensorMode
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
+from torch.library import wrap_triton as _torch_wrap_triton
 
 from precise_fast.sde.arguments import MAX_GRID_ROWS
 
@@ -36,6 +37,16 @@ FINALIZE_BLOCK = 128
 _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _FAMILY = {"ode": 0, "flow_grpo": 1, "dance_grpo": 1, "cps": 2, "precise": 2, "dance_precise": 2}
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def wrap_triton(kernel):
+    """``torch.library.wrap_triton``, also for the interpreter's kernels on every supported torch.
+
+    Under TRITON_INTERPRET=1 ``triton.jit`` makes an InterpretedFunction, whose launches run in
+    numpy and have nothing to trace: torch 2.14 hands it back as it is, torch 2.11 refuses it
+    ("wrap_triton only works on functions annotated with triton.jit"). Do as 2.14 does.
+    """
+    return kernel if _INTERPRETING else _torch_wrap_triton(kernel)
 
 
 # ----------------------------------------------------------------------------- device helpers
@@ -234,12 +245,17 @@ def _finalize_kernel(
     cx, cv, sd, inv_var, log_norm = _row_coefficients(sigma_ptr, next_sigma_ptr, std_ptr, row, FAMILY)
     acc = tl.zeros([BLOCK], dtype=tl.float64)
     acc_b = tl.zeros([BLOCK], dtype=tl.float64)
-    for start in range(0, n_blocks, BLOCK):
+    # A while loop, not range(0, n_blocks, BLOCK): triton 3.6's interpreter takes a runtime
+    # bound with int() of a one-element array, which numpy 2.5 refuses. start is a runtime
+    # int32 from the first line (row * 0), as a loop-carried value must be in compiled code.
+    start = row * 0
+    while start < n_blocks:
         j = start + tl.arange(0, BLOCK)
         m = j < n_blocks
         acc += tl.load(partial_ptr + row * n_blocks + j, mask=m, other=0.0).to(tl.float64)
         if HAS_BIAS:
             acc_b += tl.load(bias_partial_ptr + row * n_blocks + j, mask=m, other=0.0).to(tl.float64)
+        start += BLOCK
     total = tl.sum(acc, axis=0)
     if FAMILY == 0:
         tl.store(log_prob_ptr + row, 0.0)

@@ -3,9 +3,10 @@
 ``scripts/device_image_packages.txt`` lists the image's packages (versions where KINDS.md gave
 them); ``requirements.txt`` the project's. Three questions, one subcommand each:
 
-- ``specs``: the pip specs of a venv that stands in for the device's python3 in the rehearsal
-  (scripts/device_rehearsal.sh): every package the project or its GPU check needs that the
-  image holds, at the image's version where known, else at requirements.txt's pin, else unpinned.
+- ``specs [WHEEL_DIR]``: the pip specs of a venv that stands in for the device's python3 in the
+  rehearsal (scripts/device_rehearsal.sh): every package the project, its GPU check or a wheel
+  in WHEEL_DIR needs that the image holds, at the image's version where known, else at
+  requirements.txt's pin, else unpinned.
 - ``constraints``: the image's known versions, for pip's ``-c`` (numpy, triton, accelerate,
   huggingface-hub arrive as dependencies and must match the image too).
 - ``missing DIR``: what the image lacks, as wheels in DIR (scripts/gpu_wheels.sh): the
@@ -62,10 +63,16 @@ def requirements() -> dict[str, str | None]:
     return read_specs(ROOT / "requirements.txt")
 
 
-def venv_specs() -> list[str]:
+def venv_specs(wheels: Path | None = None) -> list[str]:
+    """The image's packages that the project, its check, or a carried wheel in ``wheels`` needs
+    (diffusers' requests and Pillow, open_clip's timm, deepspeed's einops: there in the image,
+    so not carried, yet wanted by what is)."""
     image, reqs = device_image(), requirements()
+    wanted = [*reqs, *map(canonical, CHECK_TOOLS)]
+    for wheel in sorted(wheels.glob("*.whl")) if wheels else []:
+        wanted += [canonical(r.name) for r in _wheel_requires(wheel)]
     out = []
-    for name in dict.fromkeys([*reqs, *map(canonical, CHECK_TOOLS)]):
+    for name in dict.fromkeys(wanted):
         if name in image:
             version = image[name] or reqs.get(name)
             out.append(f"{name}=={version}" if version else name)
@@ -128,8 +135,8 @@ def dependencies_of(wheel: Path) -> list[str]:
 
 if __name__ == "__main__":
     command, *rest = sys.argv[1:] or ["specs"]
-    if command == "specs":
-        lines = venv_specs()
+    if command == "specs" and len(rest) <= 1:
+        lines = venv_specs(Path(rest[0]) if rest else None)
     elif command == "constraints":
         lines = image_constraints()
     elif command == "missing" and len(rest) == 1:
@@ -137,5 +144,5 @@ if __name__ == "__main__":
     elif command == "requires" and len(rest) == 1:
         lines = dependencies_of(Path(rest[0]))
     else:
-        sys.exit("usage: device_image.py specs | constraints | missing DIR | requires WHEEL")
+        sys.exit("usage: device_image.py specs [WHEEL_DIR] | constraints | missing DIR | requires WHEEL")
     sys.stdout.write("".join(f"{line}\n" for line in lines))

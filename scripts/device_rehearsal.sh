@@ -7,7 +7,7 @@
 # GPU. The last line is a one-line summary.
 #
 #   scripts/device_rehearsal.sh              # everything (the CPU suite takes long on 2 cores)
-#   scripts/device_rehearsal.sh --venv-only  # build the cached venv and stop
+#   scripts/device_rehearsal.sh --venv-only  # the wheels and the cached venv, then stop
 #   REHEARSAL_PYTEST_ARGS="-n 2" ...         # extra pytest arguments for the CPU suite
 # Needs: python3.12, root (unshare -n), nvcc, the registry (for the venv and .whl only).
 set -uo pipefail
@@ -27,7 +27,7 @@ fi
 # The stand-in for the device's python3: the image's versions of what the project uses.
 build_venv() {
   local specs constraints stamp
-  specs="$(python3 "$ROOT/scripts/device_image.py" specs)" || die "reading the device image's package list"
+  specs="$(python3 "$ROOT/scripts/device_image.py" specs "$WHEELS")" || die "reading the device image's package list"
   constraints="$(python3 "$ROOT/scripts/device_image.py" constraints)"
   stamp="$(printf '%s\n%s\n' "$specs" "$constraints" | sha256sum | cut -c1-16)"
   if [ -f "$VENV/.stamp" ] && [ "$(cat "$VENV/.stamp")" = "$stamp" ]; then
@@ -35,8 +35,9 @@ build_venv() {
     return 0
   fi
   say "building $VENV ($("$PY312" --version)): $(echo "$specs" | tr '\n' ' ')"
-  rm -rf "$VENV"
-  "$PY312" -m venv "$VENV" || die "python3.12 -m venv"
+  # A changed list installs into the venv there (torch alone is gigabytes to fetch again).
+  [ -x "$VENV/bin/python" ] || "$PY312" -m venv "$VENV" || die "python3.12 -m venv"
+  "$VENV/bin/python" -m pip install -q --upgrade pip || die "upgrading pip in $VENV"
   printf '%s\n' "$constraints" >"$VENV/constraints.txt"
   # shellcheck disable=SC2086
   PIP_CONSTRAINT="$VENV/constraints.txt" "$VENV/bin/python" -m pip install -q --upgrade --no-cache-dir $specs \
@@ -44,9 +45,6 @@ build_venv() {
   echo "$stamp" >"$VENV/.stamp"
   "$VENV/bin/python" -c "import torch, triton, transformers, numpy; print('[rehearsal] venv: torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'numpy', numpy.__version__)"
 }
-
-build_venv
-[ "${1:-}" = "--venv-only" ] && exit 0
 
 # The wheels the device lacks: the repo's .whl when it holds some, else a cached set.
 shopt -s nullglob
@@ -57,6 +55,9 @@ if [ ${#carried[@]} -gt 0 ]; then
 else
   bash "$ROOT/scripts/gpu_wheels.sh" "$WHEELS" | tail -n 1 || die "scripts/gpu_wheels.sh $WHEELS"
 fi
+
+build_venv
+[ "${1:-}" = "--venv-only" ] && exit 0
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/device_rehearsal.XXXXXX")"
 say "clean clone of $(git -C "$ROOT" rev-parse --short HEAD) in $WORK/repo (uncommitted changes are not rehearsed)"
