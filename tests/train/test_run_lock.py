@@ -19,9 +19,6 @@ from precise_fast.train.run_lock import LOCK_NAME, RunFolderError, RunLock, RunL
 from ..child_env import child_env
 from .conftest import REPO, TINY_CONFIG
 
-pytestmark = pytest.mark.slow
-
-
 def _train(out, *extra):
     args = [sys.executable, "-m", "precise_fast.train", "--config", str(TINY_CONFIG),
             "--set", f"run.output_dir={out}", "--set", "log.progress=false", "--set", "log.image_every=0",
@@ -43,6 +40,7 @@ def _wait_for_holder(path, pid, proc, timeout=180.0):
     pytest.fail(f"{path} never named pid {pid}")
 
 
+@pytest.mark.slow  # two training processes
 def test_a_second_training_into_the_same_folder_is_refused_naming_the_holder(tmp_path):
     out = tmp_path / "run"
     first = _train(out, "--set", "run.epochs=100000")
