@@ -168,9 +168,13 @@ class RunLock:
                 stale = (holder is not None and holder.get("host") == record["host"] and isinstance(holder.get("pid"), int)
                          and not _pid_alive(holder["pid"]))
                 if not stale:
-                    where = "" if holder is None or holder.get("host") == record["host"] else (
-                        f"; this filesystem has no flock, so a holder on another host cannot be checked: remove {path} "
-                        "once that run is known to be gone")
+                    if holder is None:  # a start that died between creating the file and recording itself
+                        where = f"; if no run is going, remove {path}"
+                    elif holder.get("host") != record["host"]:
+                        where = (f"; this filesystem has no flock, so a holder on another host cannot be checked: "
+                                 f"remove {path} once that run is known to be gone")
+                    else:
+                        where = ""
                     raise RunLockError(f"run folder {path.parent} is in use by another run ({holder_text(holder)}){where}; "
                                        "wait for it to end or choose another run.output_dir") from None
                 # A dead holder of this host: move its record aside under a name of our own, then retry

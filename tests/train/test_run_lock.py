@@ -100,6 +100,9 @@ def test_without_flock_a_dead_holder_of_this_host_is_taken_over_and_another_host
     path.write_text(json.dumps({"host": "other-node", "pid": 1, "started": "then"}))
     with pytest.raises(RunLockError, match=f"host other-node, pid 1.*remove {path}"):
         RunLock.acquire(tmp_path)
+    path.write_text("")  # a start that died before recording itself
+    with pytest.raises(RunLockError, match=f"not recorded itself yet.*if no run is going, remove {path}"):
+        RunLock.acquire(tmp_path)
 
 
 def test_a_file_where_the_run_folder_should_be_is_one_line(tmp_path):
