@@ -40,11 +40,12 @@ OUT="$(mkdir -p "$1" && cd "$1" && pwd)"
 # benchmarks keep about a third (the share they had of the first plan's 860 s).
 BUDGET_S=480
 STEPS=(wheels build preflight gpu_tests triton_on_gpu gpu_fused_step gpu_rollout gpu_train_step)
-declare -A SHARE=([wheels]=20 [build]=110 [preflight]=25 [gpu_tests]=135 [triton_on_gpu]=20
+declare -A SHARE=([wheels]=15 [build]=90 [preflight]=20 [gpu_tests]=165 [triton_on_gpu]=20
                   [gpu_fused_step]=50 [gpu_rollout]=60 [gpu_train_step]=60)
-# What each step leaves in OUT; the rest of OUT is the report and the log archive. Each XML
-# and JSON is written in place, so a check cut short still brings back what it finished.
-declare -A OUTPUT=([gpu_tests]=gpu_tests.xml [triton_on_gpu]=triton_tests.xml [gpu_fused_step]=gpu_fused_step.json
+# What each step leaves in OUT (the first word: its JUnit XML or JSON); the rest of OUT is the
+# report and the log archive. Each is written in place, so a check cut short still brings back
+# what it finished. The trainer's end-to-end GPU tests write their figures to $GPU_REPORT_DIR.
+declare -A OUTPUT=([gpu_tests]="gpu_tests.xml trainer_end_to_end.json" [gpu_fused_step]=gpu_fused_step.json
                    [gpu_rollout]=gpu_rollout.json [gpu_train_step]=gpu_train_step.json)
 FINAL_FILES=(gpu_report.json gpu_report.md logs.tar.gz)
 MAX_OUT_FILES=8          # what the device tool brings back
@@ -71,7 +72,7 @@ pick_python() {
 }
 
 sum_shares() { local s=0 n; for n in "${STEPS[@]}"; do s=$(( s + SHARE[$n] )); done; echo "$s"; }
-out_files() { local n; for n in "${STEPS[@]}"; do [ -n "${OUTPUT[$n]:-}" ] && echo "${OUTPUT[$n]}"; done; printf '%s\n' "${FINAL_FILES[@]}"; }
+out_files() { local n; for n in "${STEPS[@]}"; do [ -n "${OUTPUT[$n]:-}" ] && printf '%s\n' ${OUTPUT[$n]}; done; printf '%s\n' "${FINAL_FILES[@]}"; }
 
 if [ "$DRY" = 1 ]; then
   PY="${PYTHON:-$ROOT/.venv/bin/python}"
@@ -203,8 +204,9 @@ fi
 setup_step preflight "$PY" scripts/gpu_preflight.py
 
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider -rs --continue-on-collection-errors --timeout="$PER_TEST_TIMEOUT_S")
-step gpu_tests "${PYTEST[@]}" -m gpu tests --junitxml="$OUT/${OUTPUT[gpu_tests]}"
-step triton_on_gpu "${PYTEST[@]}" "${TRITON_GPU_TESTS[@]}" --junitxml="$OUT/${OUTPUT[triton_on_gpu]}"
+read -r gpu_junit _ <<<"${OUTPUT[gpu_tests]}"
+GPU_REPORT_DIR="$OUT" step gpu_tests "${PYTEST[@]}" -m gpu tests --junitxml="$OUT/$gpu_junit"
+step triton_on_gpu "${PYTEST[@]}" "${TRITON_GPU_TESTS[@]}" --junitxml="$LOGS/triton_tests.xml"
 for bench in "${BENCHES[@]}"; do
   name=$(basename "$bench" .py)
   step "$name" "$PY" "$bench" --out "$OUT/${OUTPUT[$name]}"

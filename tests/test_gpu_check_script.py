@@ -87,12 +87,14 @@ def test_without_a_gpu_the_check_stops_at_the_preflight_with_one_line(tmp_path):
 
 
 HANGING_TEST = """
+import os
 import time
+from pathlib import Path
 import pytest
 
 @pytest.mark.gpu
-def test_quick():
-    pass
+def test_quick():  # as tests/train/end_to_end.py reports its figures
+    (Path(os.environ["GPU_REPORT_DIR"]) / "trainer_end_to_end.json").write_text("{}")
 
 @pytest.mark.gpu
 def test_hangs():
@@ -115,7 +117,7 @@ def test_a_step_cut_at_its_limit_gets_int_so_pytest_writes_its_junit_xml(tmp_pat
     JUnit XML holds the test that finished, and the check stays within its budget."""
     root = tmp_path / "root"
     script = _script_copy(root, ("BUDGET_S=480", "BUDGET_S=24"),
-                          ("[wheels]=20 [build]=110 [preflight]=25 [gpu_tests]=135 [triton_on_gpu]=20",
+                          ("[wheels]=15 [build]=90 [preflight]=20 [gpu_tests]=165 [triton_on_gpu]=20",
                            "[wheels]=3 [build]=3 [preflight]=3 [gpu_tests]=3 [triton_on_gpu]=3"),
                           ("[gpu_fused_step]=50 [gpu_rollout]=60 [gpu_train_step]=60",
                            "[gpu_fused_step]=3 [gpu_rollout]=3 [gpu_train_step]=3"),
@@ -135,6 +137,7 @@ def test_a_step_cut_at_its_limit_gets_int_so_pytest_writes_its_junit_xml(tmp_pat
     junit = ET.parse(out / "gpu_tests.xml").getroot()
     cases = {c.get("name") for c in junit.iter("testcase")}
     assert "test_quick" in cases, ET.tostring(junit)
+    assert (out / "trainer_end_to_end.json").is_file()  # GPU_REPORT_DIR is OUT
     with tarfile.open(out / "logs.tar.gz") as tar:
         steps = tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("steps.tsv"))).read().decode()
     rows = {line.split("\t")[0]: line.split("\t")[1] for line in steps.splitlines()}
