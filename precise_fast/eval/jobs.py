@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Union
 
 from ..train.checkpoint import MANIFEST, list_checkpoints, read_manifest
-from ..train.config import SAMPLER_KINDS, ConfigError, EvalTarget, check_target_name
+from ..train.config import SAMPLER_KINDS, ConfigError, EvalTarget, check_finite, check_target_name
 from .peft_lora import is_peft_folder
 
 DATASETS = {"pickscore": "data/pickscore_test.txt", "geneval": "data/geneval_test_metadata.jsonl"}
@@ -182,6 +182,7 @@ def parse_eval_config(text: str, *, batch_size: int | None = None) -> tuple[int,
         raise EvalJobError(f"--eval-config {text!r}: the reward is not JSON ({exc})") from None
     if not isinstance(spec, dict) or not spec:
         raise EvalJobError(f"--eval-config {text!r}: the reward must be a non-empty JSON object")
+    check_finite({"NOISE_LEVEL": noise_f, "reward": spec}, f"--eval-config {text!r}")  # NaN passes `< 0`
     if step_i < 0 or steps_i < 1 or noise_f < 0:
         raise EvalJobError(f"--eval-config {text!r}: need STEP >= 0, NUM_STEPS >= 1, NOISE_LEVEL >= 0")
     # Like the paper's output folder names: everything that changes the numbers is in the name.

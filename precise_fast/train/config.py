@@ -449,22 +449,22 @@ def _positive(value, key: str, *, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
-def _check_finite(value, key: str) -> None:
+def check_finite(value, key: str) -> None:
     """Every number in the config, reward specs included, is finite: NaN slips past every
     range check (``nan < 0`` and ``nan == 0`` are both False) and fails later in the run."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{key}: must be a finite number, got {value}")
     if isinstance(value, dict):
         for k, v in value.items():
-            _check_finite(v, f"{key}.{k}" if key else str(k))
+            check_finite(v, f"{key}.{k}" if key else str(k))
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _check_finite(v, f"{key}[{i}]")
+            check_finite(v, f"{key}[{i}]")
 
 
 def validate(cfg: Config) -> None:
     """Cross-field checks (types are already checked); errors name the key."""
-    _check_finite(cfg.to_dict(), "")
+    check_finite(cfg.to_dict(), "")
     s, a, t = cfg.sampler, cfg.algorithm, cfg.train
     for key, value in (
         ("run.epochs", cfg.run.epochs),

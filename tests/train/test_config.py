@@ -121,3 +121,13 @@ def test_a_non_finite_number_anywhere_is_refused_naming_the_key(override, key):
     """Issue 25 item 14: a NaN passed validation and crashed the run later."""
     with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: must be a finite number, got -?(nan|inf)"):
         load_config(TINY_CONFIG, [override])
+
+
+@pytest.mark.parametrize("noise,reward", [("nan", '{"pickscore": 1.0}'), ("inf", '{"pickscore": 1.0}'),
+                                          ("0.5", '{"pickscore": NaN}')])
+def test_a_non_finite_number_in_an_eval_config_string_is_refused(noise, reward):
+    """The same rule for ``precise-fast eval --eval-config`` (NaN passed ``noise < 0``; json reads NaN)."""
+    from precise_fast.eval.jobs import parse_eval_config
+
+    with pytest.raises(ConfigError, match="--eval-config .*: must be a finite number"):
+        parse_eval_config(f"1|precise|{noise}|20|pickscore|{reward}")
