@@ -18,6 +18,8 @@ them); ``requirements.txt`` the project's. Three questions, one subcommand each:
 
 from __future__ import annotations
 
+# packaging is imported where wheels are read: the GPU check's preflight imports this module to
+# say which packages are missing, and must do so without any.
 import re
 import subprocess
 import sys
@@ -25,17 +27,14 @@ import zipfile
 from email.parser import Parser
 from pathlib import Path
 
-from packaging.markers import default_environment
-from packaging.requirements import Requirement
-from packaging.version import Version
-
 ROOT = Path(__file__).resolve().parents[1]
 # What scripts/gpu_check.sh runs with, beside the project's requirements.
 CHECK_TOOLS = ("pytest", "pytest-timeout", "pytest-xdist", "pytest-benchmark", "setuptools", "wheel", "ninja", "pip")
-# The device's python3 (KINDS.md: Python 3.12.3 on x86-64 Linux).
-DEVICE_MARKERS = {**default_environment(), "python_version": "3.12", "python_full_version": "3.12.3",
-                  "implementation_name": "cpython", "platform_python_implementation": "CPython",
-                  "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix"}
+# The device's python3 (KINDS.md: Python 3.12.3 on x86-64 Linux), for environment markers.
+DEVICE_MARKERS = {"python_version": "3.12", "python_full_version": "3.12.3", "implementation_name": "cpython",
+                  "implementation_version": "3.12.3", "platform_python_implementation": "CPython",
+                  "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+                  "platform_release": "", "platform_version": ""}
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
 
@@ -83,7 +82,9 @@ def image_constraints() -> list[str]:
     return [f"{name}=={version}" for name, version in device_image().items() if version]
 
 
-def _wheel_requires(wheel: Path) -> list[Requirement]:
+def _wheel_requires(wheel: Path) -> list:
+    from packaging.requirements import Requirement
+
     with zipfile.ZipFile(wheel) as zf:
         meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
         headers = Parser().parsestr(zf.read(meta).decode())
@@ -104,6 +105,9 @@ def _download(spec: str, folder: Path) -> bool:
 
 def fetch_missing(folder: Path) -> list[str]:
     """Download the wheels of everything the image lacks into folder; return the specs with no wheel."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
     image, reqs = device_image(), requirements()
     folder.mkdir(parents=True, exist_ok=True)
     queue = [f"{n}=={v}" if v else n for n, v in reqs.items() if n not in image]

@@ -16,6 +16,8 @@ CACHE="${REHEARSAL_CACHE:-$HOME/.cache/precise_fast}"
 VENV="$CACHE/device_venv"
 WHEELS="$CACHE/whl"
 say() { echo "[rehearsal] $*"; }
+# This machine's pip config names local index folders that may not exist; pip warns per package.
+quiet() { "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
 die() { echo "[rehearsal] FAIL: $*"; exit 1; }
 # A pyenv shim answers "command not found" unless 3.12 is the selected version: ask pyenv.
 PY312="${PY312:-python3.12}"
@@ -37,10 +39,10 @@ build_venv() {
   say "building $VENV ($("$PY312" --version)): $(echo "$specs" | tr '\n' ' ')"
   # A changed list installs into the venv there (torch alone is gigabytes to fetch again).
   [ -x "$VENV/bin/python" ] || "$PY312" -m venv "$VENV" || die "python3.12 -m venv"
-  "$VENV/bin/python" -m pip install -q --upgrade pip || die "upgrading pip in $VENV"
+  quiet "$VENV/bin/python" -m pip install -q --upgrade pip || die "upgrading pip in $VENV"
   printf '%s\n' "$constraints" >"$VENV/constraints.txt"
   # shellcheck disable=SC2086
-  PIP_CONSTRAINT="$VENV/constraints.txt" "$VENV/bin/python" -m pip install -q --upgrade --no-cache-dir $specs \
+  PIP_CONSTRAINT="$VENV/constraints.txt" quiet "$VENV/bin/python" -m pip install -q --upgrade --no-cache-dir $specs \
     || die "installing the device image's versions into $VENV"
   echo "$stamp" >"$VENV/.stamp"
   "$VENV/bin/python" -c "import torch, triton, transformers, numpy; print('[rehearsal] venv: torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'numpy', numpy.__version__)"

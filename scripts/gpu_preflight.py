@@ -1,8 +1,8 @@
 """scripts/gpu_check.sh's preflight: in seconds, everything the later steps take for granted.
 
 A CUDA GPU visible to torch; the versions the check runs with; an import of every package
-requirements.txt names (its import names read from the installed distributions, so a wheel
-that did not travel is named here, not deep inside a test); pytest-timeout; and the CUDA
+requirements.txt names, pytest-timeout among them (import names read from the installed
+distributions, so a wheel that did not travel is named here, not deep inside a test); and the CUDA
 kernel of ``precise_fast._C``. Prints one line per fact; a missing fact ends it with one line
 ``[gpu_check] STOP: ...`` and exit status 1.
 
@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
-import re
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-TEST_TOOLS = ("pytest", "pytest-timeout", "pytest-benchmark", "ninja")
+from device_image import canonical, requirements  # scripts/, beside this file
 
 
 def stop(why: str) -> None:
@@ -27,22 +24,15 @@ def stop(why: str) -> None:
     sys.exit(1)
 
 
-def _requirement_names() -> list[str]:
-    lines = (line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines())
-    return [re.split(r"[<>=!~ \[]", line)[0] for line in lines if line]
-
-
-def _import_names(dist: str) -> list[str]:
-    """The top-level modules an installed distribution provides (packages_distributions' inverse)."""
-    wanted = re.sub(r"[-_.]+", "-", dist).lower()
-    return sorted(module for module, dists in md.packages_distributions().items()
-                  if any(re.sub(r"[-_.]+", "-", d).lower() == wanted for d in dists)
-                  and module.isidentifier() and not module.startswith("_"))
-
-
 def check_imports() -> None:
+    # The top-level modules each installed distribution provides (packages_distributions' inverse).
+    provides: dict[str, list[str]] = {}
+    for module, dists in sorted(md.packages_distributions().items()):
+        if module.isidentifier() and not module.startswith("_"):
+            for dist in dists:
+                provides.setdefault(canonical(dist), []).append(module)
     missing = []
-    for dist in _requirement_names():
+    for dist in requirements():
         if dist in ("ninja",):  # a build tool: a program, its module is a launcher stub
             continue
         try:
@@ -50,7 +40,7 @@ def check_imports() -> None:
         except md.PackageNotFoundError:
             missing.append(dist)
             continue
-        modules = _import_names(dist)
+        modules = provides.get(dist, [])
         for module in modules:
             try:
                 importlib.import_module(module)
@@ -59,10 +49,6 @@ def check_imports() -> None:
         print(f"[preflight] {dist} {version} ({', '.join(modules) or 'no modules'})")
     if missing:
         stop(f"not installed: {', '.join(missing)} (build .whl with scripts/gpu_wheels.sh and carry it)")
-    try:
-        importlib.import_module("pytest_timeout")
-    except ImportError:
-        stop("pytest-timeout is not installed: the GPU tests need its per-test limit")
 
 
 def check_gpu() -> None:

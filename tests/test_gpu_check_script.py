@@ -86,6 +86,16 @@ def test_without_a_gpu_the_check_stops_at_the_preflight_with_one_line(tmp_path):
     assert (out / "gpu_report.md").read_text().startswith("# GPU check (FAIL)")
 
 
+def test_preflight_names_every_missing_package_in_one_line():
+    """No site-packages (python -S): the preflight lists what did not travel, before any import."""
+    run = subprocess.run([sys.executable, "-S", str(REPO / "scripts" / "gpu_preflight.py"), "--no-gpu"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and run.stderr == "", run.stderr
+    assert run.stdout.startswith("[gpu_check] STOP: not installed: torch, torchvision, diffusers, transformers, peft, "
+                                 "deepspeed, open-clip-torch,") and run.stdout.count("\n") == 1, run.stdout
+    assert "pytest-timeout" in run.stdout
+
+
 HANGING_TEST = """
 import os
 import time

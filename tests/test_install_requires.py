@@ -3,7 +3,7 @@ whole suite) and the lent GPU machine's image (scripts/device_image_packages.txt
 scripts/device_rehearsal.sh), and every runtime requirement has a range."""
 
 import ast
-import re
+import importlib.util
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -11,32 +11,21 @@ from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_TOOLS = {"pytest", "pytest-benchmark", "pytest-timeout", "ninja"}
-
-
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+_spec = importlib.util.spec_from_file_location("device_image", REPO / "scripts" / "device_image.py")
+device_image = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(device_image)
 
 
 def _install_requires() -> dict[str, Requirement]:
     """INSTALL_REQUIRES read from setup.py's source (importing it would run setup())."""
     tree = ast.parse((REPO / "setup.py").read_text())
     node = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "INSTALL_REQUIRES")
-    return {_canonical(r.name): r for r in map(Requirement, ast.literal_eval(node.value))}
-
-
-def _pins(path: Path) -> dict[str, str | None]:
-    pins = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            name, _, version = line.partition("==")
-            pins[_canonical(name)] = version or None
-    return pins
+    return {device_image.canonical(r.name): r for r in map(Requirement, ast.literal_eval(node.value))}
 
 
 def test_every_runtime_requirement_has_a_bounded_range():
     ranges = _install_requires()
-    runtime = set(_pins(REPO / "requirements.txt")) - TEST_TOOLS
+    runtime = set(device_image.requirements()) - TEST_TOOLS
     assert runtime <= set(ranges), runtime - set(ranges)
     for name, req in ranges.items():
         ops = {spec.operator for spec in req.specifier}
@@ -45,14 +34,14 @@ def test_every_runtime_requirement_has_a_bounded_range():
 
 def test_requirements_pins_fall_inside_the_ranges():
     ranges = _install_requires()
-    for name, version in _pins(REPO / "requirements.txt").items():
+    for name, version in device_image.requirements().items():
         if name in ranges and version:
             assert Version(version) in ranges[name].specifier, f"requirements.txt {name}=={version} outside {ranges[name]}"
 
 
 def test_the_gpu_machines_versions_fall_inside_the_ranges():
     ranges = _install_requires()
-    image = _pins(REPO / "scripts" / "device_image_packages.txt")
+    image = device_image.device_image()
     for name in ("torch", "triton", "transformers", "numpy", "torchvision", "tokenizers", "safetensors"):
         assert image[name], f"device_image_packages.txt gives no version of {name}"
         assert Version(image[name]) in ranges[name].specifier, f"the image's {name} {image[name]} outside {ranges[name]}"
