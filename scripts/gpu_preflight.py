@@ -74,11 +74,10 @@ def check_cuda_kernel() -> None:
 
 
 def main(argv: list[str]) -> None:
-    gpu = "--no-gpu" not in argv
-    if gpu:
-        check_gpu()
+    # Imports first: a host without a GPU (the CPU rehearsal) still proves every package there.
     check_imports()
-    if gpu:
+    if "--no-gpu" not in argv:
+        check_gpu()
         check_cuda_kernel()
     print("[preflight] ok", flush=True)
 
