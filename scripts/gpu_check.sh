@@ -126,6 +126,8 @@ finish() {
     cp "$LOGS/steps.tsv" "$OUT/steps.tsv"
     "$PY" bench/gpu_report.py "$OUT" >"$LOGS/gpu_report.log" 2>&1 || status=1
     rm -f "$OUT/steps.tsv"
+    # The device tool's reply holds the console's last lines: the report is what to read first.
+    [ -f "$OUT/gpu_report.md" ] && cat "$OUT/gpu_report.md"
   fi
   tar -czf "$OUT/logs.tar.gz" -C "$LOGS" . && rm -rf "$LOGS"
   local n
