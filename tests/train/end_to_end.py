@@ -27,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..child_env import child_env
+
 REPO = Path(__file__).resolve().parents[2]
 REPORT_NAME = "trainer_end_to_end.json"  # under $GPU_REPORT_DIR: one section per GPU case
 SHAPES_EPOCHS = 2  # then one more, resumed from the checkpoint of epoch 2
@@ -153,11 +155,12 @@ def run_child(case: str, device: str, out: Path, timeout: float, report_section:
 
     With ``report_section``, what the child recorded (and its error, if it failed) also goes into
     the GPU report (:func:`add_to_report`), pass or fail."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PRECISE_FAST_CRASH_AT"):
-        env.pop(key, None)  # an in-process test group's (tests/train/conftest.py): the child makes its own
-    if device == "cpu":
-        env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    env = dict(child_env(), PYTHONPATH=str(REPO))  # the child makes its own process group
+    if device == "cuda":  # CUDA's accelerator and all cores for the host-side work (building the klein4b folder)
+        del env["DS_ACCELERATOR"]
+        env.pop("OMP_NUM_THREADS")
+        if "OMP_NUM_THREADS" in os.environ:
+            env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
     cmd = [sys.executable, "-m", "tests.train.end_to_end", case, "--device", device, "--out", str(out)]
     out.mkdir(parents=True, exist_ok=True)
     error = None
