@@ -10,9 +10,9 @@ CUDA state, nothing left over from other tests in the same pytest session.
   recipe's bf16 autocast over float32 masters, CUDA graphs on, rewards overlapped.
 - ``real_size``: one epoch of the FLUX.2 Klein 4B transformer at its real size (5 double + 20
   single blocks, 24 heads x 128; random weights, pure bf16) with random text embeddings (the ``klein4b``
-  tiny pipeline's text encoder: random, 2560 wide) and the JPEG reward (no weights). The
-  trainer loads that pipeline and the transformer is swapped for the real-size one as it loads.
-  On CPU the same path runs with a 1 + 1 block transformer of the tiny widths.
+  tiny builder's text encoder: random, 2560 wide) and the JPEG reward (no weights). The
+  trainer's model load is replaced by that pipeline, built in memory. On CPU the same path
+  runs with a 1 + 1 block transformer of the tiny widths.
 
 The child writes ``DIR/figures.json``: images/s and MFU per phase (the trainer's throughput
 metrics), epoch times, peak GPU memory, the process group's backend, captured graphs.
@@ -47,11 +47,11 @@ def _shapes_overrides(out: Path, device: str, epochs: int) -> list[str]:
     return common + ["run.num_threads=1", "sampler.num_batches_per_epoch=1", "sampler.num_steps=4"]
 
 
-def _real_size_overrides(out: Path, device: str, model_path: str) -> list[str]:
+def _real_size_overrides(out: Path, device: str) -> list[str]:
     size, steps, text = (512, 6, 128) if device == "cuda" else (64, 2, 32)
     overrides = [
         f"run.output_dir={out / 'run'}", "run.epochs=1", f"run.device={device}", "run.num_threads=0",
-        f"model.path={model_path}", f"model.max_text_len={text}", "model.lora_rank=16", "model.lora_alpha=16.0",
+        f"model.max_text_len={text}", "model.lora_rank=16", "model.lora_alpha=16.0",
         "model.gradient_checkpointing=true",
         f"sampler.height={size}", f"sampler.width={size}", f"sampler.num_steps={steps}",
         "sampler.batch_size=4", "sampler.num_batches_per_epoch=1", "sampler.images_per_prompt=4",
@@ -63,32 +63,37 @@ def _real_size_overrides(out: Path, device: str, model_path: str) -> list[str]:
     return overrides
 
 
-def _swap_in(transformer_config: dict):
-    """Wrap the trainer's ``load_pipeline`` so the loaded pipeline gets a fresh transformer of ``transformer_config``."""
+def _build_instead(widths: str, transformer_config: dict):
+    """Make the trainer's ``load_pipeline`` build its pipeline in memory instead of reading ``model.path``:
+    the tiny builder's text encoder and VAE at ``widths`` around a fresh random transformer of
+    ``transformer_config``, initialised on the device in the run's dtype (seconds for 3.9e9 weights
+    on a GPU, and no 2.3 GB folder written and read back), then frozen like ``load_pipeline`` does."""
     import torch
-    from diffusers import Flux2Transformer2DModel
+    from diffusers import Flux2KleinPipeline, Flux2Transformer2DModel
 
     from precise_fast.models import set_attention_backend
+    from precise_fast.models.tiny import build_tiny_components
     from precise_fast.train import trainer as trainer_module
 
-    load = trainer_module.load_pipeline
-
-    def load_with_swapped_transformer(path, *, dtype, device, attention_backend="auto", model_root=None):
-        pipe = load(path, dtype=dtype, device=device, attention_backend=attention_backend, model_root=model_root)
+    def build_pipeline(path, *, dtype, device, attention_backend="auto", model_root=None):
+        parts = build_tiny_components(0, widths=widths, transformer_config={**transformer_config, "num_layers": 0,
+                                                                            "num_single_layers": 0})
         torch.manual_seed(0)
         default = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)  # no float32 copy of 3.9e9 weights on the way
+        torch.set_default_dtype(dtype)  # no float32 copy of the weights on the way
         try:
-            with torch.device(device):  # initialised where it runs: seconds on a GPU
-                model = Flux2Transformer2DModel(**transformer_config)
+            with torch.device(device):
+                parts["transformer"] = Flux2Transformer2DModel(**transformer_config)
         finally:
             torch.set_default_dtype(default)
-        model.eval().requires_grad_(False)
-        set_attention_backend(model, attention_backend)
-        pipe.transformer = model
+        pipe = Flux2KleinPipeline(is_distilled=False, **parts).to(device=device, dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        for module in (pipe.transformer, pipe.text_encoder, pipe.vae):
+            module.eval().requires_grad_(False)
+        set_attention_backend(pipe.transformer, attention_backend)
         return pipe
 
-    trainer_module.load_pipeline = load_with_swapped_transformer
+    trainer_module.load_pipeline = build_pipeline
 
 
 def _epoch_figures(run_dir: Path) -> dict[int, dict]:
@@ -121,7 +126,7 @@ def run_case(case: str, device: str, out: Path) -> dict:
     import torch
 
     from precise_fast.models.flops import KLEIN_4B_TRANSFORMER_CONFIG
-    from precise_fast.models.tiny import TINY_TRANSFORMER_CONFIG, tiny_pipeline_path
+    from precise_fast.models.tiny import TINY_TRANSFORMER_CONFIG
     from precise_fast.train.config import load_config
     from precise_fast.train.distributed import init_distributed
 
@@ -143,9 +148,8 @@ def run_case(case: str, device: str, out: Path) -> dict:
         transformer = KLEIN_4B_TRANSFORMER_CONFIG if device == "cuda" else TINY_TRANSFORMER_CONFIG
         figures["transformer"] = {k: transformer[k] for k in ("num_layers", "num_single_layers", "num_attention_heads",
                                                              "attention_head_dim", "in_channels", "joint_attention_dim")}
-        _swap_in(transformer)
-        path = str(tiny_pipeline_path(0, widths=widths))  # built on first use (~2.3 GB for klein4b), then cached
-        config = load_config(REPO / "configs" / "tiny_cpu.yaml", _real_size_overrides(out, device, path))
+        _build_instead(widths, transformer)
+        config = load_config(REPO / "configs" / "tiny_cpu.yaml", _real_size_overrides(out, device))
         record("first", _train(config, dist))
     return figures
 
