@@ -2,11 +2,12 @@
 PTX keeps the bitwise promise: no contracted multiply-add, no approximate division, square
 root or transcendental in the noise, mean and log-prob math (rules: ``sm90_ptx.py``).
 
-The variants are the ones the ops launch: each Triton op is called on small tensors for
-every kind, latent dtype and optional input, with the launch recorded instead of run; a
-variant is a kernel with its pointer types and constexpr values. The latent tensors share
-one dtype per call (float32 noise, means and gradients, as the public API passes them):
-other mixes change only the loads' exact widening conversions. Compilation runs in a
+The variants are the ones the ops launch: the public calls run on the Triton backend on
+small tensors for every kind, latent dtype and optional input (autograd for the backward),
+each launch recorded instead of run; a variant is a kernel with its pointer types and
+constexpr values. The latent tensors share one dtype per call (float32 noise, means and
+gradients, as the public API passes them): other mixes change only the loads' exact widening
+conversions. Compilation runs in a
 subprocess without ``TRITON_INTERPRET`` (CI sets it for these tests), with the launch
 options of ``fused_step.LAUNCH_OPTIONS``, as a GPU launch compiles them. A control compiles
 two variants with fusion on and checks that the rules then fire.
@@ -15,6 +16,7 @@ two variants with fusion on and checks that the rules then fire.
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import os
 import subprocess
@@ -25,7 +27,7 @@ import pytest
 import torch
 
 from precise_fast.kernels import fused_step as fs
-from precise_fast.sde import KINDS
+from precise_fast.sde import KINDS, sample_step, score_step
 
 from .sm90_ptx import violations
 
@@ -68,28 +70,32 @@ def _record(calls) -> list[dict]:
 
 
 def _every_launch() -> None:
+    """Every argument combination of the public calls on the Triton backend: sample (kinds,
+    noise or seeds, mean or not), score (old mean, mean) and its backward through autograd
+    (gradients for x and the old mean or not; a loss over the mean and the guard bias or not)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows, n = 2, 8
     f32 = dict(dtype=torch.float32, device=device)
     s, sn, sd = torch.full((rows,), 0.6, **f32), torch.full((rows,), 0.5, **f32), torch.full((rows,), 0.1, **f32)
     seeds = torch.arange(rows, dtype=torch.int64, device=device)
-    steps = torch.zeros(rows, dtype=torch.int64, device=device)
-    fs.triton_philox_normal(seeds, steps, n)
+    fs.triton_philox_normal(seeds, torch.zeros(rows, dtype=torch.int64, device=device), n)  # no public Triton route
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         x = torch.ones(rows, n, dtype=dtype, device=device)
         mean32 = torch.ones(rows, n, **f32)
         for kind in KINDS:
             for noise in (None, mean32):
                 for return_mean in (False, True):
-                    fs.triton_sample_step(x, x, s, sn, sd, seeds, steps, noise, kind, return_mean)
-            for old in (None, mean32):
-                for return_mean in (False, True):
-                    fs.triton_score_step(x, x, x, s, sn, sd, old, kind, return_mean)
-            for grad_mean in (None, mean32):
-                for old, grad_bias, need_old in ((None, None, False), (mean32, s, False), (mean32, s, True)):
-                    for need_x in (False, True):
-                        fs.triton_score_step_backward(s, grad_mean, grad_bias, x, x, x, s, sn, sd, old, kind,
-                                                      need_x, need_old)
+                    draw = dict(noise=noise) if noise is not None else dict(seeds=seeds)
+                    sample_step(x, x, s, sn, sd, kind=kind, return_mean=return_mean, backend="triton", **draw)
+            for with_old, need_old, use_mean, need_x in itertools.product((False, True), repeat=4):
+                if need_old and not with_old:
+                    continue
+                xg, vg = x.clone().requires_grad_(need_x), x.clone().requires_grad_(True)
+                old = mean32.clone().requires_grad_(need_old) if with_old else None
+                lp, mean, bias = score_step(xg, vg, x, s, sn, sd, kind=kind, old_mean=old, return_mean=use_mean,
+                                            backend="triton")
+                loss = lp.sum() + (mean.sum() if use_mean else 0) + (bias.sum() if with_old else 0)
+                loss.backward()
 
 
 VARIANTS = _record(_every_launch)
