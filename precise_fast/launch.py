@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {where}, if nothing answers at {url}/health: {shlex.join(server_command(url))}")
         for r, cmd in commands:
             if nodes.mode != "local":
-                print(describe(nodes, r))
+                print(describe(nodes, r, args))
             print(shlex.join(cmd))
         return 0
     ((_, cmd),) = commands

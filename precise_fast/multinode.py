@@ -163,13 +163,14 @@ def node_command(args, p: Plan, node_rank: int, module: str, module_args: list[s
     return cmd + ["--module", module, *module_args]
 
 
-def describe(p: Plan, node_rank: int) -> str:
+def describe(p: Plan, node_rank: int, args) -> str:
     """The comment line ``--dry-run`` prints above a node's command."""
     if p.mode == "local":
         return "# this machine"
     if p.mode == "ssh":
         return f"# on the first host of {p.hostfile}: it starts all {p.num_nodes} nodes over ssh (pdsh)"
-    return f"# node {node_rank} of {p.num_nodes} (no ssh: every node runs its own line)"
+    mine = ", this node's" if node_rank == args.node_rank else ""
+    return f"# node {node_rank} of {p.num_nodes} (no ssh: every node runs its own line{mine})"
 
 
 def fail(prog: str, err: Exception) -> int:

@@ -204,7 +204,7 @@ def _launch(args, argv: list[str] | None) -> int:
     commands = [(r, node_command(args, nodes, r, "precise_fast.eval", rest)) for r in nodes.node_ranks]
     if args.dry_run:
         for r, cmd in commands:
-            print(describe(nodes, r))
+            print(describe(nodes, r, args))
             print(shlex.join(cmd))
         return 0
     ((_, cmd),) = commands
