@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bandwidth import machine_info, probe  # noqa: E402
 
 from precise_fast.sde import flux2_sigmas, noise_std, reference_step, sample_step, score_step  # noqa: E402
-from precise_fast.sde.kinds import DEFAULT_ETA  # noqa: E402
+from precise_fast.sde.kinds import DEFAULT_ETA, FAMILY  # noqa: E402
 
 BATCH, ELEMENTS = 16, 131072
 KINDS = ["precise", "flow_grpo"]
@@ -307,14 +307,15 @@ def test_public_api_overhead_and_score_with_mean(benchmark):
 
     x, v, prev, s, s_next, sd, _ = _inputs("precise", torch.float32)
     op = torch.ops.precise_fast.score_step.default
+    precise = FAMILY["precise"]  # the op takes the kind's family
     compiled_mean = torch.compile(lambda *a: _plain_score(*a, True), dynamic=False)
     compiled_lp = torch.compile(lambda *a: _plain_score(*a, False), dynamic=False)
     calls = {
-        "op_mean": lambda: op(x, v, prev, s, s_next, sd, None, "precise", True),
+        "op_mean": lambda: op(x, v, prev, s, s_next, sd, None, precise, True),
         "score_step_mean": lambda: score_step(x, v, prev, s, s_next, sd, kind="precise", return_mean=True),
         "step": lambda: step(x, v, s, s_next, sd, kind="precise", prev_sample=prev),
         "compiled_mean": lambda: compiled_mean(x, v, prev, s, s_next, sd),
-        "op_lp": lambda: op(x, v, prev, s, s_next, sd, None, "precise", False),
+        "op_lp": lambda: op(x, v, prev, s, s_next, sd, None, precise, False),
         "compiled_lp": lambda: compiled_lp(x, v, prev, s, s_next, sd),
         # Speed of light for the same memory traffic: torch's own elementwise loops that move
         # the op's bytes with next to no arithmetic (3 arrays in, 1 out; 2 in, 1 out).
@@ -348,7 +349,7 @@ def test_public_api_overhead_and_score_with_mean(benchmark):
     # inputs (where the kernel costs next to nothing), best of 5 x 2000 calls.
     tiny = tuple(t[:, :8].contiguous() for t in (x, v, prev))
     wrappers = {
-        "op": lambda: op(*tiny, s, s_next, sd, None, "precise", True),
+        "op": lambda: op(*tiny, s, s_next, sd, None, precise, True),
         "score_step": lambda: score_step(*tiny, s, s_next, sd, kind="precise", return_mean=True),
         "step": lambda: step(tiny[0], tiny[1], s, s_next, sd, kind="precise", prev_sample=tiny[2]),
     }

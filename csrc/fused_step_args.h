@@ -4,13 +4,16 @@
 
 #include <ATen/ATen.h>
 
-#include <string>
-
 #include "step_coefficients.h"
 
 namespace precise_fast {
 
-// Element types the kernels read and write; all arithmetic is float32.
+// The CUDA (and Triton) kernels put the rows on grid dimension y, which holds at most 65535:
+// precise_fast/kinds.py's MAX_GRID_ROWS, which the Python side checks first
+// (precise_fast._C.max_grid_rows() returns this one; tests/sde/test_kinds.py compares them).
+constexpr int64_t kMaxGridRows = 65535;
+
+// Element types the kernels read and write (kinds.FUSED_DTYPE_NAMES); all arithmetic is float32.
 enum class Elem : int { F32 = 0, BF16 = 1, F16 = 2 };
 
 inline Elem elem_of(const at::Tensor& t, const char* name) {
@@ -27,10 +30,10 @@ inline Elem elem_of(const at::Tensor& t, const char* name) {
   return Elem::F32;
 }
 
-inline Family family_or_throw(const std::string& kind) {
+inline Family family_or_throw(int64_t number) {
   Family family;
-  TORCH_CHECK_VALUE(family_of(kind, &family), "kind='", kind,
-                    "' is not a sampler kind; expected one of ode, flow_grpo, dance_grpo, cps, precise, dance_precise");
+  TORCH_CHECK_VALUE(family_of(number, &family), "family=", number,
+                    " is not a sampler family; expected 0, 1 or 2 (precise_fast.sde.kinds.FAMILY)");
   return family;
 }
 
@@ -78,9 +81,9 @@ struct StepViews {
 inline StepViews sample_views(const at::Tensor& x, const at::Tensor& v, const at::Tensor& sigma,
                               const at::Tensor& next_sigma, const at::Tensor& std_dev,
                               const c10::optional<at::Tensor>& seeds, const c10::optional<at::Tensor>& step_index,
-                              const c10::optional<at::Tensor>& noise, const std::string& kind) {
+                              const c10::optional<at::Tensor>& noise, int64_t family) {
   StepViews s;
-  s.family = family_or_throw(kind);
+  s.family = family_or_throw(family);
   check_x(x);
   check_latent(x, v, "v");
   s.batch = x.size(0);
@@ -91,8 +94,8 @@ inline StepViews sample_views(const at::Tensor& x, const at::Tensor& v, const at
   s.next_sigma = row_values(x, next_sigma, "next_sigma");
   s.std_dev = row_values(x, std_dev, "std");
   if (s.family != Family::Ode) {
-    TORCH_CHECK_VALUE(seeds.has_value() != noise.has_value(), "kind='", kind,
-                      "' needs exactly one of seeds (Philox stream) or noise (explicit normals)");
+    TORCH_CHECK_VALUE(seeds.has_value() != noise.has_value(), "family=", family,
+                      " needs exactly one of seeds (Philox stream) or noise (explicit normals)");
     if (noise.has_value()) {
       check_latent(x, *noise, "noise");
       s.noise = noise->contiguous();
@@ -108,9 +111,9 @@ inline StepViews sample_views(const at::Tensor& x, const at::Tensor& v, const at
 
 inline StepViews score_views(const at::Tensor& x, const at::Tensor& v, const at::Tensor& prev,
                              const at::Tensor& sigma, const at::Tensor& next_sigma, const at::Tensor& std_dev,
-                             const c10::optional<at::Tensor>& old_mean, const std::string& kind) {
+                             const c10::optional<at::Tensor>& old_mean, int64_t family) {
   StepViews s;
-  s.family = family_or_throw(kind);
+  s.family = family_or_throw(family);
   check_x(x);
   check_latent(x, v, "v");
   check_latent(x, prev, "prev_sample");

@@ -576,9 +576,9 @@ void sample_into(const StepViews& s, const at::Tensor& prev, const at::Tensor& l
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_step_cpu(
     const at::Tensor& x, const at::Tensor& v, const at::Tensor& sigma, const at::Tensor& next_sigma,
     const at::Tensor& std_dev, const c10::optional<at::Tensor>& seeds, const c10::optional<at::Tensor>& step_index,
-    const c10::optional<at::Tensor>& noise, c10::string_view kind, bool return_mean) {
+    const c10::optional<at::Tensor>& noise, int64_t family, bool return_mean) {
   check_cpu(x);
-  const StepViews s = sample_views(x, v, sigma, next_sigma, std_dev, seeds, step_index, noise, std::string(kind));
+  const StepViews s = sample_views(x, v, sigma, next_sigma, std_dev, seeds, step_index, noise, family);
   at::Tensor prev = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor mean = at::empty(return_mean ? x.sizes() : at::IntArrayRef{0}, x.options().dtype(at::kFloat));
   at::Tensor log_prob = at::empty({s.batch}, x.options().dtype(at::kFloat));
@@ -589,10 +589,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_step_cpu(
 void sample_step_out_cpu(const at::Tensor& x, const at::Tensor& v, const at::Tensor& sigma,
                          const at::Tensor& next_sigma, const at::Tensor& std_dev,
                          const c10::optional<at::Tensor>& seeds, const c10::optional<at::Tensor>& step_index,
-                         const c10::optional<at::Tensor>& noise, c10::string_view kind, const at::Tensor& prev,
+                         const c10::optional<at::Tensor>& noise, int64_t family, const at::Tensor& prev,
                          const at::Tensor& log_prob, const c10::optional<at::Tensor>& mean) {
   check_cpu(x);
-  const StepViews s = sample_views(x, v, sigma, next_sigma, std_dev, seeds, step_index, noise, std::string(kind));
+  const StepViews s = sample_views(x, v, sigma, next_sigma, std_dev, seeds, step_index, noise, family);
   check_sample_out(x, prev, log_prob, mean);
   sample_into(s, prev, log_prob, mean.has_value() ? *mean : at::Tensor());
 }
@@ -600,9 +600,9 @@ void sample_step_out_cpu(const at::Tensor& x, const at::Tensor& v, const at::Ten
 std::tuple<at::Tensor, at::Tensor, at::Tensor> score_step_cpu(
     const at::Tensor& x, const at::Tensor& v, const at::Tensor& prev_sample, const at::Tensor& sigma,
     const at::Tensor& next_sigma, const at::Tensor& std_dev, const c10::optional<at::Tensor>& old_mean,
-    c10::string_view kind, bool return_mean) {
+    int64_t family, bool return_mean) {
   check_cpu(x);
-  const StepViews s = score_views(x, v, prev_sample, sigma, next_sigma, std_dev, old_mean, std::string(kind));
+  const StepViews s = score_views(x, v, prev_sample, sigma, next_sigma, std_dev, old_mean, family);
   const auto rows = coefficients(s);
   const bool with_bias = s.old_mean.defined();
   at::Tensor mean = at::empty(return_mean ? x.sizes() : at::IntArrayRef{0}, x.options().dtype(at::kFloat));
@@ -651,9 +651,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> score_step_backward_cpu(
     const at::Tensor& grad_log_prob, const c10::optional<at::Tensor>& grad_mean,
     const c10::optional<at::Tensor>& grad_guard_bias, const at::Tensor& x, const at::Tensor& v,
     const at::Tensor& prev_sample, const at::Tensor& sigma, const at::Tensor& next_sigma, const at::Tensor& std_dev,
-    const c10::optional<at::Tensor>& old_mean, c10::string_view kind, bool need_grad_x, bool need_grad_old_mean) {
+    const c10::optional<at::Tensor>& old_mean, int64_t family, bool need_grad_x, bool need_grad_old_mean) {
   check_cpu(x);
-  const StepViews s = score_views(x, v, prev_sample, sigma, next_sigma, std_dev, old_mean, std::string(kind));
+  const StepViews s = score_views(x, v, prev_sample, sigma, next_sigma, std_dev, old_mean, family);
   const auto rows = coefficients(s);
   const BackwardGrads g = backward_grads(x, s, grad_log_prob, grad_mean, grad_guard_bias, need_grad_old_mean);
   const at::Tensor &g_lp = g.log_prob, &g_mean = g.mean, &g_bias = g.bias;

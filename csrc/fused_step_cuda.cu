@@ -368,7 +368,8 @@ int64_t blocks_per_row(int64_t row_elems) { return (row_elems + kElemsPerBlock -
 
 void check_cuda(const at::Tensor& x) {
   TORCH_CHECK(x.is_cuda(), "the CUDA kernel got tensors on ", x.device());
-  TORCH_CHECK_VALUE(x.size(0) <= 65535, "the CUDA kernels take at most 65535 rows, got ", x.size(0));
+  TORCH_CHECK_VALUE(x.size(0) <= kMaxGridRows, "the CUDA kernels take at most ", kMaxGridRows, " rows, got ",
+                    x.size(0));
 }
 
 // Calls f(tag) with a null T* for the storage type T of a float32 / bfloat16 / float16 tensor.
@@ -468,10 +469,10 @@ void with_score_types(const ScoreTypes& st, F&& f) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_step_cuda(
     const at::Tensor& x, const at::Tensor& v, const at::Tensor& sigma, const at::Tensor& next_sigma,
     const at::Tensor& std_dev, const c10::optional<at::Tensor>& seeds, const c10::optional<at::Tensor>& step_index,
-    const c10::optional<at::Tensor>& noise, c10::string_view kind, bool return_mean) {
+    const c10::optional<at::Tensor>& noise, int64_t family, bool return_mean) {
   check_cuda(x);
   const c10::cuda::CUDAGuard guard(x.device());
-  const StepViews s = sample_views(x, v, sigma, next_sigma, std_dev, seeds, step_index, noise, std::string(kind));
+  const StepViews s = sample_views(x, v, sigma, next_sigma, std_dev, seeds, step_index, noise, family);
   at::Tensor prev = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor mean = at::empty(return_mean ? x.sizes() : at::IntArrayRef{0}, x.options().dtype(at::kFloat));
   at::Tensor log_prob = at::empty({s.batch}, x.options().dtype(at::kFloat));
@@ -482,11 +483,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_step_cuda(
 void sample_step_out_cuda(const at::Tensor& x, const at::Tensor& v, const at::Tensor& sigma,
                           const at::Tensor& next_sigma, const at::Tensor& std_dev,
                           const c10::optional<at::Tensor>& seeds, const c10::optional<at::Tensor>& step_index,
-                          const c10::optional<at::Tensor>& noise, c10::string_view kind, const at::Tensor& prev,
+                          const c10::optional<at::Tensor>& noise, int64_t family, const at::Tensor& prev,
                           const at::Tensor& log_prob, const c10::optional<at::Tensor>& mean) {
   check_cuda(x);
   const c10::cuda::CUDAGuard guard(x.device());
-  const StepViews s = sample_views(x, v, sigma, next_sigma, std_dev, seeds, step_index, noise, std::string(kind));
+  const StepViews s = sample_views(x, v, sigma, next_sigma, std_dev, seeds, step_index, noise, family);
   check_sample_out(x, prev, log_prob, mean);
   sample_into(s, prev, log_prob, mean.has_value() ? *mean : at::Tensor());
 }
@@ -494,10 +495,10 @@ void sample_step_out_cuda(const at::Tensor& x, const at::Tensor& v, const at::Te
 std::tuple<at::Tensor, at::Tensor, at::Tensor> score_step_cuda(
     const at::Tensor& x, const at::Tensor& v, const at::Tensor& prev_sample, const at::Tensor& sigma,
     const at::Tensor& next_sigma, const at::Tensor& std_dev, const c10::optional<at::Tensor>& old_mean,
-    c10::string_view kind, bool return_mean) {
+    int64_t family, bool return_mean) {
   check_cuda(x);
   const c10::cuda::CUDAGuard guard(x.device());
-  const StepViews s = score_views(x, v, prev_sample, sigma, next_sigma, std_dev, old_mean, std::string(kind));
+  const StepViews s = score_views(x, v, prev_sample, sigma, next_sigma, std_dev, old_mean, family);
   const bool with_bias = s.old_mean.defined();
   const ScoreTypes st = score_types(s);
   at::Tensor mean = at::empty(return_mean ? x.sizes() : at::IntArrayRef{0}, x.options().dtype(at::kFloat));
@@ -530,10 +531,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> score_step_backward_cuda(
     const at::Tensor& grad_log_prob, const c10::optional<at::Tensor>& grad_mean,
     const c10::optional<at::Tensor>& grad_guard_bias, const at::Tensor& x, const at::Tensor& v,
     const at::Tensor& prev_sample, const at::Tensor& sigma, const at::Tensor& next_sigma, const at::Tensor& std_dev,
-    const c10::optional<at::Tensor>& old_mean, c10::string_view kind, bool need_grad_x, bool need_grad_old_mean) {
+    const c10::optional<at::Tensor>& old_mean, int64_t family, bool need_grad_x, bool need_grad_old_mean) {
   check_cuda(x);
   const c10::cuda::CUDAGuard guard(x.device());
-  const StepViews s = score_views(x, v, prev_sample, sigma, next_sigma, std_dev, old_mean, std::string(kind));
+  const StepViews s = score_views(x, v, prev_sample, sigma, next_sigma, std_dev, old_mean, family);
   const BackwardGrads g = backward_grads(x, s, grad_log_prob, grad_mean, grad_guard_bias, need_grad_old_mean);
   const bool bias_grad = g.bias_grad, old_grad = g.old_grad;
   const ScoreTypes st = score_types(s);

@@ -6,8 +6,8 @@
 // 3.5 us of the op's 7 us on 16 x 8 inputs, and 28 us of its 59 us right after a
 // 16 x 131072 pass had streamed 32 MiB through the caches (median of 80 random-order
 // rounds): 4-5% of the full-size score pass itself. Here the op's Autograd kernel is C++,
-// and the backward is the same as ops.py's `_make_score_backward` (which the Triton op
-// uses): the mean is recomputed from (x, v), outputs returned empty get no gradient, and
+// and the backward is the same as kernels/fused_step.py's `_make_score_backward` (the
+// Triton op's): the mean is recomputed from (x, v), outputs returned empty get no gradient, and
 // only the gradients autograd asks for are computed.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -31,28 +31,28 @@ constexpr size_t kX = 0, kV = 1, kOldMean = 6, kArgs = 9;
 
 Triple score_below_autograd(const at::Tensor& x, const at::Tensor& v, const at::Tensor& prev,
                             const at::Tensor& sigma, const at::Tensor& next_sigma, const at::Tensor& std_dev,
-                            const std::optional<at::Tensor>& old_mean, c10::string_view kind, bool return_mean) {
+                            const std::optional<at::Tensor>& old_mean, int64_t family, bool return_mean) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("precise_fast::score_step", "")
                              .typed<Triple(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                            const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                           c10::string_view, bool)>();
+                                           int64_t, bool)>();
   at::AutoDispatchBelowADInplaceOrView guard;
-  return op.call(x, v, prev, sigma, next_sigma, std_dev, old_mean, kind, return_mean);
+  return op.call(x, v, prev, sigma, next_sigma, std_dev, old_mean, family, return_mean);
 }
 
 Triple score_backward_op(const at::Tensor& grad_log_prob, const std::optional<at::Tensor>& grad_mean,
                          const std::optional<at::Tensor>& grad_bias, const variable_list& saved, bool has_old,
-                         c10::string_view kind, bool need_x, bool need_old) {
+                         int64_t family, bool need_x, bool need_old) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("precise_fast::score_step_backward", "")
           .typed<Triple(const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                         const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                        const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view, bool, bool)>();
+                        const at::Tensor&, const std::optional<at::Tensor>&, int64_t, bool, bool)>();
   const std::optional<at::Tensor> old_mean = has_old ? std::optional<at::Tensor>(saved[6]) : std::nullopt;
   return op.call(grad_log_prob, grad_mean, grad_bias, saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
-                 old_mean, kind, need_x, need_old);
+                 old_mean, family, need_x, need_old);
 }
 
 // A gradient that reaches a non-empty output, as the backward kernels read it (float32,
@@ -67,15 +67,15 @@ struct ScoreStep : public torch::autograd::Function<ScoreStep> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& v,
                                const at::Tensor& prev, const at::Tensor& sigma, const at::Tensor& next_sigma,
                                const at::Tensor& std_dev, const std::optional<at::Tensor>& old_mean,
-                               c10::string_view kind, bool return_mean) {
+                               int64_t family, bool return_mean) {
     // Undefined incoming gradients stay undefined: a zero-filled mean gradient would cost
     // a full-size pass for nothing.
     ctx->set_materialize_grads(false);
-    auto [log_prob, mean, bias] = score_below_autograd(x, v, prev, sigma, next_sigma, std_dev, old_mean, kind,
+    auto [log_prob, mean, bias] = score_below_autograd(x, v, prev, sigma, next_sigma, std_dev, old_mean, family,
                                                        return_mean);
     const bool has_old = old_mean.has_value() && old_mean->defined();
     ctx->save_for_backward({x, v, prev, sigma, next_sigma, std_dev, has_old ? *old_mean : at::Tensor()});
-    ctx->saved_data["kind"] = std::string(kind);
+    ctx->saved_data["family"] = family;
     ctx->saved_data["return_mean"] = return_mean;
     ctx->saved_data["has_old"] = has_old;
     return {log_prob, mean, bias};
@@ -92,10 +92,10 @@ struct ScoreStep : public torch::autograd::Function<ScoreStep> {
     const at::Tensor grad_log_prob =
         grads[0].defined() ? grads[0].to(at::kFloat).contiguous()
                            : at::zeros_symint(c10::SymIntArrayRef{x.sym_size(0)}, x.options().dtype(at::kFloat));
-    const std::string kind = ctx->saved_data["kind"].toStringRef();
+    const int64_t family = ctx->saved_data["family"].toInt();
     auto [grad_v, grad_x, grad_old] =
         score_backward_op(grad_log_prob, used_grad(grads[1], ctx->saved_data["return_mean"].toBool()),
-                          used_grad(grads[2], has_old), saved, has_old, kind, need_x, need_old);
+                          used_grad(grads[2], has_old), saved, has_old, family, need_x, need_old);
     if (need_x) out[kX] = grad_x;
     if (need_v) out[kV] = grad_v;
     if (need_old) out[kOldMean] = grad_old;
@@ -105,16 +105,16 @@ struct ScoreStep : public torch::autograd::Function<ScoreStep> {
 
 Triple score_step_autograd(const at::Tensor& x, const at::Tensor& v, const at::Tensor& prev, const at::Tensor& sigma,
                            const at::Tensor& next_sigma, const at::Tensor& std_dev,
-                           const std::optional<at::Tensor>& old_mean, c10::string_view kind, bool return_mean) {
+                           const std::optional<at::Tensor>& old_mean, int64_t family, bool return_mean) {
   // Nothing to record (rollout scoring, no_grad): straight to the kernel. Function::apply
   // would build and drop a context with its saved-data map on every call.
   const bool any_grad = x.requires_grad() || v.requires_grad() || prev.requires_grad() || sigma.requires_grad() ||
                         next_sigma.requires_grad() || std_dev.requires_grad() ||
                         (old_mean.has_value() && old_mean->defined() && old_mean->requires_grad());
   if (!any_grad || !at::GradMode::is_enabled()) {
-    return score_below_autograd(x, v, prev, sigma, next_sigma, std_dev, old_mean, kind, return_mean);
+    return score_below_autograd(x, v, prev, sigma, next_sigma, std_dev, old_mean, family, return_mean);
   }
-  const variable_list out = ScoreStep::apply(x, v, prev, sigma, next_sigma, std_dev, old_mean, kind, return_mean);
+  const variable_list out = ScoreStep::apply(x, v, prev, sigma, next_sigma, std_dev, old_mean, family, return_mean);
   return {out[0], out[1], out[2]};
 }
 

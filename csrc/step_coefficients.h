@@ -8,7 +8,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <string>
 
 #if defined(__CUDACC__)
 #define PF_HD __host__ __device__ __forceinline__
@@ -20,20 +19,16 @@ namespace precise_fast {
 
 // ----------------------------------------------------------------------------- kinds
 
+// The ops take a kind's family as the integer of precise_fast/kinds.py (FAMILY_*), the
+// one table of kinds. Only the family matters to a step: the kinds of one family differ in
+// their std, which arrives per row already computed (noise_std).
 enum class Family : int { Ode = 0, EulerMaruyama = 1, CoefficientPreserving = 2 };
 
-// Kind names of precise_fast/sde/kinds.py. Only the family matters to a step: the kinds of
-// one family differ in their std, which arrives per row already computed (noise_std).
-inline bool family_of(const std::string& kind, Family* family) {
-  if (kind == "ode") {
-    *family = Family::Ode;
-  } else if (kind == "flow_grpo" || kind == "dance_grpo") {
-    *family = Family::EulerMaruyama;
-  } else if (kind == "cps" || kind == "precise" || kind == "dance_precise") {
-    *family = Family::CoefficientPreserving;
-  } else {
+inline bool family_of(int64_t number, Family* family) {
+  if (number < static_cast<int64_t>(Family::Ode) || number > static_cast<int64_t>(Family::CoefficientPreserving)) {
     return false;
   }
+  *family = static_cast<Family>(number);
   return true;
 }
 

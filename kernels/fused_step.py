@@ -1,6 +1,7 @@
 """Triton kernels of the fused sampler step, and their ``torch.library.triton_op`` boundaries.
 
-Ops (same arguments and results as the C++ ops, see ``precise_fast/sde/ops.py``):
+Ops (same arguments and results as the C++ ops, see ``precise_fast/sde/ops.py``; a kind
+arrives as its family, the integer of the kind table ``precise_fast/kinds.py``):
 ``precise_fast::triton_sample_step``, ``triton_score_step``, ``triton_score_step_backward``,
 ``triton_philox_normal``, and ``triton_sample_step_out`` (sample_step writing into given
 buffers). They run on CUDA; under ``TRITON_INTERPRET=1`` on CPU tensors, which is how CI
@@ -25,7 +26,7 @@ from torch._subclasses.functional_tensor import FunctionalTensorMode
 from torch.library import triton_op
 from torch.library import wrap_triton as _torch_wrap_triton
 
-from precise_fast.sde.arguments import MAX_GRID_ROWS
+from precise_fast.kinds import FAMILY_ODE, FUSED_DTYPE_NAMES, MAX_GRID_ROWS
 
 # 256 groups = 1024 elements per program: 4 KiB of float32 per stream, enough bytes in
 # flight per SM for a memory-bound kernel, and few programs under the interpreter.
@@ -35,8 +36,7 @@ FINALIZE_BLOCK = 128
 
 # Read once, as triton.jit does when the kernels below are defined.
 _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-_FAMILY = {"ode": 0, "flow_grpo": 1, "dance_grpo": 1, "cps": 2, "precise": 2, "dance_precise": 2}
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_DTYPES = tuple(getattr(torch, name) for name in FUSED_DTYPE_NAMES)
 
 
 def wrap_triton(kernel):
@@ -357,9 +357,12 @@ def _expect_rows(x: torch.Tensor, dtype: torch.dtype = torch.float32, **rows) ->
         )
 
 
-def _family(kind: str) -> int:
-    _expect(kind in _FAMILY, f"kind={kind!r} is not a sampler kind")
-    return _FAMILY[kind]
+def _family(family: int) -> int:
+    """The kind's family as the kind table numbers it (``precise_fast.kinds.FAMILY``); the
+    kernels branch on it at compile time (``FAMILY`` constexpr: 0 ode, 1 Euler-Maruyama, 2
+    coefficient-preserving), so no backend spells a kind name."""
+    _expect(family in (0, 1, 2), f"family={family!r} is not a sampler family")
+    return family
 
 
 def _launch(kernel, grid, *args, **meta) -> None:
@@ -374,12 +377,12 @@ def _launch(kernel, grid, *args, **meta) -> None:
     kernel[grid](*args, **meta, **LAUNCH_OPTIONS)
 
 
-def _sample_into(x, v, sigma, next_sigma, std, seeds, step_index, noise, kind, prev, log_prob, mean) -> None:
-    family = _family(kind)
+def _sample_into(x, v, sigma, next_sigma, std, seeds, step_index, noise, family, prev, log_prob, mean) -> None:
+    family = _family(family)
     _expect_latents(x, v=v, noise=noise)
     _expect_rows(x, sigma=sigma, next_sigma=next_sigma, std=std, log_prob=log_prob)
-    has_noise = family != 0 and noise is not None
-    if family != 0 and not has_noise:
+    has_noise = family != FAMILY_ODE and noise is not None
+    if family != FAMILY_ODE and not has_noise:
         _expect(seeds is not None and step_index is not None, "sampling without noise needs seeds and step_index")
         _expect_rows(x, torch.int64, seeds=seeds, step_index=step_index)
     _expect(prev.shape == x.shape and prev.dtype == x.dtype and prev.is_contiguous(), "prev_sample buffer is not x-like and contiguous")
@@ -391,7 +394,7 @@ def _sample_into(x, v, sigma, next_sigma, std, seeds, step_index, noise, kind, p
     n_blocks = triton.cdiv(m, ELEMS_PER_PROGRAM)
     partial = torch.empty((batch, n_blocks), dtype=torch.float32, device=x.device)
     dummy = partial  # stands for pointers the constexpr flags switch off
-    draws = family != 0 and not has_noise
+    draws = family != FAMILY_ODE and not has_noise
     _launch(
         wrap_triton(_sample_kernel), (n_blocks, batch),
         x, v, sigma, next_sigma, std,
@@ -441,13 +444,13 @@ def triton_sample_step(
     seeds: torch.Tensor | None,
     step_index: torch.Tensor | None,
     noise: torch.Tensor | None,
-    kind: str,
+    family: int,
     return_mean: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     prev = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     mean = torch.empty(x.shape if return_mean else (0,), dtype=torch.float32, device=x.device)
     log_prob = torch.empty((x.shape[0],), dtype=torch.float32, device=x.device)
-    _sample_into(x, v, sigma, next_sigma, std, seeds, step_index, noise, kind, prev, log_prob, mean if return_mean else None)
+    _sample_into(x, v, sigma, next_sigma, std, seeds, step_index, noise, family, prev, log_prob, mean if return_mean else None)
     return prev, log_prob, mean
 
 
@@ -461,12 +464,12 @@ def triton_sample_step_out(
     seeds: torch.Tensor | None,
     step_index: torch.Tensor | None,
     noise: torch.Tensor | None,
-    kind: str,
+    family: int,
     prev_sample: torch.Tensor,
     log_prob: torch.Tensor,
     mean: torch.Tensor | None,
 ) -> None:
-    _sample_into(x, v, sigma, next_sigma, std, seeds, step_index, noise, kind, prev_sample, log_prob, mean)
+    _sample_into(x, v, sigma, next_sigma, std, seeds, step_index, noise, family, prev_sample, log_prob, mean)
 
 
 @_define_op("precise_fast::triton_score_step")
@@ -478,10 +481,10 @@ def triton_score_step(
     next_sigma: torch.Tensor,
     std: torch.Tensor,
     old_mean: torch.Tensor | None,
-    kind: str,
+    family: int,
     return_mean: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    family = _family(kind)
+    family = _family(family)
     _expect_latents(x, v=v, prev_sample=prev_sample, old_mean=old_mean)
     _expect_rows(x, sigma=sigma, next_sigma=next_sigma, std=std)
     has_old = old_mean is not None
@@ -520,11 +523,11 @@ def triton_score_step_backward(
     next_sigma: torch.Tensor,
     std: torch.Tensor,
     old_mean: torch.Tensor | None,
-    kind: str,
+    family: int,
     need_grad_x: bool,
     need_grad_old_mean: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    family = _family(kind)
+    family = _family(family)
     _expect_latents(x, v=v, prev_sample=prev_sample, old_mean=old_mean)
     _expect_rows(x, sigma=sigma, next_sigma=next_sigma, std=std, grad_log_prob=grad_log_prob, grad_guard_bias=grad_guard_bias)
     has_old = old_mean is not None
@@ -569,14 +572,47 @@ def triton_philox_normal(seeds: torch.Tensor, step_index: torch.Tensor, row_elem
     return out
 
 
-def _register_autograd() -> None:
-    from precise_fast.sde import ops
+# ----------------------------------------------------------------------------- autograd
+# Only score mode is differentiable: sample mode draws data for the rollout buffer. The
+# backward recomputes the mean from (x, v) in the same pass instead of saving it: one
+# tensor less to keep per trained step, and the pass is memory-bound anyway. The C++ op's
+# autograd is the same rules in C++ (csrc/score_autograd.cpp), which must not be Python: it
+# runs on every call of the op.
 
-    torch.library.register_autograd(
-        "precise_fast::triton_score_step",
-        ops._make_score_backward(triton_score_step_backward),
-        setup_context=ops._score_setup_context,
+
+def _score_setup_context(ctx, inputs, output):
+    x, v, prev_sample, sigma, next_sigma, std, old_mean, family, return_mean = inputs
+    ctx.save_for_backward(x, v, prev_sample, sigma, next_sigma, std, old_mean)
+    ctx.family = family
+    ctx.return_mean = return_mean
+
+
+def _score_backward(ctx, grad_log_prob, grad_mean, grad_guard_bias):
+    x, v, prev_sample, sigma, next_sigma, std, old_mean = ctx.saved_tensors
+    need_v, need_x = ctx.needs_input_grad[1], ctx.needs_input_grad[0]
+    need_old = old_mean is not None and ctx.needs_input_grad[6]
+    if not (need_v or need_x or need_old):
+        return (None,) * 9
+    if grad_log_prob is None:
+        grad_log_prob = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+    # An output that was returned empty has an empty gradient: nothing flows from it.
+    if grad_mean is not None and (not ctx.return_mean or grad_mean.numel() == 0):
+        grad_mean = None
+    if grad_guard_bias is not None and (old_mean is None or grad_guard_bias.numel() == 0):
+        grad_guard_bias = None
+    grad_v, grad_x, grad_old = triton_score_step_backward(
+        grad_log_prob.to(torch.float32).contiguous(),
+        None if grad_mean is None else grad_mean.to(torch.float32).contiguous(),
+        None if grad_guard_bias is None else grad_guard_bias.to(torch.float32).contiguous(),
+        x, v, prev_sample, sigma, next_sigma, std, old_mean, ctx.family, need_x, need_old,
+    )
+    return (
+        grad_x if need_x else None,
+        grad_v if need_v else None,
+        None, None, None, None,
+        grad_old if need_old else None,
+        None, None,
     )
 
 
-_register_autograd()
+torch.library.register_autograd("precise_fast::triton_score_step", _score_backward, setup_context=_score_setup_context)

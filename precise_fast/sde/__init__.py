@@ -3,12 +3,15 @@
 Public names: ``noise_std``, ``step``, ``sample_step``, ``score_step``, ``philox_normal``,
 ``mean_jacobian``, ``mean_coefficients``, ``flux2_sigmas``, ``StepOutput``, ``KINDS``,
 ``DEFAULT_ETA``, ``BACKENDS``.
+
+Modules: ``kinds`` (the kind table), ``reference`` (the math: the specification),
+``arguments`` (the argument rules and the step-value memo), ``api`` (the public step
+functions, their one fast path and the backend choice), ``ops`` (registration of the
+fused ops: extension, fake kernels, backend table), ``philox``, ``schedules``.
 """
 
-from .dispatch import step
-from .fused import sample_step, score_step
+from .api import BACKENDS, resolve_backend, sample_step, score_step, step
 from .kinds import DEFAULT_ETA, KINDS
-from .ops import BACKENDS, resolve_backend
 from .philox import philox_normal
 from .reference import StepOutput, mean_coefficients, mean_jacobian, noise_std, reference_step
 from .schedules import as_schedule, flux2_mu, flux2_sigmas, linear_sigmas

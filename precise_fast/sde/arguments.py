@@ -5,9 +5,10 @@ argument is explained here, in one wording, whichever backend runs. The kernels'
 assert the invariants these rules establish (``kernels/fused_step.py``); the C++ ops check
 their arguments fully (``csrc/fused_step_args.h``: they are public as
 ``torch.ops.precise_fast.*``), and on a C++ backend the public score calls let them refuse a
-call first and only then run these rules to word it (``fused.native_score``): the one place
+call first and only then run these rules to word it (``api._native_score``): the one place
 where a rule is enforced twice, held to refusing at least what these rules refuse by
-``tests/sde/test_native_first.py``.
+``tests/sde/test_native_first.py``. The step values' checks keep the sampler op's one memo
+(below), which that fast path reads too.
 """
 
 from __future__ import annotations
@@ -16,12 +17,7 @@ import weakref
 
 import torch
 
-from .kinds import STOCHASTIC, check_kind
-
-# Element types the fused kernels read and write (their arithmetic is float32).
-FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# The CUDA and Triton kernels put the rows on grid dimension y, which holds at most 65535.
-MAX_GRID_ROWS = 65535
+from .kinds import FUSED_DTYPES, MAX_GRID_ROWS, STOCHASTIC, check_kind
 
 
 def check_latent_pair(x: torch.Tensor, other: torch.Tensor, name: str) -> None:
@@ -143,7 +139,10 @@ def check_sample_out(x: torch.Tensor, out, return_mean: bool):
 # again unchanged are neither checked nor converted again. An entry keeps the converted row
 # of a number, a 0-d tensor or another dtype, and only a weak reference to a caller's tensor
 # (never the tensor), which also tells a new tensor that reuses a dead one's id apart.
-_CHECKED_VALUES: dict[tuple, tuple] = {}
+# Keyed by (kind, dtype, identity of each value), what costs least to read: right after a
+# full-size pass the lookups themselves are what a step call pays for (bench/README.md,
+# "Public API cost"). The rows' batch and device are checked on a hit instead.
+_CHECKED_ROWS: dict[tuple, tuple] = {}
 
 
 def value_identity(value):
@@ -194,32 +193,40 @@ def remembered_rows(entry, sigma, next_sigma, std):
     return None
 
 
-def remember(memo: dict, key, entry, limit: int = 256) -> None:
+def remembered_tensor_rows(sigma: torch.Tensor, next_sigma: torch.Tensor, std: torch.Tensor, kind: str):
+    """The float32 rows :func:`check_step_values` passed for these three tensors, or None; the
+    rows' batch and device are not compared with any x (the C++ op the fast path hands them to
+    refuses rows that do not fit x, and the full path then checks them afresh)."""
+    entry = _CHECKED_ROWS.get(
+        (kind, torch.float32, id(sigma), sigma._version, id(next_sigma), next_sigma._version, id(std), std._version))
+    return None if entry is None else remembered_rows(entry, sigma, next_sigma, std)
+
+
+def _remember(key, entry, limit: int = 256) -> None:
     """Store an entry (not None), dropping the oldest one beyond ``limit``."""
     if entry is None:
         return
-    if len(memo) >= limit:
-        memo.pop(next(iter(memo)))
-    memo[key] = entry
+    if len(_CHECKED_ROWS) >= limit:
+        _CHECKED_ROWS.pop(next(iter(_CHECKED_ROWS)))
+    _CHECKED_ROWS[key] = entry
 
 
 def check_step_values(sigma, next_sigma, std, kind: str, batch: int, device: torch.device, dtype=torch.float32):
     """The checked (B,) rows ``(sigma, next_sigma, std)`` in ``dtype``; ValueError on bad values."""
-    stochastic = kind in STOCHASTIC
-    key = (value_identity(sigma), value_identity(next_sigma), value_identity(std), stochastic, batch, device, dtype)
-    entry = _CHECKED_VALUES.get(key)
+    key = (kind, dtype) + value_identity(sigma) + value_identity(next_sigma) + value_identity(std)
+    entry = _CHECKED_ROWS.get(key)
     if entry is not None:
         rows = remembered_rows(entry, sigma, next_sigma, std)
-        if rows is not None:
+        if rows is not None and rows[0].shape[0] == batch and rows[0].device == device:
             return rows
     rows = tuple(
         per_row(val, name, batch, device, dtype)
         for val, name in ((sigma, "sigma"), (next_sigma, "next_sigma"), (std, "std"))
     )
-    problem = _values_ok(*rows, stochastic)
+    problem = _values_ok(*rows, kind in STOCHASTIC)
     if problem is not None:
         if problem.startswith("std"):
             problem = problem.replace("this kind", f"kind={kind!r}")
         raise ValueError(problem)
-    remember(_CHECKED_VALUES, key, memo_entry((sigma, next_sigma, std), rows))
+    _remember(key, memo_entry((sigma, next_sigma, std), rows))
     return rows

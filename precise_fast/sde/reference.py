@@ -13,7 +13,8 @@ from typing import NamedTuple
 import torch
 
 from .arguments import check_latent_pair, check_latents, check_step_values
-from .kinds import COEFFICIENT_PRESERVING, EULER_MARUYAMA, MIN_STD, check_eta, check_kind
+from .kinds import COEFFICIENT_PRESERVING, EULER_MARUYAMA, MIN_STD, STOCHASTIC, check_eta, check_kind
+from .philox import philox_normal
 from .schedules import as_schedule
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -211,3 +212,35 @@ def reference_step(
         elementwise = -((prev32 - mean) ** 2) / (2.0 * sd**2) - torch.log(sd) - _HALF_LOG_2PI
         log_prob = elementwise.reshape(batch, -1).mean(dim=1)
     return StepOutput(prev_sample, log_prob, mean)
+
+
+# ----------------------------------------------------------------------------- the reference backend
+# What ``sample_step`` / ``score_step`` run for backend="reference", after their rules: the
+# step above in float32 math, with the Philox stream of the fused backends.
+
+
+def reference_sample(x, v, s, s_next, sd, *, kind: str, seeds, step_index, noise, return_mean: bool, out=None):
+    """``sample_step`` on (B,) float32 rows: noise from ``noise`` or ``philox_normal(seeds,
+    step_index)``; results in new tensors or written into ``out``."""
+    if kind in STOCHASTIC and noise is None:
+        noise = philox_normal(seeds, step_index, x.shape)
+    res = reference_step(x, v, s, s_next, sd, kind=kind, noise=noise, math_dtype=torch.float32)
+    prev, log_prob, mean = res.prev_sample, res.log_prob.detach(), res.mean.detach()
+    if out is None:
+        return prev, log_prob, (mean if return_mean else None)
+    out[0].copy_(prev)
+    out[1].copy_(log_prob)
+    if return_mean:
+        out[2].copy_(mean)
+    return out[0], out[1], out[2]
+
+
+def reference_score(x, v, prev_sample, s, s_next, sd, *, kind: str, old_mean, return_mean: bool):
+    """``score_step`` on (B,) float32 rows: ``(log_prob, mean or None, guard_bias or None)``,
+    the bias ``mean((mean - old_mean)**2)`` per row."""
+    res = reference_step(x, v, s, s_next, sd, kind=kind, prev_sample=prev_sample, math_dtype=torch.float32)
+    bias = None
+    if old_mean is not None:
+        diff = res.mean - old_mean.to(res.mean.dtype)
+        bias = (diff * diff).reshape(x.shape[0], -1).mean(dim=1)
+    return res.log_prob, (res.mean if return_mean else None), bias

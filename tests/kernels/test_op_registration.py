@@ -10,8 +10,11 @@ import warnings
 import pytest
 import torch
 
+import precise_fast.sde.api as api
 import precise_fast.sde.ops as ops
+from precise_fast.sde.api import resolve_backend
 from precise_fast.sde.arguments import check_grid_rows
+from precise_fast.sde.kinds import FAMILY
 from .device_backends import ALL, CPU_CPP, CUDA_CPP, TRITON
 from .fused_cases import latents, step_rows
 from precise_fast.sde import sample_step, score_step, step
@@ -56,20 +59,20 @@ def test_opcheck_every_op(case, kind):
     sample, sample_out, score, backward, normals = _ops(backend)
     x, v, prev, old, sigma, next_sigma, std, seeds, steps = _op_args(kind=kind, device=device)
     noise = latents(x.shape, torch.float32, 9).to(device)
-    torch.library.opcheck(sample, (x, v, sigma, next_sigma, std, seeds, steps, None, kind, True))
-    torch.library.opcheck(sample, (x, v, sigma, next_sigma, std, None, None, noise, kind, False))
+    torch.library.opcheck(sample, (x, v, sigma, next_sigma, std, seeds, steps, None, FAMILY[kind], True))
+    torch.library.opcheck(sample, (x, v, sigma, next_sigma, std, None, None, noise, FAMILY[kind], False))
     buffers = lambda mean: (torch.empty_like(x), x.new_empty(x.shape[0]), torch.empty_like(noise) if mean else None)  # noqa: E731
-    torch.library.opcheck(sample_out, (x, v, sigma, next_sigma, std, seeds, steps, None, kind, *buffers(True)))
-    torch.library.opcheck(sample_out, (x, v, sigma, next_sigma, std, None, None, noise, kind, *buffers(False)))
-    torch.library.opcheck(score, (x, v, prev, sigma, next_sigma, std, old, kind, True))
-    torch.library.opcheck(score, (x, v, prev, sigma, next_sigma, std, None, kind, False))
+    torch.library.opcheck(sample_out, (x, v, sigma, next_sigma, std, seeds, steps, None, FAMILY[kind], *buffers(True)))
+    torch.library.opcheck(sample_out, (x, v, sigma, next_sigma, std, None, None, noise, FAMILY[kind], *buffers(False)))
+    torch.library.opcheck(score, (x, v, prev, sigma, next_sigma, std, old, FAMILY[kind], True))
+    torch.library.opcheck(score, (x, v, prev, sigma, next_sigma, std, None, FAMILY[kind], False))
     xg, vg, _, oldg, *_ = _op_args(kind=kind, grad=True, device=device)
-    torch.library.opcheck(score, (xg, vg, prev, sigma, next_sigma, std, oldg, kind, True))
-    torch.library.opcheck(score, (x, vg, prev, sigma, next_sigma, std, None, kind, False))
+    torch.library.opcheck(score, (xg, vg, prev, sigma, next_sigma, std, oldg, FAMILY[kind], True))
+    torch.library.opcheck(score, (x, vg, prev, sigma, next_sigma, std, None, FAMILY[kind], False))
     g = torch.randn(x.shape[0]).to(device)
     grad_mean = torch.randn(x.shape).to(device)
-    torch.library.opcheck(backward, (g, grad_mean, g, x, v, prev, sigma, next_sigma, std, old, kind, True, True))
-    torch.library.opcheck(backward, (g, None, None, x, v, prev, sigma, next_sigma, std, None, kind, False, False))
+    torch.library.opcheck(backward, (g, grad_mean, g, x, v, prev, sigma, next_sigma, std, old, FAMILY[kind], True, True))
+    torch.library.opcheck(backward, (g, None, None, x, v, prev, sigma, next_sigma, std, None, FAMILY[kind], False, False))
     torch.library.opcheck(normals, (seeds, steps, 1031))
 
 
@@ -138,7 +141,7 @@ def test_grid_row_limit_is_a_clear_error(case):
         from precise_fast.kernels import fused_step as fs
 
         with pytest.raises(RuntimeError, match="65535"):
-            fs.triton_score_step(x, x, x, s, n, sd, None, "precise", False)
+            fs.triton_score_step(x, x, x, s, n, sd, None, FAMILY["precise"], False)
 
 
 @pytest.mark.parametrize("case", [CPU_CPP, CUDA_CPP] + TRITON)
@@ -183,8 +186,8 @@ def test_torch_compile_fullgraph(case):
 @needs_cpu
 def test_auto_picks_cpu_kernel_and_step_keeps_its_contract():
     x, v, prev, _, sigma, next_sigma, std, seeds, _ = _op_args()
-    assert ops.resolve_backend("auto", x) == "cpu"
-    assert ops.resolve_backend("auto", x.double()) == "reference"
+    assert resolve_backend("auto", x) == "cpu"
+    assert resolve_backend("auto", x.double()) == "reference"
     noise = latents(x.shape, torch.float32, 7)
     fused = step(x, v, sigma, next_sigma, std, kind="precise", noise=noise)
     ref = step(x, v, sigma, next_sigma, std, kind="precise", noise=noise, backend="reference")
@@ -207,7 +210,7 @@ def test_auto_picks_cpu_kernel_and_step_keeps_its_contract():
 def test_missing_extension_falls_back_with_one_warning(monkeypatch):
     x, v, _, _, sigma, next_sigma, std, seeds, _ = _op_args()
     monkeypatch.setattr(ops, "_native_error", "simulated: not built")
-    monkeypatch.setattr(ops, "_warned_fallback", set())
+    monkeypatch.setattr(api, "_warned_fallback", set())
     with pytest.warns(RuntimeWarning, match="falling back to the slow pure-PyTorch reference"):
         out = sample_step(x, v, sigma, next_sigma, std, kind="precise", seeds=seeds)
     with warnings.catch_warnings():
@@ -276,24 +279,26 @@ def test_bad_inputs_raise_clear_errors(case):
 def test_raw_native_ops_reject_bad_input_without_crashing():
     x, v, prev, old, sigma, next_sigma, std, seeds, steps = _op_args()
     lib = torch.ops.precise_fast
+    PRECISE = FAMILY["precise"]
     with pytest.raises(ValueError, match="exactly one of seeds"):
-        lib.sample_step(x, v, sigma, next_sigma, std, None, None, None, "precise", False)
+        lib.sample_step(x, v, sigma, next_sigma, std, None, None, None, PRECISE, False)
     with pytest.raises(ValueError, match="std must have shape"):
-        lib.sample_step(x, v, sigma, next_sigma, std[:1], seeds, steps, None, "precise", False)
+        lib.sample_step(x, v, sigma, next_sigma, std[:1], seeds, steps, None, PRECISE, False)
     with pytest.raises(TypeError, match="must be float32, bfloat16 or float16"):
-        lib.score_step(x.double(), v, prev, sigma, next_sigma, std, None, "precise", False)
-    with pytest.raises(ValueError, match="not a sampler kind"):
-        lib.score_step(x, v, prev, sigma, next_sigma, std, None, "euler", False)
+        lib.score_step(x.double(), v, prev, sigma, next_sigma, std, None, PRECISE, False)
+    for family in (-1, 3):  # the families of kinds.FAMILY are 0, 1 and 2
+        with pytest.raises(ValueError, match=f"family={family} is not a sampler family"):
+            lib.score_step(x, v, prev, sigma, next_sigma, std, None, family, False)
     with pytest.raises(TypeError, match="integer tensor"):
-        lib.sample_step(x, v, sigma, next_sigma, std, seeds.float(), steps, None, "precise", False)
+        lib.sample_step(x, v, sigma, next_sigma, std, seeds.float(), steps, None, PRECISE, False)
     with pytest.raises(ValueError, match="grad_guard_bias needs old_mean"):
         lib.score_step_backward(torch.ones(2), None, torch.ones(2), x, v, prev, sigma, next_sigma, std, None,
-                                "precise", False, False)
+                                PRECISE, False, False)
     with pytest.raises(ValueError, match="row_elems must be positive"):
         lib.philox_normal(seeds, steps, 0)
     with pytest.raises(ValueError, match="prev_sample out buffer must be contiguous"):
-        lib.sample_step_out(x, v, sigma, next_sigma, std, seeds, steps, None, "precise", x.t().contiguous().t()[:, :1],
+        lib.sample_step_out(x, v, sigma, next_sigma, std, seeds, steps, None, PRECISE, x.t().contiguous().t()[:, :1],
                             torch.empty(2), None)
     with pytest.raises(ValueError, match="log_prob out buffer"):
-        lib.sample_step_out(x, v, sigma, next_sigma, std, seeds, steps, None, "precise", torch.empty_like(x),
+        lib.sample_step_out(x, v, sigma, next_sigma, std, seeds, steps, None, PRECISE, torch.empty_like(x),
                             torch.empty(3), None)

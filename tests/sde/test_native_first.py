@@ -1,8 +1,9 @@
 """The public score calls run the C++ op first and the Python rules only when it raises.
 
-``fused.native_score`` (under ``score_step``) and ``dispatch._native_scored`` (under
-``step(..., prev_sample=...)``) skip the argument rules of ``precise_fast/sde/arguments.py``
-on a C++ backend: the op checks its arguments itself (``csrc/fused_step_args.h``). That is
+``api._native_score`` (under ``score_step`` and ``step(..., prev_sample=...)``) skips the
+argument rules of ``precise_fast/sde/arguments.py`` on a C++ backend: the op checks its
+arguments itself (``csrc/fused_step_args.h``), and the kind becomes the op's family by the
+kind table's lookup (``kinds.FAMILY``), which refuses an unknown kind. That is
 only sound while the op rejects everything the rules reject, and while a rejected call still
 gets the rules' words; both are held here, with the fast path's results equal to the full
 path's and the step-value memo's identity rules.
@@ -15,11 +16,11 @@ import gc
 import pytest
 import torch
 
-import precise_fast.sde.dispatch as dispatch
-import precise_fast.sde.fused as fused
+import precise_fast.sde.api as api
 from precise_fast.sde import score_step, step
 from precise_fast.sde import ops
 from precise_fast.sde.arguments import check_step_values, memo_entry, remembered_rows
+from precise_fast.sde.kinds import FAMILY
 
 pytestmark = pytest.mark.skipif(not ops.native_available(), reason=f"precise_fast._C not built: {ops.native_error()}")
 
@@ -72,11 +73,12 @@ def _bad_args(make):
 
 @pytest.mark.parametrize("name,make,exc,match", BAD, ids=[b[0] for b in BAD])
 def test_the_op_rejects_what_the_rules_reject(name, make, exc, match):
-    """The soundness condition of running the op first: it never accepts a call the rules refuse."""
+    """The soundness condition of running the op first: it never accepts a call the rules refuse
+    (the kind reaches the op as its family, through the table's lookup, as on the fast path)."""
     a = _bad_args(make)
     with pytest.raises(Exception):  # noqa: B017 - the op's own words differ; that it refuses is the point
         ops.NATIVE_SCORE_OP(a["x"], a["v"], a["prev_sample"], a["sigma"], a["next_sigma"], a["std"], a["old_mean"],
-                            a["kind"], True)
+                            FAMILY[a["kind"]], True)
 
 
 @pytest.mark.parametrize("backend", ["auto", "cpu"])
@@ -106,8 +108,7 @@ class _CountingOp:
 def test_fast_path_is_taken_and_equals_the_full_path(monkeypatch, dtype):
     a = _args(dtype)
     spy = _CountingOp(ops.NATIVE_SCORE_OP)
-    monkeypatch.setattr(fused, "NATIVE_SCORE_OP", spy)
-    monkeypatch.setattr(dispatch, "NATIVE_SCORE_OP", spy)
+    monkeypatch.setattr(api, "NATIVE_SCORE_OP", spy)
     call = dict(kind="precise", old_mean=a["old_mean"], return_mean=True)
     fast = score_step(a["x"], a["v"], a["prev_sample"], a["sigma"], a["next_sigma"], a["std"], **call)
     # A 0-d / float64 / non-contiguous step value is not the op's (B,) row form: the full path converts it.
@@ -115,8 +116,7 @@ def test_fast_path_is_taken_and_equals_the_full_path(monkeypatch, dtype):
     odd = score_step(a["x"], a["v"], a["prev_sample"], *odd_rows, **call)
     stepped = step(a["x"], a["v"], a["sigma"], a["next_sigma"], a["std"], kind="precise", prev_sample=a["prev_sample"])
     assert spy.calls == 3, "each call reached the op through the fast path"
-    monkeypatch.setattr(fused, "native_score", lambda *args: None)
-    monkeypatch.setattr(dispatch, "_native_scored", lambda *args: None)
+    monkeypatch.setattr(api, "_native_score", lambda *args: None)
     full = score_step(a["x"], a["v"], a["prev_sample"], a["sigma"], a["next_sigma"], a["std"], **call)
     full_odd = score_step(a["x"], a["v"], a["prev_sample"], *odd_rows, **call)
     full_step = step(a["x"], a["v"], a["sigma"], a["next_sigma"], a["std"], kind="precise", prev_sample=a["prev_sample"])
@@ -133,7 +133,7 @@ def test_fast_path_gradients_equal_the_full_path(monkeypatch):
     grads = []
     for fast in (True, False):
         if not fast:
-            monkeypatch.setattr(fused, "native_score", lambda *args: None)
+            monkeypatch.setattr(api, "_native_score", lambda *args: None)
         x, v, old = (a[k].clone().requires_grad_(True) for k in ("x", "v", "old_mean"))
         lp, mean, bias = score_step(x, v, a["prev_sample"], a["sigma"], a["next_sigma"], a["std"], kind="precise",
                                     old_mean=old, return_mean=True)
