@@ -6,8 +6,8 @@
 Every run is the main job's config (configs/toy/shapes_precise.yaml) on one rank doing the
 main job's epoch (64 rollouts, 4 optimizer steps of 16), with only ``sampler.kind`` and
 ``run.seed`` changed: same prompts, eval images (``eval.seed=0``, 62 held-out prompts x 2),
-epochs, learning rate, group size and steps; each kind runs at its paper noise level (the kinds' defaults:
-flow_grpo 0.7, dance_grpo 0.3, cps 0.7, precise 1.5, dance_precise 0.3; shared/SAMPLERS.md).
+epochs, learning rate, group size and steps; each kind runs at its paper noise level (the kind
+table's DEFAULT_ETA, precise_fast/sde/kinds.py; shared/SAMPLERS.md).
 Runs go ``--parallel`` at a time (one thread each). Out: ``<out>.json`` (every curve and the
 table) and ``<out>.png`` (held-out eval reward vs epoch and vs training wall-clock, mean and
 min..max over seeds), plus the table on stdout.
@@ -35,10 +35,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bandwidth import machine_info  # noqa: E402
 
+from precise_fast.kinds import STOCHASTIC_KINDS as KINDS  # noqa: E402 - the kinds a run trains with
 from precise_fast.toy.protocol import MAIN_JOB_CONFIG as CONFIG, fixed_eval, one_rank_epoch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = ("flow_grpo", "dance_grpo", "cps", "precise", "dance_precise")
+STUDIED = "precise"  # the paper's sampler; every other kind is a baseline
 
 
 def run_one(kind: str, seed: int, epochs: int, eval_every: int, out_dir: Path, extra: list[str]) -> Path:
@@ -94,7 +95,7 @@ def summarise(results: dict[str, list[dict]]) -> dict:
             "max_drop": float(np.max([r["max_drop"] for r in runs])),
             "train_s": float(np.mean([r["train_s"] for r in runs])),
         }
-    baselines = [k for k in table if k != "precise"]
+    baselines = [k for k in table if k != STUDIED]
     target = max(table[k]["final_mean"] for k in baselines) if baselines else None
     for kind, runs in results.items():
         mean_curve = np.mean([r["eval_reward"] for r in runs], axis=0)
@@ -116,7 +117,7 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
         epochs = runs[0]["eval_epoch"]
         times = np.mean([r["eval_time_s"] for r in runs], axis=0)
         for ax, x in ((axes[0], epochs), (axes[1], times)):
-            (line,) = ax.plot(x, curves.mean(0), marker="o", ms=3, label=kind, lw=2.2 if kind == "precise" else 1.4)
+            (line,) = ax.plot(x, curves.mean(0), marker="o", ms=3, label=kind, lw=2.2 if kind == STUDIED else 1.4)
             ax.fill_between(x, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.15)
     axes[0].set_xlabel("epoch")
     axes[1].set_xlabel("training wall-clock (s, mean over seeds)")

@@ -6,7 +6,7 @@
 // 3.5 us of the op's 7 us on 16 x 8 inputs, and 28 us of its 59 us right after a
 // 16 x 131072 pass had streamed 32 MiB through the caches (median of 80 random-order
 // rounds): 4-5% of the full-size score pass itself. Here the op's Autograd kernel is C++,
-// and the backward is the same as kernels/fused_step.py's `_make_score_backward` (the
+// and the backward is the same as kernels/fused_step.py's `_score_backward` (the
 // Triton op's): the mean is recomputed from (x, v), outputs returned empty get no gradient, and
 // only the gradients autograd asks for are computed.
 #include <ATen/ATen.h>

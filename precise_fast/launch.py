@@ -36,12 +36,13 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from .kinds import STOCHASTIC_KINDS
 from .multinode import LaunchError, add_launcher_options, describe, fail, node_command, plan
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = REPO_ROOT / "configs" / "flux2_klein"
 REWARDS = ("mix", "pickscore", "geneval")
-SDES = ("precise", "flow_grpo", "cps", "dance_grpo", "dance_precise")
+SDES = STOCHASTIC_KINDS  # the recipes' sampler kinds, configs/flux2_klein/<reward>_<sde>.yaml
 AUTO_START_ENV = "PRECISE_SDE_AUTO_START_GENEVAL"
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward", choices=REWARDS)
     p.add_argument("--sde", choices=SDES)
     p.add_argument("--config", help="a run config instead of the --reward / --sde recipe")
-    p.add_argument("--noise-level", type=float, help="sampler.eta (default: the recipe's)")
+    p.add_argument("--noise-level", type=float, help="sampler.eta (default: the recipe's, else the kind's paper noise level)")
     p.add_argument("--steps", "--step", dest="steps", type=int, help="denoising steps of training and eval")
     add_launcher_options(p, default_gpus=8)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

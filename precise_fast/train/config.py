@@ -26,8 +26,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-STOCHASTIC_KINDS = ("flow_grpo", "dance_grpo", "cps", "precise", "dance_precise")
-SAMPLER_KINDS = ("ode",) + STOCHASTIC_KINDS
+from ..kinds import KINDS as SAMPLER_KINDS, MAX_ETA, STOCHASTIC_KINDS, SamplerKind, StochasticKind  # noqa: F401
 
 
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -77,8 +76,8 @@ class ModelConfig:
 
 @dataclass
 class SamplerConfig:
-    kind: Literal["flow_grpo", "dance_grpo", "cps", "precise", "dance_precise"] = "precise"
-    eta: Union[float, None] = None  # None: the kind's default (precise 1.5, dance_* 0.3, others 0.7)
+    kind: StochasticKind = "precise"
+    eta: Union[float, None] = None  # None: the kind's default (the kind table's DEFAULT_ETA)
     num_steps: int = 20
     height: int = 512
     width: int = 512
@@ -188,7 +187,7 @@ class EvalTarget:
     name: str = "eval"
     prompts: Union[str, None] = None  # None: prompts.test
     reward: Union[str, dict, None] = None  # a reward spec as reward.spec; None: the training reward
-    kind: Union[Literal["ode", "flow_grpo", "dance_grpo", "cps", "precise", "dance_precise"], None] = None  # None: sampler.kind
+    kind: Union[SamplerKind, None] = None  # None: sampler.kind
     eta: Union[float, None] = None  # None: the training noise level (sampler.eta)
     num_steps: Union[int, None] = None  # None: sampler.num_steps
     batch_size: int = 8  # images per rank per eval batch (the paper's test_batch_size)
@@ -204,7 +203,7 @@ class EvalConfig:
     num_prompts: int = 64
     batch_size: int = 8
     images_per_prompt: int = 1  # as EvalTarget.images_per_prompt
-    kind: Literal["ode", "flow_grpo", "dance_grpo", "cps", "precise", "dance_precise"] = "ode"
+    kind: SamplerKind = "ode"
     use_ema: bool = True
     at_start: bool = False
     # Seed of the eval items' noise (None: run.seed). Fix it to compare runs that differ in
@@ -503,8 +502,8 @@ def validate(cfg: Config) -> None:
         _positive(value, key, allow_zero=True)
     if s.eta is not None and s.eta < 0:
         raise ConfigError(f"sampler.eta: must be >= 0, got {s.eta}")
-    if s.kind == "cps" and s.eta is not None and s.eta > 1:
-        raise ConfigError(f"sampler.eta: cps needs 0 <= eta <= 1, got {s.eta}")
+    if s.eta is not None and s.eta > MAX_ETA[s.kind]:
+        raise ConfigError(f"sampler.eta: {s.kind} needs 0 <= eta <= {MAX_ETA[s.kind]:g}, got {s.eta}")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         raise ConfigError(f"train.betas: expected two values in [0, 1), got {t.betas}")
     if not 0 <= t.ema_decay < 1:

@@ -82,3 +82,17 @@ def test_recipes_do_not_restate_the_default_eta(path):
     for where, section, section_kind in places:
         if section_kind in kinds.DEFAULT_ETA and section.get("eta") is not None:
             assert section["eta"] != kinds.DEFAULT_ETA[section_kind], f"{where}.eta restates {section_kind}'s default"
+
+
+def test_the_config_and_the_launcher_choose_from_the_table():
+    import typing
+
+    from precise_fast import launch
+    from precise_fast.train import config
+
+    assert launch.SDES == kinds.STOCHASTIC_KINDS
+    assert config.SAMPLER_KINDS == kinds.KINDS and config.STOCHASTIC_KINDS == kinds.STOCHASTIC_KINDS
+    hints = {cls: typing.get_type_hints(cls) for cls in (config.SamplerConfig, config.EvalTarget, config.EvalConfig)}
+    assert typing.get_args(hints[config.SamplerConfig]["kind"]) == kinds.STOCHASTIC_KINDS
+    assert typing.get_args(typing.get_args(hints[config.EvalTarget]["kind"])[0]) == kinds.KINDS
+    assert typing.get_args(hints[config.EvalConfig]["kind"]) == kinds.KINDS
