@@ -7,7 +7,7 @@ Every run is the main job's config (configs/toy/shapes_precise.yaml) on one rank
 main job's epoch (64 rollouts, 4 optimizer steps of 16), with only ``sampler.kind`` and
 ``run.seed`` changed: same prompts, eval images (``eval.seed=0``, 62 held-out prompts x 2),
 epochs, learning rate, group size and steps; each kind runs at its paper noise level (the kind
-table's DEFAULT_ETA, precise_fast/sde/kinds.py; shared/SAMPLERS.md).
+table's DEFAULT_ETA, precise_fast/kinds.py; shared/SAMPLERS.md).
 Runs go ``--parallel`` at a time (one thread each). Out: ``<out>.json`` (every curve and the
 table) and ``<out>.png`` (held-out eval reward vs epoch and vs training wall-clock, mean and
 min..max over seeds), plus the table on stdout.
