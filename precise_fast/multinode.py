@@ -36,7 +36,10 @@ class LaunchError(ValueError):
 
 def add_launcher_options(p: argparse.ArgumentParser, *, default_gpus: int | None) -> None:
     gpus = f"default {default_gpus}" if default_gpus else "default: one process, no launcher"
-    p.add_argument("--num-gpus", type=int, default=default_gpus, help=f"processes per node ({gpus})")
+    # The default applies where no hostfile gives the slots (plan): passed over a hostfile's
+    # "slots=4", deepspeed would start 8 processes on every host.
+    p.set_defaults(default_gpus=default_gpus)
+    p.add_argument("--num-gpus", type=int, help=f"processes per node ({gpus}; with --hostfile: its slots)")
     p.add_argument("--hostfile", help="DeepSpeed hostfile ('host slots=G' lines): one launcher here starts every host over ssh; "
                                      "with --node-rank, the node list of the no-ssh mode")
     p.add_argument("--num-nodes", type=int, help="nodes of the job (with --hostfile: its first N hosts)")
@@ -47,10 +50,10 @@ def add_launcher_options(p: argparse.ArgumentParser, *, default_gpus: int | None
     p.add_argument("--dry-run", action="store_true", help="print the command of every node and exit")
 
 
-def split_launcher_args(argv: list[str], *, default_gpus: int | None) -> tuple[argparse.Namespace, list[str]]:
+def split_launcher_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """``(launcher options, the other arguments in their order)``: the ranks get the latter."""
     p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    add_launcher_options(p, default_gpus=default_gpus)
+    add_launcher_options(p, default_gpus=None)
     return p.parse_known_args(argv)
 
 
@@ -100,6 +103,7 @@ def plan(args) -> Plan:
         if value is not None and value < 1:
             raise LaunchError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     hosts = _hosts(args.hostfile) if args.hostfile else None
+    gpus = args.num_gpus if args.num_gpus is not None or hosts else getattr(args, "default_gpus", None)
     if hosts is not None and args.num_nodes is not None and args.num_nodes > len(hosts):
         raise LaunchError(f"--num-nodes {args.num_nodes}: {args.hostfile} lists {len(hosts)} hosts")
     nodes = args.num_nodes or (len(hosts) if hosts else 1)
@@ -110,17 +114,17 @@ def plan(args) -> Plan:
             raise LaunchError("--node-rank (no-ssh mode) needs --num-nodes N (or a --hostfile listing the nodes)")
         if not 0 <= args.node_rank < nodes:
             raise LaunchError(f"--node-rank {args.node_rank}: must lie in [0, {nodes}) for {nodes} nodes")
-        if hosts is None and args.num_gpus is None:
+        if hosts is None and gpus is None:
             raise LaunchError("--node-rank without --hostfile needs --num-gpus (processes on every node)")
         ranks = tuple(range(nodes)) if args.dry_run else (args.node_rank,)
-        hostfile = args.hostfile or str(no_ssh_hostfile(nodes, args.num_gpus, write=not args.dry_run))
-        return Plan("no_ssh", nodes, args.num_gpus, hostfile, ranks)
+        hostfile = args.hostfile or str(no_ssh_hostfile(nodes, gpus, write=not args.dry_run))
+        return Plan("no_ssh", nodes, gpus, hostfile, ranks)
     if hosts is not None:
-        return Plan("ssh", nodes, args.num_gpus, args.hostfile, (0,))
+        return Plan("ssh", nodes, gpus, args.hostfile, (0,))
     if nodes > 1:
         raise LaunchError(f"--num-nodes {nodes}: give --hostfile (one launcher starts every node over ssh) or "
                           "--node-rank R --master-addr A on every node (no-ssh mode)")
-    return Plan("local", 1, args.num_gpus, None, (0,))
+    return Plan("local", 1, gpus, None, (0,))
 
 
 def no_ssh_hostfile(num_nodes: int, num_gpus: int, *, write: bool = True) -> Path:

@@ -200,7 +200,7 @@ def _launch(args, argv: list[str] | None) -> int:
         nodes = plan_nodes(args)
     except LaunchError as err:
         return fail("eval", err)
-    _, rest = split_launcher_args(list(sys.argv[1:] if argv is None else argv), default_gpus=None)
+    _, rest = split_launcher_args(list(sys.argv[1:] if argv is None else argv))
     commands = [(r, node_command(args, nodes, r, "precise_fast.eval", rest)) for r in nodes.node_ranks]
     if args.dry_run:
         for r, cmd in commands:

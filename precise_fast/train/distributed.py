@@ -94,10 +94,17 @@ def check_shared_folder(folder: str | os.PathLike, what: str) -> None:
 
     path = Path(folder)
     probe = path / f".shared-{broadcast_object(secrets.token_hex(8))}"
+    problem = ""
     if torch.distributed.get_rank() == 0:
-        path.mkdir(parents=True, exist_ok=True)
-        probe.write_text("")
-    barrier()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe.write_text("")
+        except OSError as err:  # e.g. a regular file there: every rank must hear it, not wait for rank 0
+            problem = f"{what}: rank 0 cannot write into {path} ({err.strerror})"
+    problem = broadcast_object(problem)  # also the barrier: the probe exists before anyone looks
+    if problem:
+        finish_distributed()
+        raise ConfigError(problem)
     blind = torch.tensor([0 if probe.is_file() else 1 + torch.distributed.get_rank()], dtype=torch.int64)
     all_reduce_max_(blind)
     if torch.distributed.get_rank() == 0:

@@ -238,11 +238,16 @@ os._exit(0)
 """
 
 
-def test_a_silent_peer_fails_after_the_collective_timeout(tmp_path):
+def _two_ranks(script: str, *args: str) -> list[subprocess.Popen]:
+    """Two plain processes forming one gloo group (each in its own session)."""
     env = {**child_env(), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-    procs = [subprocess.Popen([sys.executable, "-c", FROZEN_PEER, "5"], env={**env, "RANK": str(r), "LOCAL_RANK": "0"},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-             for r in (0, 1)]
+    return [subprocess.Popen([sys.executable, "-c", script, *args], env={**env, "RANK": str(r), "LOCAL_RANK": "0"},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=REPO)
+            for r in (0, 1)]
+
+
+def test_a_silent_peer_fails_after_the_collective_timeout():
+    procs = _two_ranks(FROZEN_PEER, "5")
     try:
         out, _ = procs[0].communicate(timeout=120)
         assert procs[0].returncode == 1, out[-3000:]
@@ -253,6 +258,35 @@ def test_a_silent_peer_fails_after_the_collective_timeout(tmp_path):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+
+
+UNWRITABLE = """
+import sys
+from precise_fast.train.config import ConfigError
+from precise_fast.train.distributed import check_shared_folder, init_distributed
+init_distributed("cpu", timeout_s=60.0)
+try:
+    check_shared_folder(sys.argv[1], "run.output_dir")
+except ConfigError as err:
+    print("REFUSED", err, flush=True)
+"""
+
+
+def test_a_run_folder_rank_0_cannot_create_is_one_error_on_every_rank(tmp_path):
+    """A regular file as run.output_dir: rank 0's failure reaches every rank at once (rank 1
+    does not wait out the collective timeout for a probe that never comes)."""
+    taken = tmp_path / "a_file"
+    taken.write_text("")
+    procs = _two_ranks(UNWRITABLE, str(taken))
+    try:
+        outs = [p.communicate(timeout=50)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+        assert f"REFUSED run.output_dir: rank 0 cannot write into {taken} (File exists)" in out, out[-3000:]
 
 
 def _dry_run(capsys, *argv) -> list[str]:
@@ -278,10 +312,10 @@ def test_dry_run_prints_every_nodes_command(capsys, monkeypatch, tmp_path):
 
     hosts = tmp_path / "hostfile"
     hosts.write_text("gpu-a slots=8\ngpu-b slots=8\n")
-    lines = _dry_run(capsys, "train", "--config", TOY, "--hostfile", str(hosts), "--num-gpus", "8", "--dry-run")
+    lines = _dry_run(capsys, "train", "--config", TOY, "--hostfile", str(hosts), "--dry-run")
     assert json.loads(lines[0])["mode"] == "ssh" and lines[1].startswith("# on the first host")
-    assert shlex.split(lines[2])[1:] == ["--hostfile", str(hosts), "--num_gpus", "8", "--module", "precise_fast.train",
-                                         "--config", TOY]
+    # The hostfile's slots, not the default 8 (deepspeed would start 8 on every host).
+    assert shlex.split(lines[2])[1:] == ["--hostfile", str(hosts), "--module", "precise_fast.train", "--config", TOY]
 
     paper = '0|ode|0|4|pickscore|{"jpeg_incompressibility": 1}'  # step 0: the base model, no folder needed
     lines = _dry_run(capsys, "eval", "--ckpt-base", "runs/x", "--eval-config", paper, "--num-nodes", "2", "--node-rank",
