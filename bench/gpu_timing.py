@@ -209,8 +209,13 @@ def flux2_klein_4b_transformer(device, dtype=torch.bfloat16):
     from diffusers import Flux2Transformer2DModel
 
     torch.manual_seed(0)
-    with torch.device(device):
-        transformer = Flux2Transformer2DModel(**KLEIN_4B_TRANSFORMER_CONFIG)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # initialised in bf16: no float32 copy (16 GB) on the way
+    try:
+        with torch.device(device):
+            transformer = Flux2Transformer2DModel(**KLEIN_4B_TRANSFORMER_CONFIG)
+    finally:
+        torch.set_default_dtype(default)
     transformer = transformer.to(dtype).eval().requires_grad_(False)
     if torch.device(device).type != "meta":
         with torch.no_grad():
