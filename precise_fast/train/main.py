@@ -117,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         # Returning here skipped it, and the 2-rank TERM test saw the exit-time gloo abort
         # ("terminate called without an active exception", rc 250) in 2 of ~25 launches.
         exit_code = err.exit_code
-    except TrainingHealthError as err:  # nothing trained, rewards failing
+    except TrainingHealthError as err:  # nothing trained, rewards failing, diverged
         if rank == 0:
             print(f"[precise_fast] error: {err}", file=sys.stderr, flush=True)
-        return EXIT_CANNOT_TRAIN
+        # Each of these is decided from all-reduced figures, so every rank raises it at the
+        # same point and all can end the process group together, as after a stop.
+        exit_code = EXIT_CANNOT_TRAIN
     except Exception as err:
         message = input_error_message(err)
         if message is None:
