@@ -26,7 +26,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from ..kinds import KINDS as SAMPLER_KINDS, MAX_ETA, STOCHASTIC_KINDS, SamplerKind, StochasticKind  # noqa: F401
+from ..kinds import DEFAULT_ETA, KINDS as SAMPLER_KINDS, MAX_ETA, STOCHASTIC_KINDS, SamplerKind, StochasticKind  # noqa: F401
 
 
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -461,6 +461,20 @@ def check_finite(value, key: str) -> None:
             check_finite(v, f"{key}[{i}]")
 
 
+def _resolve_noise_levels(cfg: Config) -> None:
+    """Fill the noise levels a config leaves to the kind table (recipes do not restate the
+    default eta): ``sampler.eta`` null is the kind's ``DEFAULT_ETA``, an eval target's null eta
+    on the training kind is the training noise level. The run then prints, saves and compares on
+    resume the value it samples with; a target of another kind keeps null (its engine takes
+    that kind's default)."""
+    s = cfg.sampler
+    if s.eta is None:
+        s.eta = DEFAULT_ETA[s.kind]
+    for target in cfg.eval.targets:
+        if target.eta is None and (target.kind or s.kind) == s.kind:
+            target.eta = s.eta
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks (types are already checked); errors name the key."""
     check_finite(cfg.to_dict(), "")
@@ -506,6 +520,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"sampler.eta: {s.kind} needs 0 <= eta <= {MAX_ETA[s.kind]:g}, got {s.eta}")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         raise ConfigError(f"train.betas: expected two values in [0, 1), got {t.betas}")
+    _resolve_noise_levels(cfg)
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"train.ema_decay: must lie in [0, 1), got {t.ema_decay}")
     if cfg.model.precision == "autocast_bf16" and cfg.model.dtype != "float32":

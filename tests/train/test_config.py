@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from precise_fast.kinds import DEFAULT_ETA
 from precise_fast.train.config import ConfigError, check_world, load_config, parse_override
 
 from .conftest import REPO, TINY_CONFIG
@@ -67,11 +68,12 @@ def test_ill_typed_values_are_named(override, key):
 
 
 def test_overrides_parse_yaml_values():
-    cfg = load_config(TINY_CONFIG, ["train.lr=1e-4", "algorithm.g2rpo_granularities=[1, 2]", "sampler.eta=null",
-                                    "reward.spec={jpeg_compressibility: 2.0}"])
+    cfg = load_config(TINY_CONFIG, ["train.lr=1e-4", "algorithm.g2rpo_granularities=[1, 2]", "sampler.cuda_graph=null",
+                                    "sampler.eta=null", "reward.spec={jpeg_compressibility: 2.0}"])
     assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
     assert cfg.algorithm.g2rpo_granularities == [1, 2]
-    assert cfg.sampler.eta is None
+    assert cfg.sampler.cuda_graph is None
+    assert cfg.sampler.eta == DEFAULT_ETA[cfg.sampler.kind]  # null eta: the kind table's default, filled at load
     assert cfg.reward.spec == {"jpeg_compressibility": 2.0}
     assert parse_override("a.b=c") == (["a", "b"], "c")
     with pytest.raises(ConfigError):
