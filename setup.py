@@ -111,6 +111,7 @@ INSTALL_REQUIRES = [
     "scipy>=1.17,<2",
     "httpx>=0.28.1,<0.29",
     "psutil>=7.2,<8",
+    "filelock>=3.12,<5",  # models/tiny.py: the cache build lock (also a dependency of torch and transformers)
 ]
 
 
