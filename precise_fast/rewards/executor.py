@@ -131,8 +131,16 @@ class RewardExecutor:
         """Jobs queued and not yet started."""
         return self._queue.qsize()
 
-    def close(self, wait: bool = True) -> None:
-        """Stop accepting work; with ``wait`` finish the queued jobs first."""
+    # How long close(wait=False) waits for the job in progress. The worker is a daemon (a hung
+    # remote reward must not keep the process alive), but one still inside the reward's torch
+    # code at interpreter exit aborts the process ("terminate called without an active
+    # exception": a stopped run, tests/rewards/test_executor.py), so close lets it finish.
+    JOIN_TIMEOUT_S = 60.0
+
+    def close(self, wait: bool = True, join_timeout_s: float | None = None) -> None:
+        """Stop accepting work; with ``wait`` finish the queued jobs first, without it cancel
+        them and wait for the job in progress only (at most ``join_timeout_s``, default
+        :attr:`JOIN_TIMEOUT_S`)."""
         with self._lock:
             if self._closed:
                 return
@@ -150,6 +158,8 @@ class RewardExecutor:
         self._queue.put(self._STOP)
         if wait:
             self._worker.join()
+        else:
+            self._worker.join(self.JOIN_TIMEOUT_S if join_timeout_s is None else join_timeout_s)
 
     def __enter__(self):
         return self
