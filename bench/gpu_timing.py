@@ -203,26 +203,11 @@ def write(out: str | os.PathLike, name: str, smoke: bool, gpu: dict, results: di
 
 def flux2_klein_4b_transformer(device, dtype=torch.bfloat16):
     """FLUX.2 Klein 4B's transformer at its real size (5 double + 20 single blocks, 24 heads x 128,
-    in_channels 128, joint_attention_dim 7680) with random weights, built on ``device`` (no
-    download, no CPU copy). Parameters diffusers leaves at zero get small random values: a
-    benchmark never times zeros."""
-    from diffusers import Flux2Transformer2DModel
+    in_channels 128, joint_attention_dim 7680) with random weights, built on ``device`` in ``dtype``
+    (no download, no CPU or float32 copy); zero-initialised matrices get small random values."""
+    from precise_fast.models.tiny import random_transformer
 
-    torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # initialised in bf16: no float32 copy (16 GB) on the way
-    try:
-        with torch.device(device):
-            transformer = Flux2Transformer2DModel(**KLEIN_4B_TRANSFORMER_CONFIG)
-    finally:
-        torch.set_default_dtype(default)
-    transformer = transformer.to(dtype).eval().requires_grad_(False)
-    if torch.device(device).type != "meta":
-        with torch.no_grad():
-            for p in transformer.parameters():
-                if p.dim() > 1 and not p.any():
-                    p.normal_(0.0, 0.02)
-    return transformer
+    return random_transformer(KLEIN_4B_TRANSFORMER_CONFIG, dtype=dtype, device=device, fill_zeros=True)
 
 
 def bench_pipeline(device: torch.device):
@@ -230,24 +215,12 @@ def bench_pipeline(device: torch.device):
     whose other parts are the tiny builder's klein4b-width ones (the benchmarks feed random
     prompt embeddings and never decode); for ``--smoke`` the tiny pipeline in float32 on the CPU."""
     from precise_fast.models import load_pipeline
-    from precise_fast.models.tiny import process_tiny_pipeline_path
+    from precise_fast.models.tiny import process_tiny_pipeline_path, random_pipeline
 
     if device.type != "cuda":
         return load_pipeline(process_tiny_pipeline_path(0)), "tiny FLUX.2 Klein (smoke), float32"
-    from diffusers import Flux2KleinPipeline
-
-    from precise_fast.models.attention import set_attention_backend
-    from precise_fast.models.tiny import build_tiny_components
-
-    parts = build_tiny_components(0, widths="klein4b", transformer_config={
-        **KLEIN_4B_TRANSFORMER_CONFIG, "num_layers": 0, "num_single_layers": 0})
-    parts["transformer"] = flux2_klein_4b_transformer(device)
-    pipe = Flux2KleinPipeline(is_distilled=False, **parts)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
-    for module in (pipe.text_encoder, pipe.vae):
-        module.eval().requires_grad_(False)
-    set_attention_backend(pipe.transformer, "auto")
+    pipe = random_pipeline(KLEIN_4B_TRANSFORMER_CONFIG, widths="klein4b", dtype=torch.bfloat16, device=device,
+                           fill_zeros=True)
     return pipe, "FLUX.2 Klein 4B transformer, real size, random weights, bfloat16"
 
 

@@ -233,6 +233,54 @@ def build_tiny_components(
     return dict(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
 
 
+def random_transformer(config: dict, *, dtype: torch.dtype, device, seed: int = 0,
+                       fill_zeros: bool = False):
+    """A ``Flux2Transformer2DModel(**config)`` with random weights, initialised directly on
+    ``device`` in ``dtype`` (FLUX.2 Klein 4B at its real size: seconds on a GPU, and no float32
+    copy of its 3.9e9 weights on the way), in eval mode and frozen. ``fill_zeros`` gives the
+    matrices diffusers initialises to zero small random values (a benchmark never times zeros)."""
+    from diffusers import Flux2Transformer2DModel
+
+    torch.manual_seed(seed)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            transformer = Flux2Transformer2DModel(**config)
+    finally:
+        torch.set_default_dtype(default)
+    transformer = transformer.to(dtype).eval().requires_grad_(False)
+    if fill_zeros and torch.device(device).type != "meta":
+        with torch.no_grad():
+            for p in transformer.parameters():
+                if p.dim() > 1 and not p.any():
+                    p.normal_(0.0, 0.02)
+    return transformer
+
+
+def random_pipeline(transformer_config: dict, *, widths: str, dtype: torch.dtype, device, seed: int = 0,
+                    attention_backend: str = "auto", fill_zeros: bool = False):
+    """A ``Flux2KleinPipeline`` built in memory: :func:`random_transformer` of
+    ``transformer_config`` inside the tiny builder's text encoder and VAE at ``widths`` (the real
+    model's widths for ``"klein4b"``), all frozen as ``load_pipeline`` leaves them. For runs that
+    need the real transformer's size but no trained weights (the GPU benchmarks, the real-size
+    trainer check), without writing and reading back a multi-GB folder."""
+    from diffusers import Flux2KleinPipeline
+
+    from .attention import set_attention_backend
+
+    parts = build_tiny_components(seed, widths=widths, transformer_config={**transformer_config, "num_layers": 0,
+                                                                           "num_single_layers": 0})
+    parts["transformer"] = random_transformer(transformer_config, dtype=dtype, device=device, seed=seed,
+                                              fill_zeros=fill_zeros)
+    pipe = Flux2KleinPipeline(is_distilled=False, **parts).to(device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.transformer, pipe.text_encoder, pipe.vae):
+        module.eval().requires_grad_(False)
+    set_attention_backend(pipe.transformer, attention_backend)
+    return pipe
+
+
 def build_tiny_pipeline(
     out_dir: str | os.PathLike,
     seed: int = 0,

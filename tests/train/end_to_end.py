@@ -64,34 +64,17 @@ def _real_size_overrides(out: Path, device: str) -> list[str]:
 
 
 def _build_instead(widths: str, transformer_config: dict):
-    """Make the trainer's ``load_pipeline`` build its pipeline in memory instead of reading ``model.path``:
-    the tiny builder's text encoder and VAE at ``widths`` around a fresh random transformer of
-    ``transformer_config``, initialised on the device in the run's dtype (seconds for 3.9e9 weights
-    on a GPU, and no 2.3 GB folder written and read back), then frozen like ``load_pipeline`` does."""
-    import torch
-    from diffusers import Flux2KleinPipeline, Flux2Transformer2DModel
-
-    from precise_fast.models import set_attention_backend
-    from precise_fast.models.tiny import build_tiny_components
+    """Make the trainer's ``load_pipeline`` build its pipeline in memory instead of reading
+    ``model.path`` (``models.tiny.random_pipeline``: the tiny builder's text encoder and VAE at
+    ``widths`` around a fresh random transformer of ``transformer_config``, initialised on the
+    device in the run's dtype: seconds for 3.9e9 weights on a GPU, and no 2.3 GB folder written
+    and read back)."""
+    from precise_fast.models.tiny import random_pipeline
     from precise_fast.train import trainer as trainer_module
 
     def build_pipeline(path, *, dtype, device, attention_backend="auto", model_root=None):
-        parts = build_tiny_components(0, widths=widths, transformer_config={**transformer_config, "num_layers": 0,
-                                                                            "num_single_layers": 0})
-        torch.manual_seed(0)
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)  # no float32 copy of the weights on the way
-        try:
-            with torch.device(device):
-                parts["transformer"] = Flux2Transformer2DModel(**transformer_config)
-        finally:
-            torch.set_default_dtype(default)
-        pipe = Flux2KleinPipeline(is_distilled=False, **parts).to(device=device, dtype=dtype)
-        pipe.set_progress_bar_config(disable=True)
-        for module in (pipe.transformer, pipe.text_encoder, pipe.vae):
-            module.eval().requires_grad_(False)
-        set_attention_backend(pipe.transformer, attention_backend)
-        return pipe
+        return random_pipeline(transformer_config, widths=widths, dtype=dtype, device=device,
+                               attention_backend=attention_backend)
 
     trainer_module.load_pipeline = build_pipeline
 
