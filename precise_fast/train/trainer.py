@@ -92,6 +92,7 @@ class Trainer:
         device = dist.device
 
         self.train_set = load_prompts(cfg.prompts.train)
+        self.train_set_identity = prompt_set_identity(self.train_set)  # every manifest records it
         if self.resumed_from:
             check_prompt_set(self.resumed_from, self.train_set)
         needs_eval = cfg.eval.every > 0 or cfg.eval.at_start
@@ -224,7 +225,7 @@ class Trainer:
             rank_state=self._rank_state(),
             export=export,
             meta={"zero_stage": self.cfg.train.zero_stage, "finetune": self.cfg.model.finetune,
-                  "config": self.cfg.to_dict(), "prompt_set": prompt_set_identity(self.train_set)},
+                  "config": self.cfg.to_dict(), "prompt_set": self.train_set_identity},
         )
 
     def _choose_start(self, resume: str | None, resume_or_start: bool, fresh: bool = False) -> Path | None:
@@ -451,8 +452,9 @@ class Trainer:
             f"| rollout {m['time/rollout_s']:.1f}s reward {m['time/reward_s']:.1f}s (hidden {m['time/overlap_saved_s']:.1f}s) "
             f"train {m['time/train_s']:.1f}s epoch {m['time/epoch_s']:.1f}s"
         )
-        if throughput_line(m):
-            parts.append(f"| {throughput_line(m)}")
+        rates = throughput_line(m)
+        if rates:
+            parts.append(f"| {rates}")
         if m.get("guard/skipped_updates"):
             parts.append(f"| non-finite skips {int(m['guard/skipped_updates'])}")
         print("  ".join(parts), flush=True)
