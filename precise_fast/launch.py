@@ -91,10 +91,10 @@ def overrides_for(args) -> list[str]:
     return out + list(args.overrides)
 
 
-def _shown(path: Path) -> str:
-    """Relative to the working directory when below it (shorter commands), else absolute."""
+def _shown(path: Path, base: Path | None = None) -> str:
+    """Relative to ``base`` (the working directory: shorter commands) when below it, else as given."""
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str(path.resolve().relative_to((Path.cwd() if base is None else base).resolve()))
     except ValueError:
         return str(path)
 
@@ -182,13 +182,6 @@ def geneval_server(url: str, command: list[str] | None = None, *, wait_s: float 
                 proc.wait()
 
 
-def _shown_recipe(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     trainer_args = []
@@ -215,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     module_args = trainer_args_for(args, trainer_args)
     commands = [(r, node_command(args, nodes, r, "precise_fast.train", module_args)) for r in nodes.node_ranks]
     if args.dry_run:
-        print(json.dumps({"recipe": _shown_recipe(recipe), "overrides": overrides_for(args), "geneval_server": url,
+        print(json.dumps({"recipe": _shown(recipe, REPO_ROOT), "overrides": overrides_for(args), "geneval_server": url,
                           "nodes": nodes.num_nodes, "mode": nodes.mode}))
         if url:
             where = "on each node" if nodes.num_nodes > 1 else "here"
