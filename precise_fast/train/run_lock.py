@@ -20,7 +20,7 @@ files and break the next ``--resume`` (issue 25 item 7). The lock is ``<run_dir>
   run is known to be gone.
 
 Only global rank 0 locks; the other ranks learn its decision through a broadcast
-(:func:`agreed_run_lock`), so every rank raises the same one-line :class:`RunLockError`.
+(:func:`acquire_agreed`), so every rank raises the same one-line :class:`RunLockError`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 LOCK_NAME = "run.lock"
@@ -208,22 +208,12 @@ class RunLock:
         finally:
             os.close(fd)  # closing the only open file of this lock releases the flock
 
+    # ``with RunLock.acquire(run_dir) as lock:`` holds the folder for the block.
     def __enter__(self) -> "RunLock":
         return self
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-@contextlib.contextmanager
-def hold_run_lock(run_dir: str | os.PathLike, record: dict | None = None,
-                  warn: Callable[[str], None] = lambda _: None) -> Iterator[RunLock]:
-    """``with hold_run_lock(run_dir):`` the run folder is this process's until the block ends."""
-    lock = RunLock.acquire(run_dir, record, warn)
-    try:
-        yield lock
-    finally:
-        lock.release()
 
 
 def acquire_agreed(run_dir: str | os.PathLike, *, is_main: bool, broadcast: Callable[[object], object],
@@ -243,15 +233,3 @@ def acquire_agreed(run_dir: str | os.PathLike, *, is_main: bool, broadcast: Call
             lock.release()
         raise RunLockError(answer)
     return lock
-
-
-@contextlib.contextmanager
-def agreed_run_lock(run_dir: str | os.PathLike, *, is_main: bool, broadcast: Callable[[object], object],
-                    warn: Callable[[str], None] = lambda _: None) -> Iterator[RunLock | None]:
-    """:func:`acquire_agreed` for the block's duration."""
-    lock = acquire_agreed(run_dir, is_main=is_main, broadcast=broadcast, warn=warn)
-    try:
-        yield lock
-    finally:
-        if lock is not None:
-            lock.release()

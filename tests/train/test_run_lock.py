@@ -14,7 +14,7 @@ import time
 import pytest
 
 from precise_fast.train import run_lock
-from precise_fast.train.run_lock import LOCK_NAME, RunFolderError, RunLock, RunLockError, hold_run_lock
+from precise_fast.train.run_lock import LOCK_NAME, RunFolderError, RunLock, RunLockError
 
 from ..child_env import child_env
 from .conftest import REPO, TINY_CONFIG
@@ -59,13 +59,13 @@ def test_a_second_training_into_the_same_folder_is_refused_naming_the_holder(tmp
         first.send_signal(signal.SIGKILL)
         first.communicate()
     # The kernel dropped the dead holder's lock: the folder can be taken at once.
-    with hold_run_lock(out) as lock:
+    with RunLock.acquire(out) as lock:
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
     assert (out / LOCK_NAME).read_text() == ""  # released: an empty record, the file stays
 
 
-HOLDER = "import sys, time; from precise_fast.train.run_lock import hold_run_lock\n" \
-         "with hold_run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)\n"
+HOLDER = "import sys, time; from precise_fast.train.run_lock import RunLock\n" \
+         "with RunLock.acquire(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)\n"
 
 
 def test_a_lock_held_by_another_process_is_refused_and_freed_by_its_death(tmp_path):
