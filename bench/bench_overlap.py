@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from precise_fast.models import load_pipeline, tiny_pipeline_path  # noqa: E402
 from precise_fast.train.config import load_config  # noqa: E402
-from precise_fast.train.overlap_probe import measure_overlap  # noqa: E402
+from precise_fast.train.phases.overlap_probe import measure_overlap  # noqa: E402
 
 PROMPTS = [f"a photo of object number {i}" for i in range(8)]
 

@@ -5,7 +5,7 @@ Model: the real-size transformer with random weights in bfloat16 (bench/gpu_timi
 ``bench_pipeline``), the recipe's LoRA (rank 16, alpha 16, Gaussian init, the paper's targets)
 and gradient checkpointing (configs/flux2_klein/_base.yaml). **One update** = one minibatch of
 the recipe's schedule: 2 samples x 19 trained timesteps (``timestep_fraction`` 0.99 of 20 steps),
-the GRPO-Guard loss through the trainer's own path (:func:`precise_fast.train.objective.
+the GRPO-Guard loss through the trainer's own path (:func:`precise_fast.train.phases.rescore.
 transition_losses`: policy forward, fused score op with the old mean, clipped normalised ratio,
 clip_range 4e-6), backward into the LoRA weights, one AdamW step (lr 8e-5). (The recipe
 accumulates 8 minibatches per optimizer step; the step is the cheap part.) Transitions come from
@@ -41,8 +41,8 @@ from gpu_timing import Clock, bench_device, bench_pipeline, device_info, measure
 from precise_fast.models import apply_lora  # noqa: E402
 from precise_fast.models.flops import transformer_backward_flops, transformer_forward_flops  # noqa: E402
 from precise_fast.rollout import RolloutEngine  # noqa: E402
-from precise_fast.train.objective import transition_losses  # noqa: E402
-from precise_fast.train.transitions import from_rollout  # noqa: E402
+from precise_fast.train.phases.rescore import transition_losses  # noqa: E402
+from precise_fast.train.grpo.transitions import from_rollout  # noqa: E402
 
 KIND, LORA_RANK, LORA_TARGETS, CLIP_RANGE, LR = "precise", 16, "paper", 4e-6, 8e-5  # configs/flux2_klein/_base.yaml
 TIME_CAP_S = 58.0

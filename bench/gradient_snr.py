@@ -39,7 +39,7 @@ from bandwidth import machine_info  # noqa: E402
 from precise_fast.toy.pretrain import MODEL_DIR  # noqa: E402
 from precise_fast.toy.protocol import MAIN_JOB_CONFIG as CONFIG, one_rank_epoch  # noqa: E402
 from precise_fast.train.config import load_config  # noqa: E402
-from precise_fast.train.distributed import init_distributed  # noqa: E402
+from precise_fast.train.policy.distributed import init_distributed  # noqa: E402
 from precise_fast.train.trainer import Trainer  # noqa: E402
 
 # Weights frozen in place: no step moves them, no clipping rescales a minibatch's gradient.

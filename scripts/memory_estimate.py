@@ -12,7 +12,7 @@ Where each number comes from:
   so a trained parameter costs 4 (weight) + 4 (gradient) + 8 (AdamW moments) + 4 (the EMA)
   bytes; ZeRO-1 partitions the moments over the GPUs, ZeRO-2 also the gradients, ZeRO-3 also
   the weights (frozen ones too: DeepSpeed partitions every parameter of the engine's module)
-  and the EMA (train/ema.py keeps a partitioned EMA under ZeRO-3);
+  and the EMA (train/policy/ema.py keeps a partitioned EMA under ZeRO-3);
 - activations: measured, not modelled. One double-stream and one single-stream block at the
   4B widths (3072 wide, 24 heads x 128, MLP 9216) run forward under bf16 autocast on the CPU
   while ``torch.autograd.graph.saved_tensors_hooks`` records every tensor autograd keeps for
@@ -25,7 +25,7 @@ Where each number comes from:
 What it leaves out (so the real peak is higher): the CUDA context and allocator slack
 (~1-3 GB), the reward models (e.g. PickScore's ViT-H-14, ~1B parameters), the rollout
 phase's VAE decode, and under ZeRO-3 the whole transformer, which the rollouts gather
-(train/policy_engine.py: one gather per rollout). An estimate until scripts/gpu_check.sh
+(train/policy/zero.py: one gather per rollout). An estimate until scripts/gpu_check.sh
 measures the real peak on a GPU.
 """
 

@@ -91,7 +91,7 @@ def _yaml_targets(path: str) -> list:
 def plan(args):
     """``(cfg, jobs)`` from the arguments; errors are ``SystemExit`` with a one-line message."""
     from ..train.config import ConfigError, EvalTarget, config_from_dict, load_config
-    from ..train.evaluate import resolve_target
+    from ..train.report.evaluator import resolve_target
     from .jobs import BASE, EvalJobError, checkpoint_at, discover, parse_eval_config
 
     overrides = list(args.overrides)
@@ -156,13 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(2) from None
     if launcher_requested(args):
         return _launch(args, argv)
-    from ..train.distributed import check_shared_folder, init_distributed
-    from ..train.main import _quiet_libraries
-    from ..train.evaluate import eval_seed
+    from ..train.policy.distributed import check_shared_folder, init_distributed
+    from ..train.report.tracking import configure_logging
+    from ..train.report.evaluator import eval_seed
     from .jobs import EvalJobError
     from .runner import run
 
-    _quiet_libraries(int(os.environ.get("RANK", 0)))
+    configure_logging(int(os.environ.get("RANK", 0)))
     if cfg.run.num_threads:
         import torch
 

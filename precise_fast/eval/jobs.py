@@ -1,7 +1,7 @@
 """What to evaluate: checkpoints (ours, and the base model as step 0) paired with eval targets.
 
 Checkpoints are the trainer's folders ``<run>/checkpoints/epoch-000012/`` (see
-:mod:`precise_fast.train.checkpoint`); their exported diffusers LoRA (``export/lora_ema/``,
+:mod:`precise_fast.train.state.checkpoint`); their exported diffusers LoRA (``export/lora_ema/``,
 the EMA weights the in-training eval also uses, or ``export/lora/`` with ``--weights live``)
 is what gets evaluated. A run folder (or its ``checkpoints/`` folder) stands for every
 complete checkpoint in it, in step order. The paper's run folders work too: their
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-from ..train.checkpoint import MANIFEST, list_checkpoints, read_manifest
 from ..train.config import SAMPLER_KINDS, ConfigError, EvalTarget, check_finite, check_target_name
+from ..train.state.checkpoint import MANIFEST, list_checkpoints, read_manifest
 from .peft_lora import is_peft_folder
 
 DATASETS = {"pickscore": "data/pickscore_test.txt", "geneval": "data/geneval_test_metadata.jsonl"}

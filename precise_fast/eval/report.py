@@ -1,7 +1,7 @@
 """The eval folder's reports: ``summary.json``, ``summary.md`` and ``reward_vs_step.png``.
 
 One summary per (target, checkpoint step), computed from the per-item records alone
-(:func:`precise_fast.eval.stats.summarize`), so the reports always agree with ``items.jsonl``.
+(:func:`precise_fast.train.report.stats.summarize`), so the reports always agree with ``items.jsonl``.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from ..train.plots import _pyplot
-from .stats import summarize
+from ..train.report.plots import pyplot
+from ..train.report.stats import summarize
 
 
 def build_summary(records: list[dict], settings: dict, weights: dict | None = None) -> dict:
@@ -71,7 +71,7 @@ def markdown(summary: dict) -> str:
 
 def plot(summary: dict, path: Path) -> Path:
     """Reward (and each component) vs checkpoint step, one panel per target, 95% CI as error bars."""
-    plt = _pyplot()
+    plt = pyplot()
     targets = list(dict.fromkeys(r["target"] for r in summary["results"]))
     fig, axes = plt.subplots(len(targets), 1, figsize=(7, 3.6 * len(targets)), squeeze=False)
     for ax, target in zip(axes[:, 0], targets):

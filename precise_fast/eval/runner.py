@@ -2,12 +2,12 @@
 
 Every rank loads the base pipeline once; per checkpoint it loads the exported LoRA through
 diffusers' stock loader (none for the base model, step 0), runs its share of each target's
-batches with the in-training eval's code (:class:`precise_fast.train.evaluate.Evaluator`),
+batches with the in-training eval's code (:class:`precise_fast.train.report.evaluator.Evaluator`),
 and drops the adapter again. Items already in the folder's JSONL files for the same
 checkpoint content (``checkpoint_sha256``, eval/jobs.py) are skipped, so a killed eval picks
 up where it stopped, and a rolled-back (or another run's) checkpoint of the same step is
 scored anew; rank 0 writes the merged JSONL and the reports at the end. ``PRECISE_FAST_CRASH_AT=eval_batch:<n>`` kills the job after the n-th written
-batch (see :mod:`precise_fast.train.faults`), for the resume test.
+batch (see :mod:`precise_fast.train.lifecycle.faults`), for the resume test.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from ..train.distributed import DistInfo, barrier, broadcast_object
-from ..train.evaluate import Evaluator, Target, rank_batches
-from ..train.faults import crash_point
+from ..train.lifecycle.faults import crash_point
+from ..train.policy.distributed import DistInfo, barrier, broadcast_object
+from ..train.report.evaluator import Evaluator, Target, rank_batches
 from .jobs import Checkpoint, EvalJobError
 from .records import ShardWriter, merge, read_records
 from .report import write_reports

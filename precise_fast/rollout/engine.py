@@ -291,7 +291,7 @@ class RolloutEngine:
         self.attention_backend = attention_backend
         self.before_capture = None
         # Transformer forward rows run so far, per text length (batch x hops of every plan, replayed or
-        # eager): what the trainer's rollout FLOP count and MFU are made of (train/throughput.py).
+        # eager): what the trainer's rollout FLOP count and MFU are made of (train/report/throughput.py).
         self.forward_rows: collections.Counter[int] = collections.Counter()
         logger.info(
             "rollout engine: kind=%s eta=%g steps=%d %dx%d (%d tokens), op backend=%s, cuda graph=%s, compiled=%s",

@@ -2,7 +2,7 @@
 
 The samples come from the project's rollout engine (the sampler the trainer's eval uses, no
 classifier-free guidance), ``seeds_per_prompt`` fixed initial latents per prompt, with the
-trainer eval's items and seeds (:func:`precise_fast.train.evaluate.item_seed`: item ``i`` is
+trainer eval's items and seeds (:func:`precise_fast.train.report.evaluator.item_seed`: item ``i`` is
 prompt ``i // seeds_per_prompt``), so with the main job's 4 seeds per prompt the score is
 the base its eval reports.
 """
@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from ..models import TINY_TEXT_LAYERS, load_pipeline
+from ..prompts import load_prompts
 from ..rollout import RolloutEngine
-from ..train.evaluate import item_seed
-from ..train.prompts import load_prompts
+from ..train.report.evaluator import item_seed
 from . import world
 from .reward import ToyGenEvalReward, to_pil
 

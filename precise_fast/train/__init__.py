@@ -4,15 +4,14 @@ Entry points: ``python -m precise_fast.train --config configs/tiny_cpu.yaml`` (o
 ``DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --module precise_fast.train --config ...``,
 ``precise-fast train ...``, and ``make train`` (the README's main job).
 
-Modules, one job each: ``config`` (schema, YAML, overrides), ``prompt_groups`` (prompt groups
-per rank), ``rollouts`` / ``sampling_phase`` (trajectories with overlapped rewards), ``credit`` /
-``advantages`` (normalisation, GRPO and G2RPO advantages), ``objective`` / ``loss``
-(re-scoring and the clipped loss), ``update_phase`` (accumulation windows),
-``policy_engine`` / ``guard`` (DeepSpeed and the non-finite guard), ``ema``, ``checkpoint`` / ``rng`` (exact
-resume), ``evaluate``, ``tracking`` / ``plots`` (logs and PNGs), ``trainer`` (the loop).
-Reliability (docs/RELIABILITY.md): ``resume`` (start or resume, what a resume may change),
-``validation`` (reward checks before the model loads), ``health`` (runs that train nothing),
-``signals`` / ``supervise`` (TERM / INT stop at safe points; ``make train``'s wrapper).
+Top level: ``main`` (the command line), ``supervise`` (``make train``'s wrapper: TERM / INT stop the
+ranks at a safe point), ``config`` (schema, YAML, overrides, the rules between keys), ``trainer``
+(builds the run; each epoch is four calls: sample, credit, update, report). Below them, by
+responsibility (docs/ARCHITECTURE.md): ``phases`` (the epoch's phases in run order), ``grpo`` (pure
+tensor math: advantages, the clipped loss, GRPO-Guard), ``policy`` (process groups, DeepSpeed ZeRO,
+the non-finite guard, EMA), ``state`` (checkpoint, resume, rng), ``lifecycle`` (run lock, checks
+before the model loads, signals, health, divergence, fault injection), ``report`` (tracking, plots,
+the held-out evaluation, throughput).
 """
 
 from .config import Config, ConfigError, load_config

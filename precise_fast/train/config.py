@@ -45,7 +45,7 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = 0  # torch intra-op threads per rank; 0 leaves torch's default
     # The longest wait on another rank (rendezvous, collective, barrier) before this rank
-    # fails: a node that went silent ends the job after this long (train/distributed.py).
+    # fails: a node that went silent ends the job after this long (train/policy/distributed.py).
     # PyTorch's default; it must exceed the longest step one rank takes alone (rank 0's
     # checkpoint hashing, a 4B model's load).
     collective_timeout_s: float = 1800.0
@@ -123,7 +123,7 @@ class RewardConfig:
     # the client defaults (RetryPolicy: 4 attempts x (60 s read + 5 s connect) + backoff
     # 0.5 + 1 + 2 s, x1.1 jitter), then give the failed samples the sentinel (invalid).
     # The run stops when the invalid fraction over the last abort_window epochs reaches
-    # abort_invalid_fraction (train/health.py); abort_window 0 never stops (the paper's behaviour).
+    # abort_invalid_fraction (train/lifecycle/health.py); abort_window 0 never stops (the paper's behaviour).
     abort_invalid_fraction: float = 0.5
     abort_window: int = 3
 
@@ -166,7 +166,7 @@ class TrainConfig:
     ema_schedule: Literal["paper", "fixed"] = "paper"
     # paper: an epoch's kept samples (padded with zero-advantage ones) make exactly
     # sampler.num_batches_per_epoch minibatches, gradient_accumulation_steps per optimizer step;
-    # fixed_size: minibatches of train.batch_size rows (update_phase.py).
+    # fixed_size: minibatches of train.batch_size rows (phases/update.py).
     update_schedule: Literal["paper", "fixed_size"] = "paper"
     lora_path: Union[str, None] = None  # start from this LoRA (diffusers file or peft folder) instead of a fresh one
 
@@ -588,3 +588,15 @@ def check_world(cfg: Config, world_size: int) -> None:
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+# Which update schedule a config asks for: rules of the config that the credit and update phases share.
+def paper_schedule(cfg) -> bool:
+    """Whether this run trains on the paper's fixed count of minibatches (G2RPO has its own steps)."""
+    return cfg.train.update_schedule == "paper" and cfg.algorithm.name != "g2rpo"
+
+
+def g2rpo_step_per_column(cfg) -> bool:
+    """G2RPO as its authors train (github.com/bcmi/Granular-GRPO train_one_step): one optimizer
+    step per branching step, over every member, its loss their mean."""
+    return cfg.train.update_schedule == "paper" and cfg.algorithm.name == "g2rpo"

@@ -18,7 +18,6 @@ import errno
 import logging
 import os
 import sys
-import warnings
 
 EXIT_BAD_INPUT = 2
 EXIT_CANNOT_TRAIN = 3
@@ -43,27 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries(rank: int) -> None:
-    level = logging.INFO if rank == 0 else logging.WARNING
-    logging.basicConfig(level=level, format=f"[rank{rank}] %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for name in ("deepspeed", "DeepSpeed", "torch.distributed", "diffusers", "transformers", "peft", "precise_fast.rollout",
-                 "precise_fast.models", "httpx", "httpcore"):  # httpx logs every reward request at INFO
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="torch.distributed")
-
-
 def input_error_message(err: BaseException) -> str | None:
     """One line for an error in the user's input or machine (not a bug), else None.
 
     Kept to the project's own error types, each of which names its file or key, so a bug
     still shows its traceback."""
+    from ..prompts import PromptError
     from ..rewards.paths import MissingCheckpointError
-    from .checkpoint import CheckpointError
     from .config import ConfigError
-    from .prompts import PromptError
-    from .resume import RunFolderError
-    from .run_lock import RunLockError
+    from .lifecycle.run_lock import RunLockError
+    from .state.checkpoint import CheckpointError
+    from .state.resume import RunFolderError
 
     if isinstance(err, (ConfigError, CheckpointError, RunFolderError, RunLockError, PromptError, MissingCheckpointError)):
         return str(err)
@@ -86,14 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_config(cfg))
         return 0
-    _quiet_libraries(rank)
+    configure_logging(rank)
     import torch.distributed
 
-    from .distributed import all_reduce_max_, broadcast_object, check_shared_folder, finish_distributed, init_distributed
-    from .health import TrainingHealthError
-    from .checkpoint import DiskFullError
-    from .run_lock import acquire_agreed
-    from .signals import StopRequest, StopRequested
+    from .lifecycle.health import TrainingHealthError
+    from .lifecycle.run_lock import acquire_agreed
+    from .lifecycle.signals import StopRequest, StopRequested
+    from .policy.distributed import all_reduce_max_, broadcast_object, check_shared_folder, finish_distributed, init_distributed
+    from .report.tracking import configure_logging
+    from .state.checkpoint import DiskFullError
     from .trainer import Trainer
 
     stop = StopRequest(all_reduce_max_)  # before the slow start: a TERM while loading stops at the first safe point

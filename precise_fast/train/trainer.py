@@ -20,31 +20,31 @@ import torch
 
 from ..models import (apply_lora, apply_precision, enable_full_finetune, init_lora_from, load_pipeline, lora_state_dict,
                       save_lora, tiny_pipeline_path)
+from ..prompts import load_prompts
 from ..rewards import RewardExecutor
-from .advantages import AdvantageTracker
-from .checkpoint import CheckpointError, CheckpointManager, checkpoint_tag, set_aside_later
 from .config import Config, check_world, dump_config
-from .credit import assign_credit, epoch_rows
-from .distributed import DistInfo, all_reduce_, all_reduce_max_, barrier, broadcast_object
-from .divergence import check_rollouts, check_updated_policy
-from .ema import EMA
-from .policy_engine import PolicyEngine
-from .evaluate import Evaluator, evaluate, resolve_targets
-from .health import RewardHealth, check_trained, warn_if_nothing_kept
-from .objective import lora_reference, module_reference
-from .plots import save_reward_curve, save_sample_grid
-from .prompts import load_prompts
-from .resume import (RunFolderError, apply_optimizer_settings, changed_settings, check_optimizer_settings, check_prompt_set,
+from .grpo.advantages import AdvantageTracker
+from .lifecycle.divergence import check_rollouts, check_updated_policy
+from .lifecycle.health import RewardHealth, check_trained, warn_if_nothing_kept
+from .lifecycle.signals import StopRequest, StopRequested
+from .lifecycle.validation import build_checked_reward, check_start_lora
+from .phases.credit import assign_credit, epoch_rows
+from .phases.prompt_groups import GroupSampler
+from .phases.rescore import lora_reference, module_reference
+from .phases.sample import TimedReward, sample_epoch
+from .phases.trajectories import Rollouts
+from .phases.update import count_minibatches, train_epoch
+from .policy.distributed import DistInfo, all_reduce_, all_reduce_max_, barrier, broadcast_object
+from .policy.ema import EMA
+from .policy.zero import PolicyEngine
+from .report.evaluator import Evaluator, evaluate, resolve_targets
+from .report.plots import save_reward_curve, save_sample_grid
+from .report.throughput import Throughput, device_peak_flops, throughput_line
+from .report.tracking import RunLogger
+from .state.checkpoint import CheckpointError, CheckpointManager, checkpoint_tag, set_aside_later
+from .state.resume import (RunFolderError, apply_optimizer_settings, changed_settings, check_optimizer_settings, check_prompt_set,
                      choose_start, prompt_set_identity, saved_config)
-from .rng import capture_rng, restore_rng, seed_everything
-from .rollouts import Rollouts
-from .prompt_groups import GroupSampler
-from .sampling_phase import TimedReward, sample_epoch
-from .signals import StopRequest, StopRequested
-from .throughput import Throughput, device_peak_flops, throughput_line
-from .tracking import RunLogger
-from .update_phase import count_minibatches, train_epoch
-from .validation import build_checked_reward, check_start_lora
+from .state.rng import capture_rng, restore_rng, seed_everything
 
 logger = logging.getLogger("precise_fast.train")
 
@@ -291,7 +291,7 @@ class Trainer:
 
     def _resolve_per_forward(self, data) -> int:
         if self.per_forward is None:  # CUDA "auto": probe once, then it is part of the run's state
-            from .update_phase import probe_per_forward
+            from .phases.update import probe_per_forward
 
             self.per_forward = probe_per_forward(self.policy, data, self.cfg)
         return self.per_forward

@@ -34,7 +34,7 @@ RUN = (
 @pytest.fixture(scope="session")
 def dist1():
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from precise_fast.train.distributed import init_distributed
+    from precise_fast.train.policy.distributed import init_distributed
 
     return init_distributed("cpu")
 

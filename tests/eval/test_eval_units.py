@@ -14,9 +14,9 @@ import pytest
 
 from precise_fast.eval.cli import build_parser, plan
 from precise_fast.eval.jobs import EvalJobError, parse_eval_config
-from precise_fast.eval.stats import stats, summarize
+from precise_fast.train.report.stats import stats, summarize
 from precise_fast.train.config import ConfigError, load_config
-from precise_fast.train.evaluate import rank_batches, resolve_targets
+from precise_fast.train.report.evaluator import rank_batches, resolve_targets
 
 from .conftest import TINY_CONFIG
 
@@ -135,7 +135,7 @@ def _gather_worker(rank, world, init, out):
 
     import torch.distributed as tdist
 
-    from precise_fast.train.evaluate import gather_records, rank_batches
+    from precise_fast.train.report.evaluator import gather_records, rank_batches
 
     tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     mine = [{"index": i, "rank": rank} for b, ok in rank_batches(7, 2, rank, world, pad=True) if ok for i in b]
@@ -165,7 +165,7 @@ def test_images_per_prompt_gives_each_prompt_k_items_with_their_own_seeds(tmp_pa
 
     import torch
 
-    from precise_fast.train.evaluate import Evaluator, item_seed
+    from precise_fast.train.report.evaluator import Evaluator, item_seed
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("a\nb\nc\n")

@@ -31,7 +31,7 @@ import pytest
 import torch
 
 from precise_fast import cli
-from precise_fast.train.checkpoint import list_checkpoints, verify_checkpoint
+from precise_fast.train.state.checkpoint import list_checkpoints, verify_checkpoint
 
 from ..child_env import child_env
 from ..train.test_distributed import _equal, _state
@@ -223,7 +223,7 @@ def test_a_run_folder_not_shared_by_every_node_is_refused(tmp_path):
 
 FROZEN_PEER = """
 import os, signal, sys, time
-from precise_fast.train.distributed import barrier, init_distributed
+from precise_fast.train.policy.distributed import barrier, init_distributed
 init_distributed("cpu", timeout_s=float(sys.argv[1]))
 barrier()
 if os.environ["RANK"] == "1":
@@ -263,7 +263,7 @@ def test_a_silent_peer_fails_after_the_collective_timeout():
 UNWRITABLE = """
 import sys
 from precise_fast.train.config import ConfigError
-from precise_fast.train.distributed import check_shared_folder, init_distributed
+from precise_fast.train.policy.distributed import check_shared_folder, init_distributed
 init_distributed("cpu", timeout_s=60.0)
 try:
     check_shared_folder(sys.argv[1], "run.output_dir")

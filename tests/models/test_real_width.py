@@ -54,7 +54,7 @@ def test_real_widths_load_and_lora_lands_on_every_target(real_width_dir):
 
 def test_recipe_config_evaluates_and_applies_one_update(real_width_dir, tmp_path):
     from precise_fast.train.config import load_config
-    from precise_fast.train.distributed import init_distributed
+    from precise_fast.train.policy.distributed import init_distributed
     from precise_fast.train.trainer import Trainer
 
     dist = init_distributed("cpu")

@@ -257,16 +257,16 @@ def test_capture_is_thread_local_and_drains_first(tiny_pipe, monkeypatch):
 
 
 def test_sampling_phase_drains_rewards_before_a_capture(tiny_pipe, tmp_path, monkeypatch, one_thread):
-    """The trainer's sampling loop (precise_fast/train/sampling_phase.py) submits batch b's
+    """The trainer's sampling loop (precise_fast/train/phases/sample.py) submits batch b's
     rewards, then samples batch b + 1: any capture there must wait for the worker."""
     import threading
     import time
 
     from precise_fast.rewards import RewardExecutor, build_reward
     from precise_fast.train.config import load_config
-    from precise_fast.train.prompt_groups import GroupSampler
-    from precise_fast.train.rollouts import Rollouts
-    from precise_fast.train.sampling_phase import TimedReward, sample_epoch
+    from precise_fast.train.phases.prompt_groups import GroupSampler
+    from precise_fast.train.phases.trajectories import Rollouts
+    from precise_fast.train.phases.sample import TimedReward, sample_epoch
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml", [
         f"run.output_dir={tmp_path}", "sampler.num_steps=2", "sampler.batch_size=2", "sampler.images_per_prompt=2",

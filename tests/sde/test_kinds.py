@@ -72,7 +72,7 @@ def test_check_eta_reads_the_largest_eta():
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
 def test_recipes_do_not_restate_the_default_eta(path):
     """A recipe's eta that equals the kind's default is a second copy of the table (left out,
-    the run takes DEFAULT_ETA: rollout.engine and train.evaluate.resolve_target)."""
+    the run takes DEFAULT_ETA: rollout.engine and train.report.evaluator.resolve_target)."""
     data = yaml.safe_load(path.read_text()) or {}
     sampler = data.get("sampler") or {}
     kind = sampler.get("kind")

@@ -20,7 +20,7 @@ learning. Seed 0 is the one run here.
 from precise_fast.toy.pretrain import MODEL_DIR
 from precise_fast.toy.protocol import MAIN_JOB_CONFIG, fixed_eval, one_rank_epoch
 from precise_fast.train.config import load_config
-from precise_fast.train.distributed import init_distributed
+from precise_fast.train.policy.distributed import init_distributed
 from precise_fast.train.trainer import Trainer
 
 EPOCHS = 10

@@ -8,7 +8,7 @@ import math
 
 from precise_fast.toy.pretrain import MODEL_DIR
 from precise_fast.train.config import load_config
-from precise_fast.train.distributed import init_distributed
+from precise_fast.train.policy.distributed import init_distributed
 from precise_fast.train.trainer import Trainer
 
 

@@ -32,7 +32,7 @@ def small_config(tmp_path: Path, *overrides: str):
 def dist1():
     """A one-rank gloo process group (and DeepSpeed's CPU backend) for in-process engines."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from precise_fast.train.distributed import init_distributed
+    from precise_fast.train.policy.distributed import init_distributed
 
     return init_distributed("cpu")
 

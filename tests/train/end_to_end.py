@@ -111,7 +111,7 @@ def run_case(case: str, device: str, out: Path) -> dict:
     from precise_fast.models.flops import KLEIN_4B_TRANSFORMER_CONFIG
     from precise_fast.models.tiny import TINY_TRANSFORMER_CONFIG
     from precise_fast.train.config import load_config
-    from precise_fast.train.distributed import init_distributed
+    from precise_fast.train.policy.distributed import init_distributed
 
     dist = init_distributed(device)
     figures = {"case": case, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
@@ -184,6 +184,6 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     run_case(args.case, args.device, args.out)
-    from precise_fast.train.distributed import finish_distributed
+    from precise_fast.train.policy.distributed import finish_distributed
 
     finish_distributed()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from precise_fast.rewards import SENTINEL
-from precise_fast.train.advantages import AdvantageTracker, g2rpo_advantages, grpo_advantages, keep_mask
+from precise_fast.train.grpo.advantages import AdvantageTracker, g2rpo_advantages, grpo_advantages, keep_mask
 
 
 def _naive(rewards, valid, groups, eps=1e-4, clip=5.0):
@@ -116,7 +116,7 @@ def test_credit_normalises_components_over_the_global_batch(normalize):
     from types import SimpleNamespace
 
     from precise_fast.train.config import load_config
-    from precise_fast.train.credit import assign_credit
+    from precise_fast.train.phases.credit import assign_credit
 
     from .conftest import TINY_CONFIG
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from precise_fast.train.config import load_config
-from precise_fast.train.sampling_phase import g2rpo_steps, trained_steps
+from precise_fast.train.phases.sample import g2rpo_steps, trained_steps
 from precise_fast.train.trainer import Trainer
 
 from .conftest import REPO, SMALL

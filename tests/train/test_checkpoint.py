@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from precise_fast.train.checkpoint import CheckpointManager, list_checkpoints, read_manifest, resolve_resume
+from precise_fast.train.state.checkpoint import CheckpointManager, list_checkpoints, read_manifest, resolve_resume
 
 
 def _manager(root, keep=2):
@@ -58,7 +58,7 @@ def test_sigkill_mid_write_keeps_the_previous_checkpoint(tmp_path):
     script = textwrap.dedent(f"""
         import os, torch
         from pathlib import Path
-        from precise_fast.train.checkpoint import CheckpointManager
+        from precise_fast.train.state.checkpoint import CheckpointManager
         m = CheckpointManager(Path({str(tmp_path)!r}), keep_last=3, rank=0, world_size=1, barrier=lambda: None)
         def write(folder):
             folder.mkdir(parents=True)

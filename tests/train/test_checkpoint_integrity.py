@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from precise_fast.train.checkpoint import (
+from precise_fast.train.state.checkpoint import (
     CheckpointError,
     CheckpointManager,
     list_checkpoints,
@@ -126,7 +126,7 @@ def test_torch_write_failure_on_a_full_disk_is_named_and_other_failures_are_not_
     full disk only when the disk is in fact (nearly) full, else the error stays as it was."""
     from collections import namedtuple
 
-    from precise_fast.train import checkpoint as ckpt_module
+    from precise_fast.train.state import checkpoint as ckpt_module
 
     m = _manager(tmp_path)
 

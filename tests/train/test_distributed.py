@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from precise_fast.train.checkpoint import list_checkpoints, read_manifest, resolve_resume
+from precise_fast.train.state.checkpoint import list_checkpoints, read_manifest, resolve_resume
 
 from ..child_env import child_env
 from .conftest import TINY_CONFIG

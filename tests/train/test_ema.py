@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from precise_fast.train.ema import EMA
+from precise_fast.train.policy.ema import EMA
 
 
 def test_update_rule_interval_and_exact_restore():

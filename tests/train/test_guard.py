@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from precise_fast.train.config import load_config
-from precise_fast.train.policy_engine import PolicyEngine
+from precise_fast.train.policy.zero import PolicyEngine
 
 from .conftest import TINY_CONFIG
 

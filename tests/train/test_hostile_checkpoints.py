@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from precise_fast.train.checkpoint import CheckpointError, CheckpointManager
+from precise_fast.train.state.checkpoint import CheckpointError, CheckpointManager
 
 from .conftest import small_config
 from .test_input_errors import _run, no_model  # noqa: F401 - no_model: the fixture
@@ -65,7 +65,7 @@ def test_deepspeeds_own_loads_are_weights_only_too(tmp_path):
     """Inside :func:`weights_only_loads` (around DeepSpeed's ``load_checkpoint``) a
     ``torch.load(weights_only=False)`` is refused as well, so a file swapped in after the
     pre-check cannot run code either."""
-    from precise_fast.train.checkpoint import load_checkpoint_file, weights_only_loads
+    from precise_fast.train.state.checkpoint import load_checkpoint_file, weights_only_loads
 
     marker = tmp_path / "MARKER"
     torch.save({"hook": RunsCode(marker)}, tmp_path / "evil.pt")

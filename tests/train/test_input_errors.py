@@ -74,7 +74,7 @@ def test_reward_problems_fail_before_the_model_loads(tmp_path, capsys, dist1, no
 
 
 def test_full_disk_while_logging_is_one_line(tmp_path, capsys, dist1, monkeypatch):
-    from precise_fast.train.tracking import RunLogger
+    from precise_fast.train.report.tracking import RunLogger
 
     target = tmp_path / "run" / "metrics.jsonl"
 

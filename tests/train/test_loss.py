@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from precise_fast.sde import mean_jacobian, noise_std, reference_step
-from precise_fast.train.loss import grpo_loss_rows
+from precise_fast.train.grpo.loss import grpo_loss_rows
 
 
 def _score64(x, v, prev, s, s_next, sd, *, kind, old_mean=None, return_mean=False):

@@ -2,7 +2,7 @@
 
 Left to interpreter exit, gloo's threads can abort a rank whose peer already closed its
 sockets ("terminate called without an active exception", seen once in the 2-rank resume
-test: tests/train/test_distributed.py); precise_fast/train/distributed.py:finish_distributed.
+test: tests/train/test_distributed.py); precise_fast/train/policy/distributed.py:finish_distributed.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def test_a_finished_run_destroys_the_process_group_it_made(tmp_path):
 STOPPED_PROBE = PROBE.replace(
     "from precise_fast.train.main import main",
     "import signal\n"
-    "import precise_fast.train.signals as signals\n"
+    "import precise_fast.train.lifecycle.signals as signals\n"
     "class Termed(signals.StopRequest):\n"
     "    def __init__(self, *a, **k):\n"
     "        super().__init__(*a, **k)\n"

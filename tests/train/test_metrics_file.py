@@ -1,5 +1,5 @@
 """metrics.jsonl survives a kill at any moment of a resume's rewrite, and a torn last line
-does not stop a resume (issue 25 item 8; train/tracking.py).
+does not stop a resume (issue 25 item 8; train/report/tracking.py).
 
 The issue saw a kill -9 in the first epoch after a resume empty the file: it was reopened
 for writing (truncated) while the kept lines still waited in Python's buffer."""
@@ -10,7 +10,7 @@ import subprocess
 import sys
 import types
 
-from precise_fast.train.tracking import RunLogger
+from precise_fast.train.report.tracking import RunLogger
 
 from ..child_env import child_env
 from .conftest import REPO
@@ -23,7 +23,7 @@ LINES = [json.dumps({"epoch": e, "reward_mean": 0.1 * e}) for e in (1, 2, 3)]
 # replaces the old one ("before_replace").
 CHILD = """
 import os, signal, sys, types
-from precise_fast.train import tracking
+from precise_fast.train.report import tracking
 cfg = types.SimpleNamespace(log=types.SimpleNamespace(wandb=False))
 if sys.argv[2] == "before_replace":
     os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)

@@ -2,7 +2,7 @@
 clearly less than rollout + reward time (the ratio is reported by bench/bench_overlap.py;
 only the ordering is asserted here), and inline scoring does not."""
 
-from precise_fast.train.overlap_probe import measure_overlap
+from precise_fast.train.phases.overlap_probe import measure_overlap
 
 from .conftest import small_config
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from precise_fast.train.config import load_config
-from precise_fast.train.credit import assign_credit
+from precise_fast.train.phases.credit import assign_credit
 
 from .conftest import TINY_CONFIG
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from precise_fast.rollout import granular_path
-from precise_fast.train import update_phase
-from precise_fast.train.advantages import g2rpo_advantages
+from precise_fast.train.phases import update as update_phase
+from precise_fast.train.grpo.advantages import g2rpo_advantages
 from precise_fast.train.config import AlgorithmConfig, load_config
 
 from .conftest import REPO

@@ -7,7 +7,7 @@ models (``dtype=torch.float32`` scorers).
 
 import torch
 
-from precise_fast.train.policy_engine import deepspeed_config
+from precise_fast.train.policy.zero import deepspeed_config
 from precise_fast.train.trainer import Trainer
 
 from .conftest import small_config

@@ -13,12 +13,12 @@ Encodes Tencent-Hunyuan/Precise:
 import pytest
 import torch
 
-from precise_fast.train import update_phase
+from precise_fast.train.phases import update as update_phase
 from precise_fast.train.config import ConfigError, load_config
-from precise_fast.train.credit import Credit, paper_rows
-from precise_fast.train.ema import EMA
-from precise_fast.train.loss import LossRows
-from precise_fast.train.transitions import Transitions
+from precise_fast.train.phases.credit import Credit, paper_rows
+from precise_fast.train.policy.ema import EMA
+from precise_fast.train.grpo.loss import LossRows
+from precise_fast.train.grpo.transitions import Transitions
 
 from .conftest import TINY_CONFIG
 

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from precise_fast.train.prompt_groups import GroupSampler
+from precise_fast.train.phases.prompt_groups import GroupSampler
 
 
 def _make(world, rank, num_batches=4, batch=3, k=4, size=10, spread=True, seed=7):

@@ -1,4 +1,4 @@
-"""Where a start begins (issue 13 item 2), decided before any model loads (train/resume.py):
+"""Where a start begins (issue 13 item 2), decided before any model loads (train/state/resume.py):
 ``--resume`` never silently starts over, ``--resume-or-start`` may, and a fresh start never
 overwrites an earlier run's metrics.jsonl / TensorBoard events."""
 
@@ -7,8 +7,8 @@ import subprocess
 import pytest
 import torch
 
-from precise_fast.train.checkpoint import CheckpointError, CheckpointManager
-from precise_fast.train.resume import RunFolderError, choose_start
+from precise_fast.train.state.checkpoint import CheckpointError, CheckpointManager
+from precise_fast.train.state.resume import RunFolderError, choose_start
 
 
 def _old_run(out):

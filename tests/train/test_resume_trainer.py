@@ -14,8 +14,8 @@ import logging
 import pytest
 
 from precise_fast.train import main as train_main
-from precise_fast.train.checkpoint import CheckpointError, list_checkpoints
-from precise_fast.train.resume import optimizer_settings_in_effect
+from precise_fast.train.state.checkpoint import CheckpointError, list_checkpoints
+from precise_fast.train.state.resume import optimizer_settings_in_effect
 
 from .conftest import TINY_CONFIG, small_config
 

@@ -1,5 +1,5 @@
 """Remote rewards that all fail must stop the run, not let it train on nothing (issue 13,
-"says too little"; train/health.py): the invalid (sentinel) fraction over the last
+"says too little"; train/lifecycle/health.py): the invalid (sentinel) fraction over the last
 ``reward.abort_window`` epochs reaching ``reward.abort_invalid_fraction`` exits 3 with a
 clear message; httpx's per-request INFO lines stay out of the run log."""
 
@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from precise_fast.train import main as train_main
-from precise_fast.train.health import RewardHealth, RewardsFailing
+from precise_fast.train.lifecycle.health import RewardHealth, RewardsFailing
 
 from .conftest import TINY_CONFIG
 

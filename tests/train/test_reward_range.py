@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import torch
 
 from precise_fast.rewards import SENTINEL
-from precise_fast.train.advantages import grpo_advantages
-from precise_fast.train.credit import assign_credit
+from precise_fast.train.grpo.advantages import grpo_advantages
+from precise_fast.train.phases.credit import assign_credit
 
 from .conftest import small_config
 

@@ -1,4 +1,4 @@
-"""One run per run folder (issue 25 item 7; train/run_lock.py): two trainings started into one
+"""One run per run folder (issue 25 item 7; train/lifecycle/run_lock.py): two trainings started into one
 folder both ran, interleaving metrics.jsonl. Now the second start is refused (exit 2) naming
 the holder, and a holder killed with SIGKILL leaves no stale lock behind."""
 
@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from precise_fast.train import run_lock
-from precise_fast.train.run_lock import LOCK_NAME, RunFolderError, RunLock, RunLockError
+from precise_fast.train.lifecycle import run_lock
+from precise_fast.train.lifecycle.run_lock import LOCK_NAME, RunFolderError, RunLock, RunLockError
 
 from ..child_env import child_env
 from .conftest import REPO, TINY_CONFIG
@@ -64,7 +64,7 @@ def test_a_second_training_into_the_same_folder_is_refused_naming_the_holder(tmp
     assert (out / LOCK_NAME).read_text() == ""  # released: an empty record, the file stays
 
 
-HOLDER = "import sys, time; from precise_fast.train.run_lock import RunLock\n" \
+HOLDER = "import sys, time; from precise_fast.train.lifecycle.run_lock import RunLock\n" \
          "with RunLock.acquire(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)\n"
 
 

@@ -1,4 +1,4 @@
-"""TERM / INT stop the trainer at a safe point (issue 13 item 6; train/signals.py,
+"""TERM / INT stop the trainer at a safe point (issue 13 item 6; train/lifecycle/signals.py,
 train/supervise.py). In process: the signal is recorded, a checkpoint being written is
 finished, a partial epoch is abandoned. The slow test runs the real thing: ``make train``'s
 launch line (supervisor -> ``deepspeed`` runner -> launcher -> 2 CPU ranks), TERM to the
@@ -18,8 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from precise_fast.train.checkpoint import list_checkpoints, verify_checkpoint
-from precise_fast.train.signals import StopRequest, StopRequested
+from precise_fast.train.state.checkpoint import list_checkpoints, verify_checkpoint
+from precise_fast.train.lifecycle.signals import StopRequest, StopRequested
 
 from ..child_env import child_env
 from .conftest import REPO, TINY_CONFIG, small_config
@@ -47,7 +47,7 @@ def test_a_signal_is_recorded_and_stops_at_the_next_check():
 
 def test_term_during_a_checkpoint_finishes_it_then_stops(tmp_path, dist1, monkeypatch):
     from precise_fast.train import trainer as trainer_module
-    from precise_fast.train.checkpoint import CheckpointManager
+    from precise_fast.train.state.checkpoint import CheckpointManager
 
     real_save = CheckpointManager._save
 

@@ -12,9 +12,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from precise_fast.models import apply_lora
 from precise_fast.models.flops import peak_bf16_flops
 from precise_fast.rollout import RolloutEngine
-from precise_fast.train.objective import lora_reference, transition_losses
-from precise_fast.train.throughput import Throughput, device_peak_flops, phase_metrics, throughput_line
-from precise_fast.train.transitions import from_rollout
+from precise_fast.train.phases.rescore import lora_reference, transition_losses
+from precise_fast.train.report.throughput import Throughput, device_peak_flops, phase_metrics, throughput_line
+from precise_fast.train.grpo.transitions import from_rollout
 
 from .conftest import small_config
 

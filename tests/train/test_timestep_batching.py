@@ -6,8 +6,8 @@ import torch
 
 from precise_fast.models import apply_lora
 from precise_fast.rollout import RolloutEngine
-from precise_fast.train.objective import transition_losses
-from precise_fast.train.transitions import from_rollout
+from precise_fast.train.phases.rescore import transition_losses
+from precise_fast.train.grpo.transitions import from_rollout
 
 
 @pytest.fixture

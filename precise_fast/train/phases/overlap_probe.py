@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import time
 
-from ..rewards import RewardExecutor, build_reward
-from .rollouts import Rollouts
+from ...rewards import RewardExecutor, build_reward
 from .prompt_groups import GroupSampler
-from .sampling_phase import TimedReward, sample_epoch
+from .sample import TimedReward, sample_epoch
+from .trajectories import Rollouts
 
 
 class PaddedReward:

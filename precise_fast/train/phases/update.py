@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..rollout.seeds import mix_seed
-from .distributed import all_reduce_
-from .faults import crash_point
-from .objective import transition_losses
-from .transitions import Transitions
+from ...rollout.seeds import mix_seed
+from ..config import g2rpo_step_per_column, paper_schedule
+from ..grpo.transitions import Transitions
+from ..lifecycle.faults import crash_point
+from ..policy.distributed import all_reduce_
+from .rescore import transition_losses
 
 _SHUFFLE = 3  # random-stream tag
 
@@ -82,17 +83,6 @@ class TrainStats:
 def column_chunks(num_cols: int, per_forward: int) -> list[list[int]]:
     per = num_cols if per_forward <= 0 else min(per_forward, num_cols)
     return [list(range(i, min(i + per, num_cols))) for i in range(0, num_cols, per)]
-
-
-def paper_schedule(cfg) -> bool:
-    """Whether this run trains on the paper's fixed count of minibatches (G2RPO has its own steps)."""
-    return cfg.train.update_schedule == "paper" and cfg.algorithm.name != "g2rpo"
-
-
-def g2rpo_step_per_column(cfg) -> bool:
-    """G2RPO as its authors train (github.com/bcmi/Granular-GRPO train_one_step): one optimizer
-    step per branching step, over every member, its loss their mean."""
-    return cfg.train.update_schedule == "paper" and cfg.algorithm.name == "g2rpo"
 
 
 @dataclass

@@ -5,7 +5,7 @@ with the EMA weights) and the standalone evaluator over saved checkpoints
 (``precise_fast.eval``): both walk a target's prompts in the batches of
 :func:`rank_batches` and score each batch with :meth:`Evaluator.score_batch`, which
 returns one plain record per prompt; statistics come from
-:func:`precise_fast.eval.stats.summarize` over the records of every rank.
+:func:`precise_fast.train.report.stats.summarize` over the records of every rank.
 
 A target is one entry of the paper's ``*_eval_targets`` (Tencent-Hunyuan/Precise
 ``config/base.py``): its own prompt set, rewards, sampler kind, noise level, steps and
@@ -35,8 +35,8 @@ from typing import Union
 
 import torch
 
-from ..rollout.seeds import mix_seed
-from .config import EvalTarget
+from ...rollout.seeds import mix_seed
+from ..config import EvalTarget
 
 _EVAL = 17  # random-stream tag
 
@@ -140,7 +140,7 @@ class Evaluator:
 
     def rollouts(self, t: Target):
         """``(rollouts, mode)`` for a target; the ODE runs on the training kind's engine in ``ode`` mode."""
-        from .rollouts import Rollouts
+        from ..phases.trajectories import Rollouts
 
         s = self.cfg.sampler
         engine_kind, eta, mode = (s.kind, s.eta, "ode") if t.kind == "ode" else (t.kind, t.eta, "sde")
@@ -161,7 +161,7 @@ class Evaluator:
     def _built(self, spec):
         key = _spec_key(spec)
         if key not in self._rewards:
-            from ..rewards import build_reward
+            from ...rewards import build_reward
 
             self._rewards[key] = build_reward(spec, device=self.reward_device, dtype=self.reward_dtype,
                                               model_root=self.cfg.reward.model_root)
@@ -169,7 +169,7 @@ class Evaluator:
 
     def prompt_set(self, t: Target):
         if t.prompts not in self._prompts:
-            from .prompts import load_prompts
+            from ...prompts import load_prompts
 
             self._prompts[t.prompts] = load_prompts(t.prompts)
         return self._prompts[t.prompts]
@@ -246,7 +246,7 @@ def evaluate(evaluator: Evaluator, *, cfg, rank: int, world_size: int, weights_c
     ``eval/reward_mean`` is the first target's weighted raw reward (the headline number the
     run history and reward curve track).
     """
-    from ..eval.stats import summarize
+    from .stats import summarize
 
     metrics: dict[str, float] = {}
     previews: dict[str, dict] = {}

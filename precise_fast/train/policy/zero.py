@@ -9,7 +9,7 @@ the run config owns (micro-batch, clipping, precision). Choices and why:
   once per update, which is then the accumulation boundary.
 - ``overlap_comm: false``: DeepSpeed allows it with caller-owned accumulation only on
   ZeRO-2, and LoRA gradients are a few MB, nothing to hide.
-- The optimizer is ours (:class:`~precise_fast.train.guard.GuardedAdamW`, a torch AdamW),
+- The optimizer is ours (:class:`~precise_fast.train.policy.guard.GuardedAdamW`, a torch AdamW),
   not DeepSpeed's fused one: it makes the non-finite skip possible, equals single-process
   AdamW bit for bit, and avoids JIT-building DeepSpeed's CPU Adam on a fresh machine.
 - ZeRO-3 ``stage3_param_persistence_threshold: 0``: no parameter stays resident, so every
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, ConfigError
+from ..config import Config, ConfigError
 from .distributed import all_reduce_max_
 from .guard import GuardedAdamW, NonFiniteGuard
 

@@ -90,7 +90,7 @@ def check_shared_folder(folder: str | os.PathLike, what: str) -> None:
     NFS client may have cached the absence of an old one."""
     if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
         return
-    from .config import ConfigError
+    from ..config import ConfigError
 
     path = Path(folder)
     probe = path / f".shared-{broadcast_object(secrets.token_hex(8))}"

@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..models import lora_disabled, predict_velocity
-from ..sde import score_step
-from .guard import NonFiniteGuard
-from .loss import LossRows, grpo_loss_rows
-from .transitions import Transitions
+from ...models import lora_disabled, predict_velocity
+from ...sde import score_step
+from ..grpo.loss import LossRows, grpo_loss_rows
+from ..grpo.transitions import Transitions
+from ..policy.guard import NonFiniteGuard
 
 
 def _fold(t: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

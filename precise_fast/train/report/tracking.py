@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 
 logger = logging.getLogger("precise_fast.train")
@@ -111,3 +112,15 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.finish()
         self._jsonl.close()
+
+
+def configure_logging(rank: int) -> None:
+    """Log lines tagged with the rank, rank 0 at INFO and the others at WARNING; chatty libraries at WARNING
+    (the trainer and ``precise-fast eval`` both call this once per process)."""
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format=f"[rank{rank}] %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in ("deepspeed", "DeepSpeed", "torch.distributed", "diffusers", "transformers", "peft", "precise_fast.rollout",
+                 "precise_fast.models", "httpx", "httpcore"):  # httpx logs every reward request at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch.distributed")

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..rollout import RolloutEngine
-from ..rollout.seeds import mix_seed
+from ...rollout import RolloutEngine
+from ...rollout.seeds import mix_seed
 from .prompt_groups import Slot
 
 _NOISE = 5  # random-stream tag

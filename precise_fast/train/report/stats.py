@@ -1,6 +1,6 @@
 """Statistics of eval records: mean, std and 95% CI per reward, GenEval's per-tag view.
 
-Records are the per-prompt dicts of :meth:`precise_fast.train.evaluate.Evaluator.score_batch`
+Records are the per-prompt dicts of :meth:`precise_fast.train.report.evaluator.Evaluator.score_batch`
 (``scores``: component -> value or None, ``extras``: scorer extras, ``reward``: the
 weighted raw sum or None, ``metadata``). Conventions of the paper's evaluator
 (Tencent-Hunyuan/Precise ``precise_sde/eval/infer_eval.py``): ``std`` is the population
@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ..rewards.base import SENTINEL
+from ...rewards.base import SENTINEL
 
 PAPER_SCALE = {"pickscore": 26.0}  # infer_eval.py's display_scale
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from ..sde import mean_jacobian
+from ...sde import mean_jacobian
 
 
 @dataclass

@@ -14,7 +14,7 @@
      zero-advantage samples of this rank to a multiple of ``num_batches_per_epoch``, as the
      paper does; if any rank kept nothing the epoch trains nothing (the paper skips it);
    - ``fixed_size`` (:func:`balanced_rows`): pad every rank to the same row count with
-     weight-0 copies (ZeRO needs equal backward counts; see update_phase.py).
+     weight-0 copies (ZeRO needs equal backward counts; see phases/update.py).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..rewards import combine_rewards, normalize_rewards
-from ..rollout.seeds import mix_seed
-from .advantages import g2rpo_advantages, grpo_advantages, keep_mask
-from .distributed import all_gather_cat, all_reduce_
-from .transitions import Transitions
-from .update_phase import paper_schedule
+from ...rewards import combine_rewards, normalize_rewards
+from ...rollout.seeds import mix_seed
+from ..config import paper_schedule
+from ..grpo.advantages import g2rpo_advantages, grpo_advantages, keep_mask
+from ..grpo.transitions import Transitions
+from ..policy.distributed import all_gather_cat, all_reduce_
 
 _PADDING = 4  # random-stream tag (update_phase.py uses 3)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..rollout.seeds import mix_seed
+from ...rollout.seeds import mix_seed
 
 _STREAM, _SLOTS = 1, 2  # tags that separate the two random streams
 

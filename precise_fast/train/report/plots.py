@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never a display
@@ -21,7 +21,7 @@ def _pyplot():
 
 def save_sample_grid(path: Path, images: torch.Tensor, prompts: Sequence[str], rewards: Sequence[float], title: str = "") -> Path:
     """``images`` (n, 3, H, W) in [0, 1]; each tile is captioned with its reward and prompt."""
-    plt = _pyplot()
+    plt = pyplot()
     n = images.shape[0]
     cols = min(4, n)
     rows = math.ceil(n / cols)
@@ -44,7 +44,7 @@ def save_sample_grid(path: Path, images: torch.Tensor, prompts: Sequence[str], r
 
 def save_reward_curve(path: Path, history: Sequence[dict], title: str = "") -> Path:
     """Per-epoch training reward (mean +- std over the global batch) and the eval means."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     train = [h for h in history if "reward_mean" in h]
     if train:

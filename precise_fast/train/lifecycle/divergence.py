@@ -26,11 +26,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .checkpoint import list_checkpoints
-from .ema import local_tensor
+from ..grpo.transitions import Transitions
+from ..phases.rescore import transition_losses
+from ..policy.ema import local_tensor
+from ..state.checkpoint import list_checkpoints
 from .health import TrainingHealthError
-from .objective import transition_losses
-from .transitions import Transitions
 
 
 class Diverged(TrainingHealthError):

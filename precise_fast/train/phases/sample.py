@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..rollout.seeds import mix_seed
-from .rollouts import Rollouts, slot_seeds
+from ...rollout.seeds import mix_seed
+from ..grpo.transitions import Transitions, concat, from_g2rpo, from_rollout
 from .prompt_groups import Slot
-from .transitions import Transitions, concat, from_g2rpo, from_rollout
+from .trajectories import Rollouts, slot_seeds
 
 _WINDOW, _G2RPO = 11, 13  # random-stream tags
 

@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..config import Config
+from ..lifecycle.run_lock import LOCK_NAME, RunFolderError, check_run_folder  # noqa: F401 - RunFolderError: importers' name
 from .checkpoint import MANIFEST, CheckpointError, check_loadable, load_checkpoint_file, resolve_resume
-from .config import Config
-from .run_lock import LOCK_NAME, RunFolderError, check_run_folder  # noqa: F401 - RunFolderError: importers' name
 
 # Sections that may change without changing what the remaining epochs compute.
 RESUME_FREE = ("run.epochs", "run.output_dir", "run.collective_timeout_s", "eval.", "log.", "checkpoint.")

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 
 import torch
 
-from ..models.flops import peak_bf16_flops, transformer_backward_flops, transformer_forward_flops
-from .distributed import all_reduce_
+from ...models.flops import peak_bf16_flops, transformer_backward_flops, transformer_forward_flops
+from ..policy.distributed import all_reduce_
 
 
 def device_peak_flops(device: torch.device) -> float | None:

@@ -17,8 +17,8 @@ import warnings
 
 import torch
 
-from ..rewards import build_reward
-from .config import ConfigError
+from ...rewards import build_reward
+from ..config import ConfigError
 
 
 def build_checked_reward(cfg, *, device: torch.device, dtype: torch.dtype, prompt_sets: dict):
@@ -56,8 +56,8 @@ def check_start_lora(cfg, model_path) -> None:
     from accelerate import init_empty_weights
     from diffusers import Flux2Transformer2DModel
 
-    from ..models import apply_lora, check_pipeline_folder, init_lora_from
-    from ..models.registry import resolve_model_path
+    from ...models import apply_lora, check_pipeline_folder, init_lora_from
+    from ...models.registry import resolve_model_path
 
     m = cfg.model
     folder = check_pipeline_folder(resolve_model_path(model_path, root=m.model_root))

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .faults import crash_point
+from ..lifecycle.faults import crash_point
 
 MANIFEST = "checkpoint.json"
 LATEST = "latest"
