@@ -24,13 +24,12 @@ from dataclasses import dataclass
 import torch
 
 from ...rewards import combine_rewards, normalize_rewards
-from ...rollout.seeds import mix_seed
 from ..config import paper_schedule
 from ..grpo.advantages import g2rpo_advantages, grpo_advantages, keep_mask
 from ..grpo.transitions import Transitions
 from ..policy.distributed import all_gather_cat, all_reduce_
+from ..state.rng import Stream, stream_generator
 
-_PADDING = 4  # random-stream tag (update_phase.py uses 3)
 
 
 @dataclass
@@ -125,6 +124,6 @@ def balanced_rows(transitions: Transitions, credit: Credit) -> Transitions | Non
 def epoch_rows(transitions: Transitions, credit: Credit, *, cfg, epoch_key: int, rank: int) -> Transitions | None:
     """What this rank trains on this epoch, under the run's ``train.update_schedule``."""
     if paper_schedule(cfg):
-        gen = torch.Generator().manual_seed(mix_seed(cfg.run.seed, _PADDING, epoch_key, rank))
+        gen = stream_generator(cfg.run.seed, Stream.PADDING, epoch_key, rank)
         return paper_rows(transitions, credit, num_batches=cfg.sampler.num_batches_per_epoch, generator=gen)
     return balanced_rows(transitions, credit)

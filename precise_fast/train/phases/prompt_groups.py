@@ -23,9 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ...rollout.seeds import mix_seed
+from ..state.rng import Stream, stream_generator
 
-_STREAM, _SLOTS = 1, 2  # tags that separate the two random streams
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ class GroupSampler:
     # ------------------------------------------------------------------ the prompt stream
 
     def _permutation(self, pass_index: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(mix_seed(self.seed, _STREAM, pass_index))
+        gen = stream_generator(self.seed, Stream.PROMPT_ORDER, pass_index)
         return torch.randperm(self.dataset_size, generator=gen)
 
     def _next_prompts(self, count: int) -> list[int]:
@@ -100,7 +99,7 @@ class GroupSampler:
         prompts = self._next_prompts(self.groups_per_epoch)
         slots = [Slot(p, g, m) for g, p in enumerate(prompts) for m in range(self.k)]
         if self.spread:
-            gen = torch.Generator().manual_seed(mix_seed(self.seed, _SLOTS, epoch_key))
+            gen = stream_generator(self.seed, Stream.SLOTS, epoch_key)
             order = torch.randperm(len(slots), generator=gen).tolist()
             slots = [slots[i] for i in order]
             per_batch = self.batch_size

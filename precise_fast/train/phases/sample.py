@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...rollout.seeds import mix_seed
 from ..grpo.transitions import Transitions, concat, from_g2rpo, from_rollout
+from ..state.rng import Stream, stream_generator
 from .prompt_groups import Slot
 from .trajectories import Rollouts, slot_seeds
 
-_WINDOW, _G2RPO = 11, 13  # random-stream tags
 
 
 def trained_steps(cfg, epoch_key: int) -> tuple[str, tuple[int, int] | None, list[int]]:
@@ -34,7 +33,7 @@ def trained_steps(cfg, epoch_key: int) -> tuple[str, tuple[int, int] | None, lis
     if a.name == "grpo":
         return "sde", None, list(range(max(1, int(n * a.timestep_fraction))))
     if a.name == "sde_window":
-        gen = torch.Generator().manual_seed(mix_seed(cfg.run.seed, _WINDOW, epoch_key))
+        gen = stream_generator(cfg.run.seed, Stream.SDE_WINDOW, epoch_key)
         start = int(torch.randint(a.window_start_min, a.window_start_max + 1, (1,), generator=gen))
         return "window", (start, start + a.window_size), list(range(start, start + a.window_size))
     raise ValueError(f"trained_steps does not serve algorithm {a.name!r}")
@@ -45,7 +44,7 @@ def g2rpo_steps(cfg, epoch_key: int, batch_index: int) -> list[int]:
     steps = sorted(a.g2rpo_steps)
     if a.g2rpo_steps_per_batch in (0, len(steps)):
         return steps
-    gen = torch.Generator().manual_seed(mix_seed(cfg.run.seed, _G2RPO, epoch_key, batch_index))
+    gen = stream_generator(cfg.run.seed, Stream.G2RPO_STEPS, epoch_key, batch_index)
     pick = torch.randperm(len(steps), generator=gen)[: a.g2rpo_steps_per_batch]
     return sorted(steps[i] for i in pick.tolist())
 

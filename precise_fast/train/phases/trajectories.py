@@ -2,7 +2,7 @@
 
 Two things the engine leaves to its caller are fixed here:
 
-- Seeds: a sample's noise seed is ``mix_seed(run seed, epoch, group, member)`` and its
+- Seeds: a sample's noise seed is ``stream_seed(run seed, Stream.NOISE, epoch, group, member)`` and its
   initial-latent seed the same (or, with ``same_initial_latent``, the group's), so a sample
   is a function of its slot alone: the same on 1 or 8 ranks, and again after a resume.
 - Prompt embeddings: each distinct prompt is encoded alone (one row) and cached, so its
@@ -17,16 +17,15 @@ from collections.abc import Sequence
 import torch
 
 from ...rollout import RolloutEngine
-from ...rollout.seeds import mix_seed
+from ..state.rng import Stream, stream_seed
 from .prompt_groups import Slot
 
-_NOISE = 5  # random-stream tag
 
 
 def slot_seeds(run_seed: int, epoch_key: int, slots: Sequence[Slot], same_initial_latent: bool) -> tuple[list[int], list[int]]:
-    noise = [mix_seed(run_seed, _NOISE, epoch_key, s.group, s.member) for s in slots]
+    noise = [stream_seed(run_seed, Stream.NOISE, epoch_key, s.group, s.member) for s in slots]
     if same_initial_latent:
-        init = [mix_seed(run_seed, _NOISE, epoch_key, s.group, -1) for s in slots]
+        init = [stream_seed(run_seed, Stream.NOISE, epoch_key, s.group, -1) for s in slots]
     else:
         init = list(noise)
     return noise, init

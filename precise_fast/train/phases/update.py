@@ -33,14 +33,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...rollout.seeds import mix_seed
 from ..config import g2rpo_step_per_column, paper_schedule
 from ..grpo.transitions import Transitions
 from ..lifecycle.faults import crash_point
 from ..policy.distributed import all_reduce_
+from ..state.rng import Stream, stream_generator
 from .rescore import transition_losses
 
-_SHUFFLE = 3  # random-stream tag
 
 
 @dataclass
@@ -146,7 +145,7 @@ def train_epoch(
     n, num_cols = data.batch_size, data.num_steps
     all_chunks = column_chunks(num_cols, per_forward)
     for inner in range(t.num_inner_epochs):
-        gen = torch.Generator().manual_seed(mix_seed(cfg.run.seed, _SHUFFLE, epoch_key, inner, rank))
+        gen = stream_generator(cfg.run.seed, Stream.SHUFFLE, epoch_key, inner, rank)
         for plan in minibatch_plan(n, num_cols, cfg, gen):
             window, step_cols = plan.minibatches, plan.columns
             width = num_cols if step_cols is None else len(step_cols)
@@ -162,7 +161,7 @@ def train_epoch(
                 if step_cols is not None:
                     cols_order = None  # the window's own column
                 elif t.shuffle_timesteps:
-                    perm_gen = torch.Generator().manual_seed(mix_seed(cfg.run.seed, _SHUFFLE, epoch_key, inner, rank, int(mb[0])))
+                    perm_gen = stream_generator(cfg.run.seed, Stream.SHUFFLE, epoch_key, inner, rank, int(mb[0]))
                     cols_order = torch.randperm(num_cols, generator=perm_gen).tolist()
                 else:
                     cols_order = list(range(num_cols))

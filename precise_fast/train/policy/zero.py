@@ -32,7 +32,7 @@ from ..config import Config, ConfigError
 from .distributed import all_reduce_max_
 from .guard import GuardedAdamW, NonFiniteGuard
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "deepspeed"
 
 
 def deepspeed_config(cfg: Config) -> dict:

@@ -15,7 +15,7 @@ legacy single target is built from ``eval.kind / num_prompts / batch_size``.
 
 Items: a target with ``images_per_prompt = k`` has ``k`` items per prompt, item ``i`` being
 prompt ``i // k`` (k = 1, the paper's eval: item = prompt). Seeds: item ``i`` always gets
-the initial latent and step noise of ``mix_seed(seed, 17, i)``, so successive evals differ
+the initial latent and step noise of ``stream_seed(seed, Stream.EVAL, i)`` (state/rng.py), so successive evals differ
 only by the weights. Batches are fixed slices of the item list (batch ``j`` holds items
 ``j*B .. j*B+B-1``) dealt round-robin to the ranks,
 so a batch holds the same prompts on 1 or 8 ranks and the results do not depend on the
@@ -35,10 +35,9 @@ from typing import Union
 
 import torch
 
-from ...rollout.seeds import mix_seed
 from ..config import EvalTarget
+from ..state.rng import Stream, stream_seed
 
-_EVAL = 17  # random-stream tag
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,7 @@ def eval_seed(cfg) -> int:
 
 
 def item_seed(seed: int, index: int) -> int:
-    return mix_seed(seed, _EVAL, index)
+    return stream_seed(seed, Stream.EVAL, index)
 
 
 def rank_batches(total: int, batch_size: int, rank: int, world_size: int, *, pad: bool) -> list[tuple[list[int], bool]]:

@@ -9,9 +9,40 @@ scorer's augmentation) also continues exactly where it stopped.
 from __future__ import annotations
 
 import random
+from enum import IntEnum
 
 import numpy as np
 import torch
+
+from ...rollout.seeds import mix_seed
+
+
+class Stream(IntEnum):
+    """The trainer's seeded random streams: ``mix_seed(run seed, stream, keys...)`` seeds each draw.
+
+    One table so that no two streams share a tag (two streams with one tag would draw the same
+    numbers). The values are part of a run's identity: changing one changes every run's samples
+    and breaks the exact resume of runs saved before, so they never change.
+    """
+
+    PROMPT_ORDER = 1  # the endless prompt stream's shuffle of each pass (phases/prompt_groups.py)
+    SLOTS = 2  # which rank samples which slot of an epoch (phases/prompt_groups.py)
+    SHUFFLE = 3  # minibatch order and timestep order of the update (phases/update.py)
+    PADDING = 4  # the zero-advantage samples that pad the paper's schedule (phases/credit.py)
+    NOISE = 5  # each sample's noise and initial-latent seeds (phases/trajectories.py)
+    SDE_WINDOW = 11  # the SDE window's position per epoch (phases/sample.py)
+    G2RPO_STEPS = 13  # the branching steps a G2RPO batch trains (phases/sample.py)
+    EVAL = 17  # held-out eval item seeds (report/evaluator.py)
+
+
+def stream_seed(seed: int, stream: Stream, *keys: int) -> int:
+    """The seed of one draw of ``stream`` under the run seed ``seed``, keyed by ``keys`` (epoch, rank...)."""
+    return mix_seed(seed, stream, *keys)
+
+
+def stream_generator(seed: int, stream: Stream, *keys: int) -> torch.Generator:
+    """A CPU generator seeded for one draw of ``stream`` (see :func:`stream_seed`)."""
+    return torch.Generator().manual_seed(stream_seed(seed, stream, *keys))
 
 
 def capture_rng() -> dict:
