@@ -9,11 +9,13 @@ exactly (bitwise on CPU with the same world size).
 
 from __future__ import annotations
 
+import collections
 import copy
 import logging
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,22 +26,24 @@ from ..prompts import load_prompts
 from ..rewards import RewardExecutor
 from .config import Config, check_world, dump_config
 from .grpo.advantages import AdvantageTracker
+from .grpo.transitions import Transitions
 from .lifecycle.divergence import check_rollouts, check_updated_policy
 from .lifecycle.health import RewardHealth, check_trained, warn_if_nothing_kept
 from .lifecycle.signals import StopRequest, StopRequested
 from .lifecycle.validation import build_checked_reward, check_start_lora
-from .phases.credit import assign_credit, epoch_rows
+from .phases.credit import Credit, CreditSettings, assign_credit, epoch_rows
 from .phases.prompt_groups import GroupSampler
 from .phases.rescore import lora_reference, module_reference
-from .phases.sample import TimedReward, sample_epoch
+from .phases.report import epoch_line, guard_metrics, reward_metrics, run_summary, update_metrics
+from .phases.sample import EpochRollouts, SampleSettings, TimedReward, sample_epoch
 from .phases.trajectories import Rollouts
-from .phases.update import count_minibatches, train_epoch
+from .phases.update import TrainStats, UpdateSettings, count_minibatches, probe_per_forward, train_epoch
 from .policy.distributed import DistInfo, all_reduce_, all_reduce_max_, barrier, broadcast_object
 from .policy.ema import EMA
 from .policy.zero import PolicyEngine
 from .report.evaluator import Evaluator, evaluate, resolve_targets
 from .report.plots import save_reward_curve, save_sample_grid
-from .report.throughput import Throughput, device_peak_flops, throughput_line
+from .report.throughput import Throughput, device_peak_flops
 from .report.tracking import RunLogger
 from .state.checkpoint import CheckpointError, CheckpointManager, checkpoint_tag, set_aside_later
 from .state.resume import (RunFolderError, apply_optimizer_settings, changed_settings, check_optimizer_settings, check_prompt_set,
@@ -69,6 +73,26 @@ class _Bar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+@dataclass
+class _Sampled:
+    epoch_key: int
+    rollouts: EpochRollouts
+    forward_rows: collections.Counter  # transformer rows the rollouts ran, by text length (throughput)
+
+
+@dataclass
+class _Credited:
+    credit: Credit
+    tracked: dict  # the advantage tracker's statistics
+    rows: Transitions | None  # this rank's rows to train on; None: the epoch trains nothing
+
+
+@dataclass
+class _Trained:
+    stats: TrainStats | None
+    seconds: float
 
 
 class Trainer:
@@ -141,6 +165,10 @@ class Trainer:
         self.ema = EMA(params, cfg.train.ema_decay, cfg.train.ema_interval, cfg.train.ema_schedule) if cfg.train.ema else None
 
         self.rollouts = Rollouts(self.pipeline, cfg)
+        # What each phase reads of the config, fixed for the run.
+        self.sample_settings = SampleSettings.from_config(cfg)
+        self.credit_settings = CreditSettings.from_config(cfg)
+        self.update_settings = UpdateSettings.from_config(cfg)
         self.throughput = Throughput(transformer.config, self.rollouts.engine.layout.seq_len,
                                      lora_rank=m.lora_rank if self.lora else 0, lora_targets=m.lora_targets,
                                      reference=self.reference is not None, inner_epochs=cfg.train.num_inner_epochs,
@@ -291,96 +319,91 @@ class Trainer:
 
     def _resolve_per_forward(self, data) -> int:
         if self.per_forward is None:  # CUDA "auto": probe once, then it is part of the run's state
-            from .phases.update import probe_per_forward
-
-            self.per_forward = probe_per_forward(self.policy, data, self.cfg)
+            self.per_forward = probe_per_forward(self.policy, data, self.update_settings)
         return self.per_forward
 
     def run_epoch(self, epoch: int) -> dict[str, float]:
-        cfg = self.cfg
+        """One epoch: its four phases in run order (train/phases/), one call each; returns its metrics."""
         start = time.perf_counter()
+        sampled = self.sample(epoch)
+        credited = self.credit(sampled)
+        trained = self.update(epoch, sampled.epoch_key, credited.rows)
+        self.epoch = epoch
+        return self.report(epoch, sampled, credited, trained, epoch_s=time.perf_counter() - start)
+
+    def sample(self, epoch: int) -> _Sampled:
+        """Every batch of this rank's share of the epoch, rewards scored while the next batch samples."""
         epoch_key, batches, _ = self.sampler.next_epoch()
         forward_rows = self.rollouts.engine.forward_rows.copy()
-        want_images = self.main and self._due(cfg.log.image_every, epoch)
-        show = self.main and cfg.log.progress
+        show = self.main and self.cfg.log.progress
         bar = _Bar(show, total=len(batches), desc=f"epoch {epoch} sampling", position=0,
                    on_update=self._stop_check(f"while sampling epoch {epoch} (the epoch is abandoned)"))
         reward_bar = _Bar(show, total=len(batches), desc=f"epoch {epoch} rewards", position=1)
         self.policy.module.eval()
-        er = sample_epoch(
+        want_images = self.main and self._due(self.cfg.log.image_every, epoch)
+        rollouts = sample_epoch(
             self.rollouts, self.executor, self.timed_reward, batches,
-            prompts=self.train_set.prompts, metadata=self.train_set.metadata, cfg=cfg, epoch_key=epoch_key,
-            keep_preview=cfg.log.num_images if want_images else 0, progress=bar, reward_progress=reward_bar,
-            gathered=self.policy.gathered,
+            prompts=self.train_set.prompts, metadata=self.train_set.metadata, settings=self.sample_settings,
+            epoch_key=epoch_key, keep_preview=self.cfg.log.num_images if want_images else 0, progress=bar,
+            reward_progress=reward_bar, gathered=self.policy.gathered,
         )
         bar.close()
         reward_bar.close()
-        check_rollouts(epoch, er.transitions, self.policy.params, all_reduce_max=all_reduce_max_,
-                       checkpoints_root=self.ckpt.root, lora_path=cfg.train.lora_path or "")
-        credit = assign_credit(er, weights=self.reward.weights, cfg=cfg, rank=self.dist.rank,
+        check_rollouts(epoch, rollouts.transitions, self.policy.params, all_reduce_max=all_reduce_max_,
+                       checkpoints_root=self.ckpt.root, lora_path=self.cfg.train.lora_path or "")
+        return _Sampled(epoch_key, rollouts, self.rollouts.engine.forward_rows - forward_rows)
+
+    def credit(self, sampled: _Sampled) -> _Credited:
+        """Rewards of every rank to advantages; this rank's rows to train on (None: the epoch trains nothing)."""
+        er = sampled.rollouts
+        credit = assign_credit(er, weights=self.reward.weights, settings=self.credit_settings, rank=self.dist.rank,
                                num_steps=er.transitions.num_steps)
         tracked = self.tracker.update(credit.global_prompt_index.tolist(), credit.global_raw, credit.global_valid,
                                       credit.global_keep)
-        data = epoch_rows(er.transitions, credit, cfg=cfg, epoch_key=epoch_key, rank=self.dist.rank)
-        del er.transitions
-        train_start = time.perf_counter()
-        metrics: dict[str, float] = {}
-        if data is not None:
-            per_forward = self._resolve_per_forward(data)
-            minibatches = count_minibatches(data, cfg)
-            bar = _Bar(self.main and cfg.log.progress, total=minibatches, desc=f"epoch {epoch} training")
-            self.policy.module.train()
-            stats = train_epoch(
-                self.policy, data, cfg=cfg, epoch_key=epoch_key, rank=self.dist.rank, world_size=self.dist.world_size,
-                per_forward=per_forward, reference=self.reference, on_update=self._on_update,
-                on_minibatch=self._on_minibatch, progress=bar,
-            )
-            self.policy.module.eval()
-            bar.close()
-            check_updated_policy(epoch, self.policy, data, cfg, every_update_skipped=stats.updates > 0 and not stats.applied,
-                                 all_reduce_max=all_reduce_max_, checkpoints_root=self.ckpt.root)
-            summary = stats.summary()
-            rows = all_reduce_(torch.tensor([summary["rows"]], dtype=torch.float64), "sum")
-            for key in ("ratio", "clipfrac", "approx_kl", "policy_loss", "kl_loss"):
-                total = all_reduce_(torch.tensor([summary.get(key, 0.0) * summary["rows"]], dtype=torch.float64), "sum")
-                metrics[f"train/{key}"] = float(total / rows.clamp_min(1.0))
-            for key in ("ratio_min", "ratio_max", "first_ratio_abs_dev", "grad_norm", "updates", "applied_updates"):
-                if key in summary:
-                    metrics[f"train/{key}"] = summary[key]
-        train_s = time.perf_counter() - train_start
-        self.epoch = epoch
-        metrics.update(self._reward_metrics(credit, tracked))
+        rows = epoch_rows(er.transitions, credit, settings=self.credit_settings, epoch_key=sampled.epoch_key,
+                          rank=self.dist.rank)
+        del er.transitions  # the kept rows are all the update needs
+        return _Credited(credit, tracked, rows)
+
+    def update(self, epoch: int, epoch_key: int, rows: Transitions | None) -> _Trained:
+        """Guarded DeepSpeed steps over the kept rows (nothing when this rank has none to train on)."""
+        start = time.perf_counter()
+        if rows is None:
+            return _Trained(None, time.perf_counter() - start)
+        per_forward = self._resolve_per_forward(rows)
+        bar = _Bar(self.main and self.cfg.log.progress, total=count_minibatches(rows, self.update_settings),
+                   desc=f"epoch {epoch} training")
+        self.policy.module.train()
+        stats = train_epoch(
+            self.policy, rows, settings=self.update_settings, epoch_key=epoch_key, rank=self.dist.rank,
+            world_size=self.dist.world_size, per_forward=per_forward, reference=self.reference, on_update=self._on_update,
+            on_minibatch=self._on_minibatch, progress=bar,
+        )
+        self.policy.module.eval()
+        bar.close()
+        check_updated_policy(epoch, self.policy, rows, self.cfg, every_update_skipped=stats.updates > 0 and not stats.applied,
+                             all_reduce_max=all_reduce_max_, checkpoints_root=self.ckpt.root)
+        return _Trained(stats, time.perf_counter() - start)
+
+    def report(self, epoch: int, sampled: _Sampled, credited: _Credited, trained: _Trained, *,
+               epoch_s: float) -> dict[str, float]:
+        """The epoch's metrics (every rank: some are all-reduced) and, when due, its sample grid (rank 0)."""
+        er, credit = sampled.rollouts, credited.credit
+        metrics = update_metrics(trained.stats) if trained.stats is not None else {}
+        metrics.update(reward_metrics(credit, credited.tracked))
         metrics.update({f"time/{k}": v for k, v in er.timings.items()})
-        metrics["time/train_s"] = train_s
-        metrics["time/epoch_s"] = time.perf_counter() - start
-        metrics.update(self.throughput.epoch_metrics(self.rollouts.engine.forward_rows - forward_rows, er, data, train_s))
-        metrics["guard/skipped_updates"] = float(self.policy.guard.skipped_updates)
-        for cause, count in self.policy.guard.skipped.items():
-            metrics[f"guard/skipped_{cause}"] = float(count)
-        if want_images and er.preview_images is not None:
+        metrics["time/train_s"] = trained.seconds
+        metrics["time/epoch_s"] = epoch_s
+        metrics.update(self.throughput.epoch_metrics(sampled.forward_rows, er, credited.rows, trained.seconds))
+        metrics.update(guard_metrics(self.policy.guard))
+        if er.preview_images is not None:  # kept (rank 0) only in epochs whose images are due
             raw = credit.global_raw.reshape(credit.global_raw.shape[0], -1)[:, 0]
             rewards = [float(raw[i]) for i in er.preview_rows]
             png = save_sample_grid(self.out_dir / "images" / f"samples_epoch_{epoch:04d}.png", er.preview_images,
-                                   [er.prompts[i] for i in er.preview_rows], rewards, title=f"{cfg.run.name} epoch {epoch}")
+                                   [er.prompts[i] for i in er.preview_rows], rewards,
+                                   title=f"{self.cfg.run.name} epoch {epoch}")
             self.logger.log_image("samples", png, epoch)
         return metrics
-
-    def _reward_metrics(self, credit, tracked: dict) -> dict[str, float]:
-        out = {}
-        valid = credit.global_valid
-        raw = credit.global_raw[valid].double()
-        out["reward_mean"] = float(raw.mean()) if raw.numel() else float("nan")
-        out["reward_std"] = float(raw.std(unbiased=False)) if raw.numel() else float("nan")
-        out["reward/invalid_fraction"] = 1.0 - float(valid.double().mean())
-        for name, values in credit.global_components.items():
-            ok = credit.global_component_valid[name]
-            out[f"reward/{name}"] = float(values[ok].double().mean()) if bool(ok.any()) else float("nan")
-        adv = credit.global_advantages
-        out["advantage/abs_mean"] = float(adv.abs().mean())
-        out["advantage/std"] = float(adv.std())
-        out["advantage/kept_fraction"] = float(credit.global_keep.double().mean())
-        out.update({f"advantage/{k}": v for k, v in tracked.items()})
-        return out
 
     # ------------------------------------------------------------------ eval and the loop
 
@@ -416,7 +439,7 @@ class Trainer:
             self.history.append(record)
             self.logger.log(metrics, epoch)
             if self.main:
-                self._print_epoch(epoch, metrics)
+                print(epoch_line(epoch, cfg.run.epochs, metrics), flush=True)
                 if self._due(cfg.log.image_every, epoch):
                     save_reward_curve(self.out_dir / "reward_curve.png", self.history, title=cfg.run.name)
             if self._checkpoint_due(epoch):
@@ -429,7 +452,7 @@ class Trainer:
                 raise StopRequested(signum, f"after epoch {epoch} (checkpoint {checkpoint_tag(epoch)} complete)")
         check_trained(epochs=self.epoch, applied_steps=self.policy.applied_steps,
                       skipped_updates=int(self.policy.guard.skipped_updates), images_per_prompt=cfg.sampler.images_per_prompt)
-        summary = self._summary()
+        summary = run_summary(self.history, name=cfg.run.name, out_dir=self.out_dir)
         if self.main:
             save_reward_curve(self.out_dir / "reward_curve.png", self.history, title=cfg.run.name)
             note = self.ema.unreached_decay_note(self.policy.applied_steps) if self.ema is not None else None
@@ -437,46 +460,6 @@ class Trainer:
                 print(f"[precise_fast] note: {note}", flush=True)
             print(summary["line"], flush=True)
         return summary
-
-    def _print_epoch(self, epoch: int, m: dict) -> None:
-        parts = [
-            f"epoch {epoch}/{self.cfg.run.epochs}",
-            f"reward {m['reward_mean']:.4f}±{m['reward_std']:.4f}",
-            f"kept {m['advantage/kept_fraction']:.0%}",
-        ]
-        if "train/ratio" in m:
-            parts += [f"ratio {m['train/ratio']:.6f}", f"clip {m['train/clipfrac']:.3f}", f"kl {m['train/approx_kl']:.2e}"]
-        if "eval/reward_mean" in m:
-            parts.append(f"eval {m['eval/reward_mean']:.4f}")
-        parts.append(
-            f"| rollout {m['time/rollout_s']:.1f}s reward {m['time/reward_s']:.1f}s (hidden {m['time/overlap_saved_s']:.1f}s) "
-            f"train {m['time/train_s']:.1f}s epoch {m['time/epoch_s']:.1f}s"
-        )
-        rates = throughput_line(m)
-        if rates:
-            parts.append(f"| {rates}")
-        if m.get("guard/skipped_updates"):
-            parts.append(f"| non-finite skips {int(m['guard/skipped_updates'])}")
-        print("  ".join(parts), flush=True)
-
-    def _summary(self) -> dict:
-        train = [h for h in self.history if "reward_mean" in h]
-        if not train:
-            return {"line": "no epoch ran", "first": None, "last": None}
-        first, last = train[0], train[-1]
-        verb = "rose" if last["reward_mean"] > first["reward_mean"] else "did not rise"
-        line = (f"[precise_fast] done: {self.cfg.run.name}, {last['epoch']} epochs; reward {verb} from "
-                f"{first['reward_mean']:.4f} (epoch {first['epoch']}) to {last['reward_mean']:.4f} (epoch {last['epoch']}); "
-                f"checkpoints in {self.out_dir / 'checkpoints'}, TensorBoard logs in {self.out_dir / 'tensorboard'}")
-        out = {"line": line, "first": first["reward_mean"], "last": last["reward_mean"], "rose": verb == "rose"}
-        evals = [h for h in self.history if "eval_reward_mean" in h]
-        if len(evals) >= 2:  # held-out prompts, fixed seeds: the number that shows learning
-            base, final = evals[0]["eval_reward_mean"], evals[-1]["eval_reward_mean"]
-            eval_verb = "rose" if final > base else "did not rise"
-            out["line"] += (f"\n[precise_fast] eval reward {eval_verb} from {base:.4f} to {final:.4f} "
-                            f"(held-out prompts, epoch {evals[0]['epoch']} -> {evals[-1]['epoch']})")
-            out.update(eval_first=base, eval_last=final, eval_rose=eval_verb == "rose")
-        return out
 
     def close(self) -> None:
         self.executor.close(wait=False)

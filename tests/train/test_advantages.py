@@ -116,7 +116,7 @@ def test_credit_normalises_components_over_the_global_batch(normalize):
     from types import SimpleNamespace
 
     from precise_fast.train.config import load_config
-    from precise_fast.train.phases.credit import assign_credit
+    from precise_fast.train.phases.credit import CreditSettings, assign_credit
 
     from .conftest import TINY_CONFIG
 
@@ -129,7 +129,7 @@ def test_credit_normalises_components_over_the_global_batch(normalize):
         group_ids=torch.tensor([0, 0, 0, 1, 1, 1]),
         prompt_index=torch.tensor([5, 5, 5, 9, 9, 9]),
     )
-    credit = assign_credit(rollouts, weights={"a": 1.0, "b": 1.0}, cfg=cfg, rank=0, num_steps=3)
+    credit = assign_credit(rollouts, weights={"a": 1.0, "b": 1.0}, settings=CreditSettings.from_config(cfg), rank=0, num_steps=3)
     assert credit.advantages.shape == (6, 3)
     assert (credit.advantages[2] == 0).all() and not credit.keep[2]
     assert credit.global_raw[2] == SENTINEL

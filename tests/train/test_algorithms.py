@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from precise_fast.train.config import load_config
-from precise_fast.train.phases.sample import g2rpo_steps, trained_steps
+from precise_fast.train.phases.sample import SampleSettings, g2rpo_steps, trained_steps
 from precise_fast.train.trainer import Trainer
 
 from .conftest import REPO, SMALL
@@ -41,18 +41,18 @@ def test_g2rpo(dist1, tmp_path):
 
 
 def test_g2rpo_step_choice_is_seeded():
-    cfg = load_config(REPO / "configs" / "tiny_cpu_g2rpo.yaml")
-    picks = {tuple(g2rpo_steps(cfg, 0, b)) for b in range(8)}
+    settings = SampleSettings.from_config(load_config(REPO / "configs" / "tiny_cpu_g2rpo.yaml"))
+    picks = {tuple(g2rpo_steps(settings, 0, b)) for b in range(8)}
     assert all(len(p) == 2 and set(p) <= {0, 2, 4, 6} for p in picks) and len(picks) > 1
-    assert g2rpo_steps(cfg, 3, 1) == g2rpo_steps(cfg, 3, 1)
+    assert g2rpo_steps(settings, 3, 1) == g2rpo_steps(settings, 3, 1)
 
 
 def test_sde_window(dist1, tmp_path):
     _epoch(tmp_path, dist1, "tiny_cpu_sde_window.yaml", "algorithm.window_size=2", "algorithm.window_start_max=3")
-    cfg = load_config(REPO / "configs" / "tiny_cpu_sde_window.yaml")
+    settings = SampleSettings.from_config(load_config(REPO / "configs" / "tiny_cpu_sde_window.yaml"))
     starts = set()
     for epoch in range(12):
-        mode, window, steps = trained_steps(cfg, epoch)
+        mode, window, steps = trained_steps(settings, epoch)
         assert mode == "window" and steps == list(range(*window)) and len(steps) == 3
         starts.add(window[0])
     assert starts <= set(range(0, 6)) and len(starts) > 1

@@ -5,6 +5,8 @@ differ (a classic bug in these trainers): here both run ``predict_velocity`` and
 fused step op, through the DeepSpeed engine vs the bare module.
 """
 
+import dataclasses
+
 import pytest
 
 from precise_fast.train.trainer import Trainer
@@ -33,7 +35,7 @@ def test_first_ratio_is_exactly_one(dist1, tmp_path, ratio):
         # Negative control: two minibatches of 2, one update each. The second minibatch is
         # scored after the first update, so its ratios must move away from 1; the first
         # minibatch's are again exactly 1 (this epoch sampled with the updated weights).
-        trainer.cfg.train.batch_size = 2
+        trainer.update_settings = dataclasses.replace(trainer.update_settings, batch_size=2)  # what the update reads
         second = trainer.run_epoch(2)
         assert second["train/updates"] == 2
         assert second["train/first_ratio_abs_dev"] == 0.0

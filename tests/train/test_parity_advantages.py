@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from precise_fast.train.config import load_config
-from precise_fast.train.phases.credit import assign_credit
+from precise_fast.train.phases.credit import CreditSettings, assign_credit
 
 from .conftest import TINY_CONFIG
 
@@ -39,7 +39,7 @@ def _cfg(*overrides):
 
 
 def _adv(cfg, ro):
-    return assign_credit(ro, weights={"r": 1.0}, cfg=cfg, rank=0, num_steps=2).advantages[:, 0].double().numpy()
+    return assign_credit(ro, weights={"r": 1.0}, settings=CreditSettings.from_config(cfg), rank=0, num_steps=2).advantages[:, 0].double().numpy()
 
 
 # Prompt 7 was drawn twice this epoch (two groups of 2): the paper pools it into one group of 4.
@@ -64,7 +64,7 @@ def test_global_std_option():
 def test_one_image_per_prompt_normalises_globally_instead_of_dropping_everything():
     rewards = [1.0, 3.5, 2.0, 6.0]
     cfg = _cfg("sampler.images_per_prompt=1")
-    credit = assign_credit(_rollouts(rewards, [0, 1, 2, 3], [4, 5, 6, 8]), weights={"r": 1.0}, cfg=cfg, rank=0, num_steps=2)
+    credit = assign_credit(_rollouts(rewards, [0, 1, 2, 3], [4, 5, 6, 8]), weights={"r": 1.0}, settings=CreditSettings.from_config(cfg), rank=0, num_steps=2)
     r = np.array(rewards)
     np.testing.assert_allclose(credit.advantages[:, 0].double().numpy(), (r - r.mean()) / (r.std() + 1e-4), rtol=1e-5)
     assert bool(credit.keep.all())

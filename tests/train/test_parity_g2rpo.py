@@ -81,7 +81,7 @@ def test_one_optimizer_step_per_branching_step(monkeypatch):
     data.advantages = torch.randn(6, 4, generator=torch.Generator().manual_seed(5))
     data.weight = torch.ones(6)
     policy = _FakePolicy()
-    update_phase.train_epoch(policy, data, cfg=cfg, epoch_key=0, rank=0, world_size=1, per_forward=0, reference=None,
+    update_phase.train_epoch(policy, data, settings=update_phase.UpdateSettings.from_config(cfg), epoch_key=0, rank=0, world_size=1, per_forward=0, reference=None,
                              on_update=lambda applied: None)
     assert len(policy.step_grads) == 4  # one per branching step, whatever the accumulation setting
     # Each step: the mean over the members of that step's loss (the authors' torch.mean over the group).

@@ -133,7 +133,7 @@ def test_paper_schedule_makes_a_fixed_step_count_with_the_papers_gradient(monkey
     adv[kept:] = 0.0
     data = paper_rows(_transitions(16, 3), _credit(adv), num_batches=4, generator=torch.Generator().manual_seed(3))
     policy, calls = _FakePolicy(), []
-    update_phase.train_epoch(policy, data, cfg=cfg, epoch_key=1, rank=0, world_size=1, per_forward=1, reference=None,
+    update_phase.train_epoch(policy, data, settings=update_phase.UpdateSettings.from_config(cfg), epoch_key=1, rank=0, world_size=1, per_forward=1, reference=None,
                              on_update=lambda applied: None, on_minibatch=lambda: calls.append(len(policy.step_grads)))
     assert len(policy.step_grads) == 2  # num_batches_per_epoch / accumulation, whatever was dropped
     assert calls == [0, 1, 1, 2]  # the EMA hook after every minibatch, after the step that ends a window
@@ -149,7 +149,7 @@ def test_fixed_size_schedule_depends_on_the_kept_count(monkeypatch):
     data = _transitions(5, 3)
     data.advantages, data.weight = torch.ones(5, 3), torch.ones(5)
     policy = _FakePolicy()
-    update_phase.train_epoch(policy, data, cfg=cfg, epoch_key=1, rank=0, world_size=1, per_forward=0, reference=None,
+    update_phase.train_epoch(policy, data, settings=update_phase.UpdateSettings.from_config(cfg), epoch_key=1, rank=0, world_size=1, per_forward=0, reference=None,
                              on_update=lambda applied: None)
     assert len(policy.step_grads) == 1  # 5 rows -> 2 minibatches of 3 -> one (short) window
 

@@ -14,7 +14,7 @@ import torch
 
 from precise_fast.rewards import SENTINEL
 from precise_fast.train.grpo.advantages import grpo_advantages
-from precise_fast.train.phases.credit import assign_credit
+from precise_fast.train.phases.credit import CreditSettings, assign_credit
 
 from .conftest import small_config
 
@@ -23,7 +23,7 @@ def _credit(cfg, scores: torch.Tensor, valid: torch.Tensor):
     n = len(scores)
     rollouts = SimpleNamespace(rewards={"r": scores}, valid={"r": valid}, group_ids=torch.arange(n) // 8,
                                prompt_index=torch.arange(n) // 8)
-    return assign_credit(rollouts, weights={"r": 1.0}, cfg=cfg, rank=0, num_steps=1)
+    return assign_credit(rollouts, weights={"r": 1.0}, settings=CreditSettings.from_config(cfg), rank=0, num_steps=1)
 
 
 def _scores(n=64, seed=0):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ...rewards import combine_rewards, normalize_rewards
-from ..config import paper_schedule
+from ..config import AdvantageConfig, Config, paper_schedule
 from ..grpo.advantages import g2rpo_advantages, grpo_advantages, keep_mask
 from ..grpo.transitions import Transitions
 from ..policy.distributed import all_gather_cat, all_reduce_
@@ -49,24 +49,45 @@ def _flat(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.reshape(-1) for k, v in d.items()}
 
 
-def assign_credit(rollouts, *, weights: dict[str, float], cfg, rank: int, num_steps: int) -> Credit:
+@dataclass(frozen=True)
+class CreditSettings:
+    """What the credit phase reads of a run config (built once per run: :meth:`from_config`)."""
+
+    seed: int  # the padding draw's stream is keyed by it
+    normalize: bool  # reward.normalize: per-component normalisation over the global batch
+    advantage: AdvantageConfig  # eps, clip, grouping, global std, dropping zero advantages
+    g2rpo: bool  # G2RPO's per-(step, granularity) advantages instead of GRPO's
+    g2rpo_paper_zscore: bool  # G2RPO's own z-score (unbiased std, eps 1e-8)
+    images_per_prompt: int
+    paper_schedule: bool  # pad kept rows to a multiple of num_batches (the paper) or balance ranks
+    num_batches: int
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> CreditSettings:
+        a = cfg.algorithm
+        return cls(seed=cfg.run.seed, normalize=cfg.reward.normalize, advantage=cfg.advantage, g2rpo=a.name == "g2rpo",
+                   g2rpo_paper_zscore=a.g2rpo_zscore == "paper", images_per_prompt=cfg.sampler.images_per_prompt,
+                   paper_schedule=paper_schedule(cfg), num_batches=cfg.sampler.num_batches_per_epoch)
+
+
+def assign_credit(rollouts, *, weights: dict[str, float], settings: CreditSettings, rank: int, num_steps: int) -> Credit:
     comps = {k: all_gather_cat(v) for k, v in sorted(rollouts.rewards.items())}
     valids = {k: all_gather_cat(v) for k, v in sorted(rollouts.valid.items())}
     groups = all_gather_cat(rollouts.group_ids)
     prompt_index = all_gather_cat(rollouts.prompt_index)
     shape = next(iter(comps.values())).shape
-    if cfg.reward.normalize:
+    if settings.normalize:
         combined, valid = normalize_rewards(_flat(comps), weights, _flat(valids))
     else:
         combined, valid = combine_rewards(_flat(comps), weights, _flat(valids), normalize=False)
     raw, _ = combine_rewards(_flat(comps), weights, _flat(valids), normalize=False)
     combined, valid, raw = combined.reshape(shape), valid.reshape(shape), raw.reshape(shape)
-    a = cfg.advantage
-    if cfg.algorithm.name == "g2rpo":
-        paper = cfg.algorithm.g2rpo_zscore == "paper"
+    a = settings.advantage
+    if settings.g2rpo:
+        paper = settings.g2rpo_paper_zscore
         adv = g2rpo_advantages(combined, valid, groups, eps=1e-8 if paper else a.eps, clip=a.clip, unbiased=paper)
     else:
-        if cfg.sampler.images_per_prompt == 1:
+        if settings.images_per_prompt == 1:
             groups = torch.zeros_like(groups)
         elif a.group_by == "prompt":
             groups = prompt_index
@@ -121,9 +142,9 @@ def balanced_rows(transitions: Transitions, credit: Credit) -> Transitions | Non
     return data
 
 
-def epoch_rows(transitions: Transitions, credit: Credit, *, cfg, epoch_key: int, rank: int) -> Transitions | None:
+def epoch_rows(transitions: Transitions, credit: Credit, *, settings: CreditSettings, epoch_key: int, rank: int) -> Transitions | None:
     """What this rank trains on this epoch, under the run's ``train.update_schedule``."""
-    if paper_schedule(cfg):
-        gen = stream_generator(cfg.run.seed, Stream.PADDING, epoch_key, rank)
-        return paper_rows(transitions, credit, num_batches=cfg.sampler.num_batches_per_epoch, generator=gen)
+    if settings.paper_schedule:
+        gen = stream_generator(settings.seed, Stream.PADDING, epoch_key, rank)
+        return paper_rows(transitions, credit, num_batches=settings.num_batches, generator=gen)
     return balanced_rows(transitions, credit)

@@ -12,7 +12,7 @@ import time
 
 from ...rewards import RewardExecutor, build_reward
 from .prompt_groups import GroupSampler
-from .sample import TimedReward, sample_epoch
+from .sample import SampleSettings, TimedReward, sample_epoch
 from .trajectories import Rollouts
 
 
@@ -47,7 +47,7 @@ def measure_overlap(pipeline, cfg, prompts: list[str], *, num_batches: int = 4) 
     for mode in ("thread", "inline"):
         timed = TimedReward(reward)
         with RewardExecutor(timed, mode=mode, max_pending=2) as executor:
-            er = sample_epoch(rollouts, executor, timed, batches, prompts=prompts, metadata=meta, cfg=cfg, epoch_key=0)
+            er = sample_epoch(rollouts, executor, timed, batches, prompts=prompts, metadata=meta, settings=SampleSettings.from_config(cfg), epoch_key=0)
         t = er.timings
         out[mode] = {
             "rollout_batch_s": per_batch,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..config import AlgorithmConfig, Config
 from ..grpo.transitions import Transitions, concat, from_g2rpo, from_rollout
 from ..state.rng import Stream, stream_generator
 from .prompt_groups import Slot
@@ -27,24 +28,42 @@ from .trajectories import Rollouts, slot_seeds
 
 
 
-def trained_steps(cfg, epoch_key: int) -> tuple[str, tuple[int, int] | None, list[int]]:
+@dataclass(frozen=True)
+class SampleSettings:
+    """What the sampling phase reads of a run config (built once per run: :meth:`from_config`)."""
+
+    seed: int  # the run seed every sample seed derives from
+    algorithm: AlgorithmConfig  # which steps are trained: GRPO's fraction, the SDE window, G2RPO's branches
+    num_steps: int
+    images_per_prompt: int
+    same_initial_latent: bool
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> SampleSettings:
+        s = cfg.sampler
+        return cls(seed=cfg.run.seed, algorithm=cfg.algorithm, num_steps=s.num_steps,
+                   images_per_prompt=s.images_per_prompt, same_initial_latent=s.same_initial_latent)
+
+
+def trained_steps(settings: SampleSettings, epoch_key: int) -> tuple[str, tuple[int, int] | None, list[int]]:
     """``(rollout mode, SDE window or None, trained schedule steps)`` for GRPO / the SDE window."""
-    a, n = cfg.algorithm, cfg.sampler.num_steps
+    a, n = settings.algorithm, settings.num_steps
     if a.name == "grpo":
         return "sde", None, list(range(max(1, int(n * a.timestep_fraction))))
     if a.name == "sde_window":
-        gen = stream_generator(cfg.run.seed, Stream.SDE_WINDOW, epoch_key)
+        gen = stream_generator(settings.seed, Stream.SDE_WINDOW, epoch_key)
         start = int(torch.randint(a.window_start_min, a.window_start_max + 1, (1,), generator=gen))
         return "window", (start, start + a.window_size), list(range(start, start + a.window_size))
     raise ValueError(f"trained_steps does not serve algorithm {a.name!r}")
 
 
-def g2rpo_steps(cfg, epoch_key: int, batch_index: int) -> list[int]:
-    a = cfg.algorithm
+def g2rpo_steps(settings: SampleSettings, epoch_key: int, batch_index: int) -> list[int]:
+    """The branching steps G2RPO samples (and trains) in batch ``batch_index`` of an epoch."""
+    a = settings.algorithm
     steps = sorted(a.g2rpo_steps)
     if a.g2rpo_steps_per_batch in (0, len(steps)):
         return steps
-    gen = stream_generator(cfg.run.seed, Stream.G2RPO_STEPS, epoch_key, batch_index)
+    gen = stream_generator(settings.seed, Stream.G2RPO_STEPS, epoch_key, batch_index)
     pick = torch.randperm(len(steps), generator=gen)[: a.g2rpo_steps_per_batch]
     return sorted(steps[i] for i in pick.tolist())
 
@@ -87,7 +106,7 @@ def sample_epoch(
     *,
     prompts: Sequence[str],
     metadata: Sequence[dict],
-    cfg,
+    settings: SampleSettings,
     epoch_key: int,
     keep_preview: int = 0,
     progress=None,
@@ -95,7 +114,7 @@ def sample_epoch(
     gathered=None,
 ) -> EpochRollouts:
     """Sample every batch of this rank, rewards overlapped; returns the epoch's raw material."""
-    algo = cfg.algorithm.name
+    algo = settings.algorithm.name
     timed_reward.seconds = 0.0
     rollout_s = wait_s = 0.0
     parts: list[Transitions] = []
@@ -108,25 +127,25 @@ def sample_epoch(
     for b, slots in enumerate(batches):
         texts = [prompts[s.prompt_index] for s in slots]
         meta = [metadata[s.prompt_index] for s in slots]
-        noise, init = slot_seeds(cfg.run.seed, epoch_key, slots, cfg.sampler.same_initial_latent)
+        noise, init = slot_seeds(settings.seed, epoch_key, slots, settings.same_initial_latent)
         start = time.perf_counter()
         with gathered() if gathered is not None else contextlib.nullcontext():
             if algo == "g2rpo":
-                k = cfg.sampler.images_per_prompt
+                k = settings.images_per_prompt
                 heads = slots[::k]  # batches hold whole groups, members in order
                 member_seeds = torch.tensor(noise, dtype=torch.int64).reshape(len(heads), k)
-                _, anchor_seeds = slot_seeds(cfg.run.seed, epoch_key, heads, same_initial_latent=True)
-                steps = g2rpo_steps(cfg, epoch_key, b)
+                _, anchor_seeds = slot_seeds(settings.seed, epoch_key, heads, same_initial_latent=True)
+                steps = g2rpo_steps(settings, epoch_key, b)
                 g2 = rollouts.sample_g2rpo([prompts[s.prompt_index] for s in heads], anchor_seeds, member_seeds,
-                                           steps=steps, granularities=cfg.algorithm.g2rpo_granularities)
+                                           steps=steps, granularities=settings.algorithm.g2rpo_granularities)
                 part = from_g2rpo(g2)
                 # (P, K, G, n_g, 3, H, W) -> rows (P*G) x K x n_g images, row-major like the transitions
                 images = g2.images.transpose(1, 2).flatten(0, 3)
-                shape = (part.batch_size, len(steps), len(cfg.algorithm.g2rpo_granularities))
+                shape = (part.batch_size, len(steps), len(settings.algorithm.g2rpo_granularities))
                 img_prompts = [t for t in texts for _ in range(shape[1] * shape[2])]
                 img_meta = [m for m in meta for _ in range(shape[1] * shape[2])]
             else:
-                mode, window, steps = trained_steps(cfg, epoch_key)
+                mode, window, steps = trained_steps(settings, epoch_key)
                 ro = rollouts.sample(texts, noise, init, mode=mode, window=window)
                 part = from_rollout(ro, steps)
                 images, shape, img_prompts, img_meta = ro.images, (part.batch_size,), texts, meta

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
-from ..config import g2rpo_step_per_column, paper_schedule
+from ..config import Config, g2rpo_step_per_column, paper_schedule
 from ..grpo.transitions import Transitions
 from ..lifecycle.faults import crash_point
 from ..policy.distributed import all_reduce_
@@ -95,16 +96,42 @@ class Window:
     scale: float | None = None
 
 
-def minibatch_plan(num_rows: int, num_cols: int, cfg, gen: torch.Generator) -> list[Window]:
+@dataclass(frozen=True)
+class UpdateSettings:
+    """What the update phase reads of a run config (built once per run: :meth:`from_config`)."""
+
+    seed: int  # minibatch and timestep shuffles are keyed by it
+    schedule: Literal["paper", "g2rpo_per_column", "fixed_size"]  # train.update_schedule as it applies
+    num_batches: int  # the paper schedule's minibatches per inner epoch (sampler.num_batches_per_epoch)
+    batch_size: int
+    gradient_accumulation_steps: int
+    num_inner_epochs: int
+    shuffle_timesteps: bool
+    clip_range: float
+    ratio: str  # the GRPO ratio: plain or GRPO-Guard's normalisation
+    beta: float  # KL weight against the reference policy
+    step_backend: str  # the sde score op's backend
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> UpdateSettings:
+        t = cfg.train
+        schedule = "g2rpo_per_column" if g2rpo_step_per_column(cfg) else "paper" if paper_schedule(cfg) else "fixed_size"
+        return cls(seed=cfg.run.seed, schedule=schedule, num_batches=cfg.sampler.num_batches_per_epoch,
+                   batch_size=t.batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
+                   num_inner_epochs=t.num_inner_epochs, shuffle_timesteps=t.shuffle_timesteps, clip_range=t.clip_range,
+                   ratio=t.ratio, beta=t.beta, step_backend=cfg.sampler.step_backend)
+
+
+def minibatch_plan(num_rows: int, num_cols: int, settings: UpdateSettings, gen: torch.Generator) -> list[Window]:
     """One inner epoch's optimizer steps under the run's ``train.update_schedule``."""
-    t = cfg.train
+    t = settings
     order = torch.randperm(num_rows, generator=gen)
     gas = t.gradient_accumulation_steps
     fixed = [order[i : i + t.batch_size] for i in range(0, num_rows, t.batch_size)]
-    if g2rpo_step_per_column(cfg):
+    if t.schedule == "g2rpo_per_column":
         return [Window(fixed, [c]) for c in range(num_cols)]
-    if paper_schedule(cfg):
-        count = cfg.sampler.num_batches_per_epoch
+    if t.schedule == "paper":
+        count = t.num_batches
         if num_rows % count:
             raise ValueError(f"{num_rows} rows do not split into {count} minibatches (credit.py pads them to a multiple)")
         size = num_rows // count
@@ -114,11 +141,11 @@ def minibatch_plan(num_rows: int, num_cols: int, cfg, gen: torch.Generator) -> l
     return [Window(fixed[i : i + gas]) for i in range(0, len(fixed), gas)]
 
 
-def count_minibatches(data: Transitions, cfg) -> int:
+def count_minibatches(data: Transitions, settings: UpdateSettings) -> int:
     """Minibatch passes per epoch (all inner epochs), for the progress bar."""
-    t = cfg.train
-    per_inner = cfg.sampler.num_batches_per_epoch if paper_schedule(cfg) else -(-data.batch_size // t.batch_size)
-    if g2rpo_step_per_column(cfg):
+    t = settings
+    per_inner = t.num_batches if t.schedule == "paper" else -(-data.batch_size // t.batch_size)
+    if t.schedule == "g2rpo_per_column":
         per_inner *= data.num_steps
     return per_inner * t.num_inner_epochs
 
@@ -127,7 +154,7 @@ def train_epoch(
     policy,
     data: Transitions,
     *,
-    cfg,
+    settings: UpdateSettings,
     epoch_key: int,
     rank: int,
     world_size: int,
@@ -140,13 +167,13 @@ def train_epoch(
     """Train on this rank's (kept, padded) ``data``. ``on_update(applied)`` runs after each
     optimizer step, ``on_minibatch()`` after each minibatch (after the step that ends a window),
     where the paper steps its EMA."""
-    t = cfg.train
+    t = settings
     stats = TrainStats()
     n, num_cols = data.batch_size, data.num_steps
     all_chunks = column_chunks(num_cols, per_forward)
     for inner in range(t.num_inner_epochs):
-        gen = stream_generator(cfg.run.seed, Stream.SHUFFLE, epoch_key, inner, rank)
-        for plan in minibatch_plan(n, num_cols, cfg, gen):
+        gen = stream_generator(t.seed, Stream.SHUFFLE, epoch_key, inner, rank)
+        for plan in minibatch_plan(n, num_cols, t, gen):
             window, step_cols = plan.minibatches, plan.columns
             width = num_cols if step_cols is None else len(step_cols)
             chunks = all_chunks if step_cols is None else [step_cols]
@@ -161,7 +188,7 @@ def train_epoch(
                 if step_cols is not None:
                     cols_order = None  # the window's own column
                 elif t.shuffle_timesteps:
-                    perm_gen = stream_generator(cfg.run.seed, Stream.SHUFFLE, epoch_key, inner, rank, int(mb[0]))
+                    perm_gen = stream_generator(t.seed, Stream.SHUFFLE, epoch_key, inner, rank, int(mb[0]))
                     cols_order = torch.randperm(num_cols, generator=perm_gen).tolist()
                 else:
                     cols_order = list(range(num_cols))
@@ -169,7 +196,7 @@ def train_epoch(
                     cols = list(chunk) if cols_order is None else [cols_order[c] for c in chunk]
                     rows = transition_losses(
                         policy, batch, cols, clip_range=t.clip_range, ratio_kind=t.ratio, beta=t.beta,
-                        reference=reference, guard=policy.guard, step_backend=cfg.sampler.step_backend,
+                        reference=reference, guard=policy.guard, step_backend=t.step_backend,
                     )
                     weight = batch.weight.repeat_interleave(len(cols))
                     loss = (rows.loss * weight).sum() * scale
@@ -195,7 +222,7 @@ def train_epoch(
     return stats
 
 
-def probe_per_forward(policy, data: Transitions, cfg) -> int:
+def probe_per_forward(policy, data: Transitions, settings: UpdateSettings) -> int:
     """CUDA "auto": how many timesteps fit in one forward/backward, from a one-timestep probe.
 
     Measures the peak memory a one-column forward of one minibatch adds while its graph is
@@ -203,14 +230,14 @@ def probe_per_forward(policy, data: Transitions, cfg) -> int:
     memory holds (the rest for backward's transient buffers). The minimum over ranks is
     used, and the result is checkpointed, so a resumed run folds timesteps the same way.
     """
-    t = cfg.train
+    t = settings
     device = data.x.device
     batch = data.select(torch.arange(min(t.batch_size, data.batch_size)))
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
     rows = transition_losses(policy, batch, [0], clip_range=t.clip_range, ratio_kind=t.ratio, beta=0.0,
-                             guard=None, step_backend=cfg.sampler.step_backend)
+                             guard=None, step_backend=t.step_backend)
     per_column = max(torch.cuda.max_memory_allocated(device) - base, 1)
     del rows
     torch.cuda.empty_cache()
