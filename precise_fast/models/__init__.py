@@ -47,7 +47,6 @@ from .lora import (
     save_lora,
 )
 from .precision import PRECISIONS, apply_precision, autocast_forward
-from .registry import MODEL_ROOT_ENV, PINNED_MODELS, ModelNotFoundError, PinnedModel, resolve_model_path
 from .text import RECIPE_LAYERS, RECIPE_MAX_LENGTH, PromptEncoder, text_ids
 from .tiny import TINY_TEXT_LAYERS, build_tiny_pipeline, tiny_pipeline_path
 
@@ -56,12 +55,8 @@ __all__ = [
     "LORA_TARGET_SETS",
     "LORA_TARGET_SUFFIXES",
     "LatentLayout",
-    "MODEL_ROOT_ENV",
     "ModelFolderError",
-    "ModelNotFoundError",
-    "PINNED_MODELS",
     "PRECISIONS",
-    "PinnedModel",
     "PromptEncoder",
     "RECIPE_LAYERS",
     "RECIPE_MAX_LENGTH",
@@ -86,7 +81,6 @@ __all__ = [
     "predict_velocity",
     "resolve_attention_backend",
     "attention_backend_for",
-    "resolve_model_path",
     "save_lora",
     "set_attention_backend",
     "text_ids",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ..model_paths import resolve_model_path
 from .attention import set_attention_backend
-from .registry import resolve_model_path
 
 logger = logging.getLogger("precise_fast.models")
 
@@ -63,9 +63,9 @@ def load_pipeline(
     """Load a FLUX.2 Klein pipeline from a local folder, frozen and in eval mode.
 
     ``path_or_id`` is a diffusers folder, or a pinned id / alias of
-    :data:`precise_fast.models.registry.PINNED_MODELS` resolved under ``model_root`` (or
+    :data:`precise_fast.model_paths.PINNED_MODELS` resolved under ``model_root`` (or
     ``$PRECISE_FAST_MODEL_ROOT``). Files are read with ``local_files_only=True``: a missing
-    model is a :class:`~precise_fast.models.registry.ModelNotFoundError`, an incomplete or
+    model is a :class:`~precise_fast.model_paths.WeightsNotFoundError`, an incomplete or
     foreign folder a :class:`ModelFolderError`, never a download. Every parameter has
     ``requires_grad=False`` (LoRA / full fine-tuning turn on what they train). The attention
     backend is chosen by :func:`~precise_fast.models.attention.set_attention_backend`.

@@ -9,7 +9,7 @@ reward clients and an overlap executor.
     # distributed: gather result.per_component / result.component_valid over ranks, then
     combined, valid = normalize_rewards(gathered, reward.weights, gathered_valid)
 
-Model files: see :mod:`precise_fast.rewards.paths` (``$PRECISE_FAST_MODEL_ROOT``).
+Model files: see :mod:`precise_fast.model_paths` (``$PRECISE_FAST_MODEL_ROOT``).
 Heavy libraries (transformers, open_clip) are imported only when a scorer that needs them
 is built.
 """
@@ -25,15 +25,12 @@ from .base import (
     standardize,
 )
 from .executor import RewardExecutor
-from .paths import ENV_MODEL_ROOT, MissingCheckpointError, resolve_model_root
 from .registry import PRESETS, available_rewards, build_reward, build_scorer, parse_spec, register_reward
 from .remote.http import RemoteRewardError, RetryPolicy
 
 __all__ = [
-    "ENV_MODEL_ROOT",
     "PRESETS",
     "SENTINEL",
-    "MissingCheckpointError",
     "MultiReward",
     "RemoteRewardError",
     "RetryPolicy",
@@ -48,6 +45,5 @@ __all__ = [
     "normalize_rewards",
     "parse_spec",
     "register_reward",
-    "resolve_model_root",
     "standardize",
 ]

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import paths
+from .. import model_paths
 from .base import RewardModel, ScoreOutput
 from .preprocess import ClipPreprocess
 
@@ -146,8 +146,8 @@ def load_hf_clip(
     model_dir, processor_dir, device, dtype, *, batch_size: int, scorer: str, hint: str, shared: dict | None = None
 ) -> HFClipBackbone:
     """Check the folders, then load (or reuse from ``shared``) a CLIP backbone."""
-    paths.require_hf_model_dir(Path(model_dir), scorer=scorer, hint=hint)
-    paths.require_hf_processor_dir(Path(processor_dir), scorer=scorer, hint=hint)
+    model_paths.require_hf_model_dir(Path(model_dir), scorer=scorer, hint=hint)
+    model_paths.require_hf_processor_dir(Path(processor_dir), scorer=scorer, hint=hint)
     device, dtype = _device_dtype(device, dtype)
     key = ("hf_clip", str(Path(model_dir).resolve()), str(Path(processor_dir).resolve()), str(device), str(dtype))
     if shared is not None and key in shared:

@@ -4,9 +4,9 @@ The ``image-reward`` package (github.com/THUDM/ImageReward) provides the model c
 ViT-L image encoder, a BERT text encoder cross-attending to the image, and an MLP on the
 [CLS] feature, standardised with the fixed mean/std the class defines. Its ``load()``
 downloads ``med_config.json`` and the ``bert-base-uncased`` tokenizer, so we build the class
-ourselves from local files (see :mod:`.paths`) and redirect the tokenizer lookup to the
-local copy. Scoring follows ``ImageReward.score``/``inference_rank``: 224 px bicubic resize +
-centre crop + CLIP mean/std (done here on device), prompts padded to 35 tokens.
+ourselves from local files (see :mod:`precise_fast.model_paths`) and redirect the tokenizer
+lookup to the local copy. Scoring follows ``ImageReward.score``/``inference_rank``: 224 px
+bicubic resize + centre crop + CLIP mean/std (done here on device), prompts padded to 35 tokens.
 """
 
 from __future__ import annotations

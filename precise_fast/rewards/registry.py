@@ -12,8 +12,8 @@ Spec forms accepted by :func:`build_reward`:
   A preset inside a mapping expands with its weights multiplied: ``{"mix": 2.0}``.
 
 Options shared by the local model scorers: ``batch_size`` (micro-batch on the device) and a
-path override for each file (see :mod:`.paths`). Remote scorers take ``urls`` and the
-:class:`~.remote.http.RetryPolicy` fields (``timeout_s``, ``max_retries``, ``backoff_s`` ...).
+path override for each file (see :mod:`precise_fast.model_paths`). Remote scorers take ``urls``
+and the :class:`~.remote.http.RetryPolicy` fields (``timeout_s``, ``max_retries``, ``backoff_s`` ...).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import paths
+from .. import model_paths
 from .base import MultiReward, RewardModel
 
 PRESETS: dict[str, dict[str, float]] = {
@@ -137,8 +137,8 @@ def build_reward(spec, device="cpu", dtype=torch.float32, *, model_root=None, no
 
     Models load onto ``device`` in ``dtype`` from local folders under ``model_root`` (or
     ``$PRECISE_FAST_MODEL_ROOT``); a missing file raises
-    :class:`~.paths.MissingCheckpointError` naming it. Folders shared by several scorers
-    (CLIP ViT-L/14 for clipscore and aesthetic) are loaded once.
+    :class:`~precise_fast.model_paths.WeightsNotFoundError` naming it. Folders shared by several
+    scorers (CLIP ViT-L/14 for clipscore and aesthetic) are loaded once.
     """
     shared: dict = {}
     components, weights = {}, {}
@@ -169,7 +169,9 @@ def _jpeg(sign):
 
 
 def _dir(option, default, *, model_root, scorer, what, hint):
-    return paths.locate(option or default, model_root=model_root, scorer=scorer, what=what, hint=hint, is_dir=True)
+    return model_paths.locate(
+        option or default, model_root=model_root, scorer=scorer, what=what, hint=hint, is_dir=True
+    )
 
 
 _PICK_PROC_HINT = "Copy the processor files of the Hugging Face repo laion/CLIP-ViT-H-14-laion2B-s32B-b79K there."
@@ -195,7 +197,7 @@ def _pickscore(
 
     proc = _dir(
         processor_dir,
-        paths.PICKSCORE_PROCESSOR,
+        model_paths.PICKSCORE_PROCESSOR,
         model_root=model_root,
         scorer="pickscore",
         what="CLIP-H processor folder",
@@ -203,7 +205,7 @@ def _pickscore(
     )
     model = _dir(
         model_dir,
-        paths.PICKSCORE_MODEL,
+        model_paths.PICKSCORE_MODEL,
         model_root=model_root,
         scorer="pickscore",
         what="PickScore model folder",
@@ -219,11 +221,16 @@ def _clip_l14(model_dir, processor_dir, *, model_root, scorer, device, dtype, ba
     from .clip_scorers import load_hf_clip
 
     model = _dir(
-        model_dir, paths.CLIP_L14, model_root=model_root, scorer=scorer, what="CLIP ViT-L/14 folder", hint=_CLIP_L_HINT
+        model_dir,
+        model_paths.CLIP_L14,
+        model_root=model_root,
+        scorer=scorer,
+        what="CLIP ViT-L/14 folder",
+        hint=_CLIP_L_HINT,
     )
     proc = _dir(
         processor_dir,
-        model_dir or paths.CLIP_L14,
+        model_dir or model_paths.CLIP_L14,
         model_root=model_root,
         scorer=scorer,
         what="CLIP ViT-L/14 processor folder",
@@ -267,8 +274,8 @@ def _aesthetic(
 ):
     from .clip_scorers import AestheticScore, load_aesthetic_head
 
-    head_path = paths.locate(
-        head or paths.AESTHETIC_HEAD,
+    head_path = model_paths.locate(
+        head or model_paths.AESTHETIC_HEAD,
         model_root=model_root,
         scorer="aesthetic",
         what="LAION aesthetic head",
@@ -291,8 +298,8 @@ def _hpsv2(*, device, dtype, model_root, shared, name, checkpoint=None, arch: st
            amp: bool | None = None):
     from .hps import HPSv2
 
-    ckpt = paths.locate(
-        checkpoint or paths.HPS_CHECKPOINT,
+    ckpt = model_paths.locate(
+        checkpoint or model_paths.HPS_CHECKPOINT,
         model_root=model_root,
         scorer="hpsv2",
         what="HPS v2.1 checkpoint",
@@ -321,15 +328,15 @@ def _imagereward(
         "Copy ImageReward.pt and med_config.json from the Hugging Face repo THUDM/ImageReward, "
         "and the bert-base-uncased tokenizer files, there."
     )
-    ckpt = paths.locate(
-        checkpoint or paths.IMAGEREWARD_CHECKPOINT,
+    ckpt = model_paths.locate(
+        checkpoint or model_paths.IMAGEREWARD_CHECKPOINT,
         model_root=model_root,
         scorer="imagereward",
         what="ImageReward checkpoint",
         hint=hint,
     )
-    med = paths.locate(
-        med_config or paths.IMAGEREWARD_MED_CONFIG,
+    med = model_paths.locate(
+        med_config or model_paths.IMAGEREWARD_MED_CONFIG,
         model_root=model_root,
         scorer="imagereward",
         what="BLIP med_config.json",
@@ -337,7 +344,7 @@ def _imagereward(
     )
     bert = _dir(
         bert_tokenizer_dir,
-        paths.IMAGEREWARD_BERT_TOKENIZER,
+        model_paths.IMAGEREWARD_BERT_TOKENIZER,
         model_root=model_root,
         scorer="imagereward",
         what="bert-base-uncased tokenizer folder",

@@ -47,14 +47,14 @@ def input_error_message(err: BaseException) -> str | None:
 
     Kept to the project's own error types, each of which names its file or key, so a bug
     still shows its traceback."""
+    from ..model_paths import WeightsNotFoundError
     from ..prompts import PromptError
-    from ..rewards.paths import MissingCheckpointError
     from .config import ConfigError
     from .lifecycle.run_lock import RunLockError
     from .state.checkpoint import CheckpointError
     from .state.resume import RunFolderError
 
-    if isinstance(err, (ConfigError, CheckpointError, RunFolderError, RunLockError, PromptError, MissingCheckpointError)):
+    if isinstance(err, (ConfigError, CheckpointError, RunFolderError, RunLockError, PromptError, WeightsNotFoundError)):
         return str(err)
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         return f"no space left on {err.filename or 'the device'} ({err.strerror})"

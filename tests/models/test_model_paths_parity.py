@@ -9,8 +9,8 @@ revision and the folders looked in.
 import pytest
 from diffusers import Flux2KleinPipeline
 
-from precise_fast.model_paths import PAPER_ROOT_ENVS, PINNED_MODELS, lookup_pinned
-from precise_fast.models import MODEL_ROOT_ENV, ModelNotFoundError, load_pipeline
+from precise_fast.model_paths import MODEL_ROOT_ENV, PAPER_ROOT_ENVS, PINNED_MODELS, WeightsNotFoundError, lookup_pinned
+from precise_fast.models import load_pipeline
 
 # (repo id, revision, the paper's folder) written out from the table / the paper's file.
 PAPER_PINS = {
@@ -53,7 +53,7 @@ def test_the_recipe_policy_resolves_in_the_papers_layout(no_roots, tmp_path, tin
 
 def test_a_missing_model_names_repo_revision_and_folders(no_roots, tmp_path):
     no_roots.setenv("PRECISE_SDE_LOCAL_MODEL_ROOT", str(tmp_path / "paper"))
-    with pytest.raises(ModelNotFoundError) as err:
+    with pytest.raises(WeightsNotFoundError) as err:
         load_pipeline("flux2-klein-base-4b", model_root=tmp_path / "ours")
     text = str(err.value)
     assert "black-forest-labs/FLUX.2-klein-base-4B" in text and "a3b4f4849157f664bdbc776fd7453c2783562f4d" in text

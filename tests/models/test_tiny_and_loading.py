@@ -9,15 +9,8 @@ import torch
 from diffusers import Flux2KleinPipeline
 from safetensors.torch import load_file
 
-from precise_fast.models import (
-    MODEL_ROOT_ENV,
-    ModelFolderError,
-    ModelNotFoundError,
-    PINNED_MODELS,
-    TINY_TEXT_LAYERS,
-    build_tiny_pipeline,
-    load_pipeline,
-)
+from precise_fast.model_paths import MODEL_ROOT_ENV, PINNED_MODELS, WeightsNotFoundError
+from precise_fast.models import ModelFolderError, TINY_TEXT_LAYERS, build_tiny_pipeline, load_pipeline
 
 
 def test_tiny_pipeline_has_the_recipe_structure(tiny_pipe):
@@ -92,16 +85,16 @@ def test_loaded_pipeline_is_frozen_eval_and_cast(tiny_dir):
 
 
 def test_missing_folder_is_an_error_not_a_download(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="never downloaded"):
+    with pytest.raises(WeightsNotFoundError, match="never downloaded"):
         load_pipeline(tmp_path / "does-not-exist")
-    with pytest.raises(ModelNotFoundError, match="never downloaded"):
+    with pytest.raises(WeightsNotFoundError, match="never downloaded"):
         load_pipeline("someone/some-model")
 
 
 def test_a_file_is_not_a_pipeline(tmp_path):
     f = tmp_path / "weights.safetensors"
     f.write_bytes(b"0")
-    with pytest.raises(ModelNotFoundError, match="is a file"):
+    with pytest.raises(WeightsNotFoundError, match="is a file"):
         load_pipeline(f)
 
 
@@ -128,14 +121,14 @@ def test_incomplete_folder_names_the_missing_component(tiny_dir, tmp_path):
 
 def test_pinned_id_without_model_root_explains_how_to_get_it(monkeypatch):
     monkeypatch.delenv(MODEL_ROOT_ENV, raising=False)
-    with pytest.raises(ModelNotFoundError, match=MODEL_ROOT_ENV) as err:
+    with pytest.raises(WeightsNotFoundError, match=MODEL_ROOT_ENV) as err:
         load_pipeline("flux2-klein-4b")
     assert "hf download black-forest-labs/FLUX.2-klein-4B" in str(err.value)
 
 
 def test_pinned_id_missing_under_the_root(monkeypatch, tmp_path):
     monkeypatch.setenv(MODEL_ROOT_ENV, str(tmp_path))
-    with pytest.raises(ModelNotFoundError, match="not under the model root"):
+    with pytest.raises(WeightsNotFoundError, match="not under the model root"):
         load_pipeline("black-forest-labs/FLUX.2-klein-4B")
 
 

@@ -146,14 +146,16 @@ def _save_tiny_hps(path: Path, arch: str, seed: int) -> None:
 @pytest.fixture(scope="session")
 def model_root(tmp_path_factory) -> Path:
     """A model root with every local scorer's files, tiny and random."""
-    from precise_fast.rewards import paths
+    from precise_fast import model_paths
 
     root = tmp_path_factory.mktemp("model_root")
-    _save_tiny_clip(root / paths.PICKSCORE_MODEL, root / paths.PICKSCORE_PROCESSOR, seed=1, logit_scale=100.0)
-    _save_tiny_clip(root / paths.CLIP_L14, root / paths.CLIP_L14, seed=2, logit_scale=100.0)
-    _save_aesthetic_head(root / paths.AESTHETIC_HEAD, dim=16, seed=3)
+    _save_tiny_clip(
+        root / model_paths.PICKSCORE_MODEL, root / model_paths.PICKSCORE_PROCESSOR, seed=1, logit_scale=100.0
+    )
+    _save_tiny_clip(root / model_paths.CLIP_L14, root / model_paths.CLIP_L14, seed=2, logit_scale=100.0)
+    _save_aesthetic_head(root / model_paths.AESTHETIC_HEAD, dim=16, seed=3)
     arch = register_tiny_open_clip(root / "open_clip_configs")
-    _save_tiny_hps(root / paths.HPS_CHECKPOINT, arch, seed=4)
+    _save_tiny_hps(root / model_paths.HPS_CHECKPOINT, arch, seed=4)
     return root
 
 

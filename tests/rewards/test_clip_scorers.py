@@ -6,7 +6,9 @@ import shutil
 import pytest
 import torch
 
-from precise_fast.rewards import MissingCheckpointError, build_reward, build_scorer, paths
+from precise_fast import model_paths
+from precise_fast.model_paths import WeightsNotFoundError
+from precise_fast.rewards import build_reward, build_scorer
 
 
 @pytest.fixture
@@ -33,7 +35,7 @@ def test_pickscore_equals_direct_computation(model_root, mid_images, prompts):
     scorer = build_scorer("pickscore", model_root=model_root)
     out = scorer(mid_images, prompts, None)
     logits, _, _ = _direct_logits(
-        model_root / paths.PICKSCORE_MODEL, model_root / paths.PICKSCORE_PROCESSOR, mid_images, prompts
+        model_root / model_paths.PICKSCORE_MODEL, model_root / model_paths.PICKSCORE_PROCESSOR, mid_images, prompts
     )
     raw = logits.diagonal()  # logit_scale.exp() * cos(image_i, text_i)
     torch.testing.assert_close(out.extras["pickscore_raw"], raw, atol=1e-4, rtol=1e-5)
@@ -44,7 +46,8 @@ def test_pickscore_equals_direct_computation(model_root, mid_images, prompts):
 
 
 def test_clipscore_conventions(model_root, mid_images, prompts):
-    logits, model, _ = _direct_logits(model_root / paths.CLIP_L14, model_root / paths.CLIP_L14, mid_images, prompts)
+    clip = model_root / model_paths.CLIP_L14
+    logits, model, _ = _direct_logits(clip, clip, mid_images, prompts)
     cos = logits.diagonal() / model.logit_scale.exp()
     expected = {
         "flow_grpo": logits.diagonal() / 30,  # Flow-GRPO: logits_per_image.diagonal() / 30
@@ -63,11 +66,12 @@ def test_clipscore_conventions(model_root, mid_images, prompts):
 
 
 def test_aesthetic_equals_mlp_on_normalised_embedding(model_root, mid_images, prompts):
-    _, model, pixels = _direct_logits(model_root / paths.CLIP_L14, model_root / paths.CLIP_L14, mid_images, prompts)
+    clip = model_root / model_paths.CLIP_L14
+    _, model, pixels = _direct_logits(clip, clip, mid_images, prompts)
     with torch.no_grad():
         emb = model.get_image_features(pixel_values=pixels).pooler_output
     emb = emb / emb.norm(dim=-1, keepdim=True)
-    state = torch.load(model_root / paths.AESTHETIC_HEAD, weights_only=True)
+    state = torch.load(model_root / model_paths.AESTHETIC_HEAD, weights_only=True)
     h = emb
     for index in (0, 2, 4, 6, 7):  # LAION head: linear layers only (dropout is inert at eval)
         h = h @ state[f"layers.{index}.weight"].T + state[f"layers.{index}.bias"]
@@ -79,7 +83,8 @@ def test_linear_aesthetic_head_is_accepted(model_root, tmp_path, mid_images, pro
     head = torch.nn.Linear(16, 1)
     torch.save(head.state_dict(), tmp_path / "linear.pth")
     out = build_scorer("aesthetic", model_root=model_root, head=str(tmp_path / "linear.pth"))(mid_images, prompts, None)
-    _, model, pixels = _direct_logits(model_root / paths.CLIP_L14, model_root / paths.CLIP_L14, mid_images, prompts)
+    clip = model_root / model_paths.CLIP_L14
+    _, model, pixels = _direct_logits(clip, clip, mid_images, prompts)
     with torch.no_grad():
         emb = model.get_image_features(pixel_values=pixels).pooler_output
         want = head(emb / emb.norm(dim=-1, keepdim=True)).squeeze(1)
@@ -132,23 +137,23 @@ def test_clip_l14_is_loaded_once_for_clipscore_and_aesthetic(model_root, images,
 
 
 def test_model_root_from_environment(model_root, monkeypatch, images, prompts):
-    monkeypatch.setenv(paths.ENV_MODEL_ROOT, str(model_root))
-    assert paths.resolve_model_root()[0] == model_root
+    monkeypatch.setenv(model_paths.MODEL_ROOT_ENV, str(model_root))
+    assert model_paths.resolve_model_root()[0] == model_root
     assert build_scorer("clipscore")(images, prompts, None).valid.all()
 
 
 def test_missing_checkpoints_name_the_file(tmp_path, model_root):
-    with pytest.raises(MissingCheckpointError) as err:
+    with pytest.raises(WeightsNotFoundError) as err:
         build_scorer("pickscore", model_root=tmp_path)
     assert str(tmp_path / "pickscore" / "processor") in str(err.value) and "downloaded" in str(err.value)
     # A model folder without weights: the message says which file is missing.
     broken = tmp_path / "broken"
-    shutil.copytree(model_root / paths.CLIP_L14, broken / paths.CLIP_L14)
-    (broken / paths.CLIP_L14 / "model.safetensors").unlink()
-    with pytest.raises(MissingCheckpointError, match="model.safetensors"):
+    shutil.copytree(model_root / model_paths.CLIP_L14, broken / model_paths.CLIP_L14)
+    (broken / model_paths.CLIP_L14 / "model.safetensors").unlink()
+    with pytest.raises(WeightsNotFoundError, match="model.safetensors"):
         build_scorer("clipscore", model_root=broken)
     # The aesthetic head is looked up before any model is loaded.
-    with pytest.raises(MissingCheckpointError, match="sac\\+logos\\+ava1-l14-linearMSE.pth"):
+    with pytest.raises(WeightsNotFoundError, match="sac\\+logos\\+ava1-l14-linearMSE.pth"):
         build_scorer("aesthetic", model_root=broken)
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from precise_fast.model_paths import WeightsNotFoundError
 from precise_fast.rewards import (
     PRESETS,
     SENTINEL,
-    MissingCheckpointError,
     MultiReward,
     RewardModel,
     ScoreOutput,
@@ -232,7 +232,7 @@ def test_mix_preset_end_to_end(model_root, tiny_arch, images, prompts):
 
 
 def test_mix_preset_without_weights_is_a_clear_error(tmp_path):
-    with pytest.raises(MissingCheckpointError, match="pickscore"):
+    with pytest.raises(WeightsNotFoundError, match="pickscore"):
         build_reward("mix", model_root=tmp_path)
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from precise_fast.rewards import build_scorer, paths
+from precise_fast import model_paths
+from precise_fast.rewards import build_scorer
 from precise_fast.rewards.preprocess import to_uint8
 
 
@@ -14,7 +15,7 @@ def direct(model_root, tiny_arch):
     import open_clip
 
     model, _, preprocess_val = open_clip.create_model_and_transforms(tiny_arch, pretrained=None)
-    checkpoint = torch.load(model_root / paths.HPS_CHECKPOINT, map_location="cpu", weights_only=True)
+    checkpoint = torch.load(model_root / model_paths.HPS_CHECKPOINT, map_location="cpu", weights_only=True)
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), preprocess_val, open_clip.get_tokenizer(tiny_arch)
 
@@ -57,7 +58,7 @@ def test_bfloat16(model_root, tiny_arch, images, prompts):
 
 
 def test_checkpoint_must_match_the_architecture(model_root, tiny_arch, tmp_path):
-    state = torch.load(model_root / paths.HPS_CHECKPOINT, weights_only=True)["state_dict"]
+    state = torch.load(model_root / model_paths.HPS_CHECKPOINT, weights_only=True)["state_dict"]
     state.pop("text_projection")
     bad = tmp_path / "hps.pt"
     torch.save({"state_dict": state}, bad)
@@ -67,7 +68,7 @@ def test_checkpoint_must_match_the_architecture(model_root, tiny_arch, tmp_path)
 
 def test_pickled_objects_are_refused(model_root, tiny_arch, tmp_path):
     # weights_only loading: a checkpoint carrying arbitrary Python objects is not unpickled.
-    state = torch.load(model_root / paths.HPS_CHECKPOINT, weights_only=True)
+    state = torch.load(model_root / model_paths.HPS_CHECKPOINT, weights_only=True)
     state["extra"] = Image.new("RGB", (2, 2))
     bad = tmp_path / "pickled.pt"
     torch.save(state, bad)

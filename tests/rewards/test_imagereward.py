@@ -10,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from precise_fast.rewards import MissingCheckpointError, build_scorer, paths
+from precise_fast import model_paths
+from precise_fast.model_paths import WeightsNotFoundError
+from precise_fast.rewards import build_scorer
 from precise_fast.rewards.imagereward import _local_bert_tokenizer, imagereward_available
 from precise_fast.rewards.preprocess import to_uint8
 
@@ -75,14 +77,14 @@ def stand_in(tmp_path, monkeypatch):
     root = tmp_path / "root"
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "cat", "dog", "photo", "of"]))
-    BertTokenizer(str(vocab)).save_pretrained(root / paths.IMAGEREWARD_BERT_TOKENIZER)
-    (root / paths.IMAGEREWARD_MED_CONFIG).write_text("{}")
+    BertTokenizer(str(vocab)).save_pretrained(root / model_paths.IMAGEREWARD_BERT_TOKENIZER)
+    (root / model_paths.IMAGEREWARD_MED_CONFIG).write_text("{}")
     from ImageReward.ImageReward import ImageReward
 
-    with _local_bert_tokenizer(root / paths.IMAGEREWARD_BERT_TOKENIZER):
+    with _local_bert_tokenizer(root / model_paths.IMAGEREWARD_BERT_TOKENIZER):
         torch.manual_seed(0)
-        reference = ImageReward(root / paths.IMAGEREWARD_MED_CONFIG).eval()
-    torch.save(reference.state_dict(), root / paths.IMAGEREWARD_CHECKPOINT)
+        reference = ImageReward(root / model_paths.IMAGEREWARD_MED_CONFIG).eval()
+    torch.save(reference.state_dict(), root / model_paths.IMAGEREWARD_CHECKPOINT)
     yield root, reference
     for name in [m for m in sys.modules if m == "ImageReward" or m.startswith("ImageReward.")]:
         del sys.modules[name]
@@ -129,13 +131,13 @@ def test_scores_follow_imagereward(stand_in):
 def test_checkpoint_without_scoring_weights_is_refused(stand_in):
     root, reference = stand_in
     state = {k: v for k, v in reference.state_dict().items() if not k.startswith("mlp.")}
-    torch.save(state, root / paths.IMAGEREWARD_CHECKPOINT)
+    torch.save(state, root / model_paths.IMAGEREWARD_CHECKPOINT)
     with pytest.raises(RuntimeError, match="mlp"):
         build_scorer("imagereward", model_root=root)
 
 
 def test_missing_files_are_named(stand_in):
     root, _ = stand_in
-    (root / paths.IMAGEREWARD_MED_CONFIG).unlink()
-    with pytest.raises(MissingCheckpointError, match="med_config.json"):
+    (root / model_paths.IMAGEREWARD_MED_CONFIG).unlink()
+    with pytest.raises(WeightsNotFoundError, match="med_config.json"):
         build_scorer("imagereward", model_root=root)

@@ -359,10 +359,10 @@ def test_server_entry_point_reports_why_the_detector_is_unavailable(tmp_path, de
 def test_open_clip_colour_classifier_on_a_tiny_model(model_root, tiny_arch):
     import open_clip
 
-    from precise_fast.rewards import paths
+    from precise_fast import model_paths
     from precise_fast.rewards.servers.geneval_logic import COLORS
 
-    ckpt = model_root / paths.HPS_CHECKPOINT  # any open_clip state dict of that architecture
+    ckpt = model_root / model_paths.HPS_CHECKPOINT  # any open_clip state dict of that architecture
     classify = geneval_server.OpenClipColorClassifier(ckpt, arch=tiny_arch, device="cpu")
     image = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
     mask = np.zeros((64, 64), dtype=bool)

@@ -19,7 +19,8 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from precise_fast.rewards import build_scorer, paths
+from precise_fast import model_paths
+from precise_fast.rewards import build_scorer
 from precise_fast.rewards.remote.geneval import GenEvalClient
 from precise_fast.rewards.servers.geneval_logic import evaluate_partial
 
@@ -43,7 +44,7 @@ def _paper_clipscore(folder, images, prompts):
 
 def test_clipscore_resizes_like_the_paper(model_root, images, prompts):
     # Full-range images: the bilinear resize must not be clamped (the processor path clamps).
-    want = _paper_clipscore(model_root / paths.CLIP_L14, images, prompts)
+    want = _paper_clipscore(model_root / model_paths.CLIP_L14, images, prompts)
     got = build_scorer("clipscore", model_root=model_root)(images, prompts, None).scores
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     other = build_scorer("clipscore", model_root=model_root, resize="processor")(images, prompts, None).scores

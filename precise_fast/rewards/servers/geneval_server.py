@@ -8,7 +8,7 @@ file: mmdet 2.x + mmcv-full, as GenEval pins them). Run it on the GPU host that 
 
 It binds to 127.0.0.1 unless ``--host`` says otherwise (it has no authentication: expose
 it only on a trusted network). Checkpoints come from the model root (see
-``precise_fast/rewards/paths.py``): ``geneval/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth``
+``precise_fast/model_paths.py``): ``geneval/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth``
 and ``geneval/open_clip_ViT-L-14-openai.bin`` (open_clip's ViT-L-14 ``openai`` weights, a
 plain state dict), or explicit ``--detector-checkpoint`` / ``--clip-checkpoint`` paths.
 
@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import paths
+from ... import model_paths
 from .geneval_logic import CLASS_NAMES, COLORS, GenEvalScorer, Thresholds, validate_metadata
 
 logger = logging.getLogger("precise_fast.rewards.geneval_server")
@@ -510,15 +510,15 @@ def make_server(
 def build_scorer(args) -> GenEvalScorer:
     """The real detector + colour classifier from the command-line options."""
     root = args.model_root
-    detector_ckpt = args.detector_checkpoint or paths.locate(
-        paths.GENEVAL_DETECTOR,
+    detector_ckpt = args.detector_checkpoint or model_paths.locate(
+        model_paths.GENEVAL_DETECTOR,
         model_root=root,
         scorer="geneval",
         what="Mask2Former checkpoint",
         hint="GenEval's evaluation/download_models.sh names the file to fetch.",
     )
-    clip_ckpt = args.clip_checkpoint or paths.locate(
-        paths.GENEVAL_CLIP,
+    clip_ckpt = args.clip_checkpoint or model_paths.locate(
+        model_paths.GENEVAL_CLIP,
         model_root=root,
         scorer="geneval",
         what="CLIP ViT-L/14 (OpenAI) weights",
@@ -545,7 +545,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument(
-        "--model-root", default=None, help=f"model root (default ${paths.ENV_MODEL_ROOT} or {paths.DEFAULT_MODEL_ROOT})"
+        "--model-root",
+        default=None,
+        help=f"model root (default ${model_paths.MODEL_ROOT_ENV} or {model_paths.DEFAULT_MODEL_ROOT})",
     )
     parser.add_argument("--detector-config", default=None, help=f"mmdet config ({DETECTOR_CONFIG_NAME})")
     parser.add_argument("--detector-checkpoint", default=None)
@@ -573,7 +575,7 @@ def main(argv=None) -> int:
     scorer, unavailable = None, None
     try:
         scorer = build_scorer(args)
-    except (DetectorUnavailable, paths.MissingCheckpointError) as exc:
+    except (DetectorUnavailable, model_paths.WeightsNotFoundError) as exc:
         unavailable = str(exc)
         logger.error("detector unavailable, every scoring request will get HTTP 503: %s", unavailable)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

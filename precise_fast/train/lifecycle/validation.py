@@ -2,7 +2,7 @@
 
 The reward is built first: an unknown reward name or option is a :class:`ConfigError`
 naming ``reward.spec``; missing reward weights raise the rewards layer's
-:class:`~precise_fast.rewards.paths.MissingCheckpointError` naming the file. Then every
+:class:`~precise_fast.model_paths.WeightsNotFoundError` naming the file. Then every
 component's own input check (``_check_inputs``, e.g. GenEval's "each prompt needs its
 ``tag`` / ``include`` metadata") runs once over the whole prompt set, so a ``.txt`` prompt
 set fed to GenEval fails here rather than at the first reward call.
@@ -17,6 +17,7 @@ import warnings
 
 import torch
 
+from ...model_paths import resolve_model_path
 from ...rewards import build_reward
 from ..config import ConfigError
 
@@ -57,7 +58,6 @@ def check_start_lora(cfg, model_path) -> None:
     from diffusers import Flux2Transformer2DModel
 
     from ...models import apply_lora, check_pipeline_folder, init_lora_from
-    from ...models.registry import resolve_model_path
 
     m = cfg.model
     folder = check_pipeline_folder(resolve_model_path(model_path, root=m.model_root))
