@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_config(cfg))
         return 0
+    from .report.tracking import configure_logging
+
     configure_logging(rank)
     import torch.distributed
 
@@ -82,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     from .lifecycle.run_lock import acquire_agreed
     from .lifecycle.signals import StopRequest, StopRequested
     from .policy.distributed import all_reduce_max_, broadcast_object, check_shared_folder, finish_distributed, init_distributed
-    from .report.tracking import configure_logging
     from .state.checkpoint import DiskFullError
     from .trainer import Trainer
 

@@ -27,20 +27,20 @@ from ..rewards import RewardExecutor
 from .config import Config, check_world, dump_config
 from .grpo.advantages import AdvantageTracker
 from .grpo.transitions import Transitions
-from .lifecycle.divergence import check_rollouts, check_updated_policy
 from .lifecycle.health import RewardHealth, check_trained, warn_if_nothing_kept
 from .lifecycle.signals import StopRequest, StopRequested
 from .lifecycle.validation import build_checked_reward, check_start_lora
 from .phases.credit import Credit, CreditSettings, assign_credit, epoch_rows
+from .phases.divergence import check_rollouts, check_updated_policy
 from .phases.prompt_groups import GroupSampler
 from .phases.rescore import lora_reference, module_reference
-from .phases.report import epoch_line, guard_metrics, reward_metrics, run_summary, update_metrics
 from .phases.sample import EpochRollouts, SampleSettings, TimedReward, sample_epoch
 from .phases.trajectories import Rollouts
 from .phases.update import TrainStats, UpdateSettings, count_minibatches, probe_per_forward, train_epoch
 from .policy.distributed import DistInfo, all_reduce_, all_reduce_max_, barrier, broadcast_object
 from .policy.ema import EMA
 from .policy.zero import PolicyEngine
+from .report.epoch import epoch_line, guard_metrics, reward_metrics, run_summary, update_metrics
 from .report.evaluator import Evaluator, evaluate, resolve_targets
 from .report.plots import save_reward_curve, save_sample_grid
 from .report.throughput import Throughput, device_peak_flops

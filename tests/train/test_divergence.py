@@ -1,5 +1,5 @@
 """A diverging run stops with exit 3 naming the epoch, and saves and prunes nothing of it
-(issue 25 item 9; train/lifecycle/divergence.py).
+(issue 25 item 9; train/phases/divergence.py).
 
 Seen before: with ``train.lr=1e8`` every later epoch sampled NaN latents, decoded them as black
 images that scored as valid, kept 0% and exited 0, and pruning deleted the good checkpoints
@@ -80,7 +80,7 @@ def _rank_main(rank: int, port: int, root, results):
     import torch.distributed as dist
 
     from precise_fast.train.policy.distributed import all_reduce_max_
-    from precise_fast.train.lifecycle.divergence import Diverged, check_rollouts
+    from precise_fast.train.phases.divergence import Diverged, check_rollouts
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     x = torch.zeros(2, 3, 4, 5)

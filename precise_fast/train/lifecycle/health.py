@@ -8,7 +8,7 @@
   the last ``reward.abort_window`` epochs reaches ``reward.abort_invalid_fraction`` the run
   stops (:class:`RewardsFailing`) instead of training on nothing (``abort_window: 0``: never).
 - A policy that produces non-finite latents, log-probs or weights stops the run at that
-  epoch, nothing of it saved (:class:`~precise_fast.train.lifecycle.divergence.Diverged`, divergence.py).
+  epoch, nothing of it saved (:class:`~precise_fast.train.phases.divergence.Diverged`, phases/divergence.py).
 """
 
 from __future__ import annotations

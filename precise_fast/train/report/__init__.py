@@ -1,2 +1,3 @@
-"""What a run shows: metrics and logs (``tracking``), PNGs (``plots``), the held-out evaluation
-shared with ``precise-fast eval`` (``evaluator``, ``stats``), images/s and MFU (``throughput``)."""
+"""What a run shows: the report phase of each epoch (``epoch``: metrics, the epoch line, the run's
+summary), metrics and logs (``tracking``), PNGs (``plots``), the held-out evaluation shared with
+``precise-fast eval`` (``evaluator``, ``stats``), images/s and MFU (``throughput``)."""

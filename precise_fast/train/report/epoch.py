@@ -1,9 +1,8 @@
-"""The report phase of an epoch: the numbers and lines that say what the epoch did.
+"""The report phase of an epoch (the fourth, after sample, credit and update in train/phases/): the numbers and lines that say what the epoch did.
 
 The epoch's metrics (rewards and advantages over the global batch, the update's statistics
 averaged over ranks, timings, throughput, guard skips), the one-line epoch summary rank 0
-prints, and the run's closing summary. Writing them (TensorBoard, metrics.jsonl, PNGs) is
-``train.report``'s; the trainer calls both.
+prints, and the run's closing summary. The trainer writes them through ``tracking`` and ``plots``.
 """
 
 from __future__ import annotations
@@ -12,10 +11,10 @@ from pathlib import Path
 
 import torch
 
+from ..phases.credit import Credit
+from ..phases.update import TrainStats
 from ..policy.distributed import all_reduce_
-from ..report.throughput import throughput_line
-from .credit import Credit
-from .update import TrainStats
+from .throughput import throughput_line
 
 # Update statistics averaged over every rank's real rows, and those taken from this rank as they are.
 _ROW_MEANS = ("ratio", "clipfrac", "approx_kl", "policy_loss", "kl_loss")

@@ -1,6 +1,6 @@
 """Has the run diverged? A policy that produces non-finite values stops the run (exit 3).
 
-The guard (guard.py) skips one update whose forward or gradients hold a NaN/Inf: a
+The guard (policy/guard.py) skips one update whose forward or gradients hold a NaN/Inf: a
 transient. A policy that itself produces non-finite values is not one: with ``train.lr``
 1e8 (or a LoRA file full of NaN) every later epoch sampled NaN latents, decoded them as
 black images that scored as valid, kept 0% of its samples, exited 0, and pruning deleted
@@ -27,10 +27,10 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..grpo.transitions import Transitions
-from ..phases.rescore import transition_losses
+from ..lifecycle.health import TrainingHealthError
 from ..policy.ema import local_tensor
 from ..state.checkpoint import list_checkpoints
-from .health import TrainingHealthError
+from .rescore import transition_losses
 
 
 class Diverged(TrainingHealthError):
