@@ -156,7 +156,8 @@ def build_reward(spec, device="cpu", dtype=torch.float32, *, model_root=None, no
 
 
 # ---------------------------------------------------------------------------------------
-# Built-in scorers
+# Built-in scorers. Each factory imports its scorer's module when it is called, so a run
+# loads only the libraries of the scorers it builds (transformers, open_clip, scipy ...).
 
 
 def _jpeg(sign):
@@ -377,7 +378,7 @@ register_reward("jpeg_incompressibility", _jpeg(+1.0), description="JPEG size in
 
 
 def _toy_geneval(*, device, dtype, model_root, shared, name):
-    from ..toy.reward import ToyGenEvalReward
+    from .shapes.reward import ToyGenEvalReward
 
     return ToyGenEvalReward(name)
 

@@ -71,7 +71,7 @@ from ..models import (
     text_ids,
 )
 from ..models.tiny import TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG, build_tiny_components, build_tiny_pipeline
-from . import world
+from ..rewards.shapes import world
 
 TOY_MAX_TEXT_LEN = 32  # the longest world prompt is 27 tokens with the chat template
 MODEL_DIR = Path(__file__).resolve().parent / "model"

@@ -14,10 +14,10 @@ import torch
 
 from ..models import TINY_TEXT_LAYERS, load_pipeline
 from ..prompts import load_prompts
+from ..rewards.shapes import world
+from ..rewards.shapes.reward import ToyGenEvalReward, to_pil
 from ..rollout import RolloutEngine
 from ..train.report.evaluator import item_seed
-from . import world
-from .reward import ToyGenEvalReward, to_pil
 
 NUM_STEPS = 10
 

@@ -10,9 +10,9 @@ import torch
 
 from precise_fast.rewards import build_reward
 from precise_fast.rewards.servers.geneval_logic import Thresholds
-from precise_fast.toy import world
-from precise_fast.toy.detector import ShapeDetector, classify_component, nearest_color
-from precise_fast.toy.reward import ToyGenEvalReward
+from precise_fast.rewards.shapes import world
+from precise_fast.rewards.shapes.detector import ShapeDetector, classify_component, nearest_color
+from precise_fast.rewards.shapes.reward import ToyGenEvalReward
 from PIL import Image
 
 

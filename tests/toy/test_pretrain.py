@@ -14,9 +14,9 @@ import torch
 from safetensors import safe_open
 
 from precise_fast.models import check_pipeline_folder, load_pipeline
+from precise_fast.rewards.shapes.reward import ToyGenEvalReward
 from precise_fast.toy import pretrain
 from precise_fast.toy.quality import nothing_detected, world_score
-from precise_fast.toy.reward import ToyGenEvalReward
 
 SHORT = pretrain.Recipe(num_images=64, vae_steps=2, steps=2, warmup=1, threads=1, washout_steps=2, washout_fraction=0.5)
 WEIGHTS = ("text_encoder/model.safetensors", "transformer/diffusion_pytorch_model.safetensors",

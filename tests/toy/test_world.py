@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from precise_fast.rewards.servers.geneval_logic import TAGS, relative_position, validate_metadata
-from precise_fast.toy import world
 from precise_fast.prompts import load_prompts
+from precise_fast.rewards.servers.geneval_logic import TAGS, relative_position, validate_metadata
+from precise_fast.rewards.shapes import world
 
 
 def test_every_prompt_is_valid_geneval_metadata_and_every_tag_appears():

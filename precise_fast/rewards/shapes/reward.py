@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..rewards.base import RewardModel, ScoreOutput
-from ..rewards.servers.geneval_logic import GenEvalScorer, validate_metadata
+from ..base import RewardModel, ScoreOutput
+from ..servers.geneval_logic import GenEvalScorer, validate_metadata
 from .detector import ShapeDetector, nearest_color
 from .world import SHAPES
 

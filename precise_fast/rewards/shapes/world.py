@@ -36,10 +36,10 @@ SIZE_RANGE = (12, 12)  # object side / diameter in pixels, inclusive
 GAP = 2  # minimum free pixels between two objects' boxes
 # Boxes start on a 4-pixel lattice: the world model's VAE halves the image and FLUX.2 packs
 # 2x2 latent pixels per token, so one token covers 4x4 pixels and a 12-pixel object is
-# exactly 3x3 tokens. Measured (pretrain.py docstring): with free sizes 9..12 at any pixel
-# offset the world model's failures were mostly malformed shapes and colour smears, a
-# rendering skill RL cannot build in budget; on the lattice drawing is easy and what remains
-# is choosing the right objects.
+# exactly 3x3 tokens. Measured (precise_fast/toy/pretrain.py docstring): with free sizes
+# 9..12 at any pixel offset the world model's failures were mostly malformed shapes and
+# colour smears, a rendering skill RL cannot build in budget; on the lattice drawing is easy
+# and what remains is choosing the right objects.
 LATTICE = 4
 _NUMBERS = {2: "two", 3: "three"}
 _RELATIONS = ("left of", "right of", "above", "below")
