@@ -7,8 +7,8 @@ Public API::
                   step_backend="auto", max_text_len=128, text_layers=(9, 18, 27), decode_chunk=None)
         .sample(prompt_embeds=None, *, prompts=None, seeds, init_seeds=None, initial_latents=None,
                 mode="sde" | "window" | "ode", window=None, decode=True) -> Rollout
-        .sample_g2rpo(prompt_embeds=None, *, prompts=None, init_seeds, member_seeds, steps,
-                      granularities=(1,), initial_latents=None, decode=True) -> G2RPORollout
+    sample_g2rpo(engine, prompt_embeds=None, *, prompts=None, init_seeds, member_seeds, steps,
+                 granularities=(1,), initial_latents=None, decode=True, completion="paper") -> G2RPORollout
     denoise_step(transformer, x, timestep, sigma, next_sigma, std, prompt_embeds, text_ids,
                  latent_ids, seeds, step_index, *, kind, backend="auto")
     rescore_step(transformer, rollout, step, *, rows=None, old_mean=None, return_mean=False, backend="auto")

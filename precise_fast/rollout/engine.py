@@ -41,6 +41,7 @@ from ..models.text import RECIPE_LAYERS, RECIPE_MAX_LENGTH, PromptEncoder, text_
 from ..sde import DEFAULT_ETA, philox_normal, resolve_backend, sample_step
 from ..sde.kinds import STOCHASTIC, check_kind
 from .plan import INIT_NOISE_STEP, Plan, PlanCache, Schedule, pipeline_schedule, trajectory_kinds
+from .seeds import as_seed_tensor
 
 logger = logging.getLogger("precise_fast.rollout")
 
@@ -188,13 +189,6 @@ class _Buffers:
         for name in self._TENSORS:
             setattr(out, name, getattr(self, name).clone())
         return out
-
-
-def _as_seed_tensor(seeds, name: str, device) -> torch.Tensor:
-    t = torch.as_tensor(seeds)
-    if t.is_floating_point() or t.dtype == torch.bool or t.dim() != 1 or t.numel() == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D sequence of integers, got {t.dtype} of shape {tuple(t.shape)}")
-    return t.to(device=device, dtype=torch.int64)
 
 
 def initial_latents(init_seeds: torch.Tensor, layout: LatentLayout, dtype=torch.float32) -> torch.Tensor:
@@ -479,8 +473,8 @@ class RolloutEngine:
         """
         embeds = self._embeddings(prompt_embeds, prompts)
         batch = embeds.shape[0]
-        seeds_t = _as_seed_tensor(seeds, "seeds", self.device)
-        init_t = seeds_t if init_seeds is None else _as_seed_tensor(init_seeds, "init_seeds", self.device)
+        seeds_t = as_seed_tensor(seeds, "seeds", self.device)
+        init_t = seeds_t if init_seeds is None else as_seed_tensor(init_seeds, "init_seeds", self.device)
         if seeds_t.shape[0] != batch or init_t.shape[0] != batch:
             raise ValueError(f"seeds and init_seeds need {batch} entries (one per prompt_embeds row)")
         kinds = trajectory_kinds(self.num_steps, self.kind, mode, window)
@@ -507,9 +501,3 @@ class RolloutEngine:
             eta=self.eta,
             images=self.decode(bufs.step_latents[n]) if decode else None,
         )
-
-    def sample_g2rpo(self, *args, **kwargs):
-        """G2RPO singular stochastic sampling; see :func:`precise_fast.rollout.g2rpo.sample_g2rpo`."""
-        from .g2rpo import sample_g2rpo
-
-        return sample_g2rpo(self, *args, **kwargs)

@@ -12,6 +12,10 @@ Every piece is a static plan of the engine (the anchor; per k the stochastic hop
 (k, g) the completion), batched over prompts x members and captured on CUDA like any
 other rollout. The member noise at step k is Philox stream ``1 + k`` of the member's seed:
 the same draw a full SDE rollout with that seed would make at step k.
+
+:func:`sample_g2rpo` takes the engine as an argument (it is not an engine method): it uses
+only the engine's public pieces (``sample``, ``run_plan``, ``plans``), so this module
+depends on the engine and the engine knows nothing of G2RPO.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from dataclasses import dataclass
 import torch
 
 from ..sde.kinds import STOCHASTIC
-from .engine import Rollout, RolloutEngine, _as_seed_tensor
+from .engine import Rollout, RolloutEngine
 from .plan import Hop, granular_path
+from .seeds import as_seed_tensor
 
 
 @dataclass
@@ -117,7 +122,7 @@ def sample_g2rpo(
     if members.dim() != 2 or members.shape[0] != num_prompts:
         raise ValueError(f"member_seeds must be (P={num_prompts}, G), got {tuple(members.shape)}")
     group = members.shape[1]
-    flat_seeds = _as_seed_tensor(members.reshape(-1), "member_seeds", engine.device)
+    flat_seeds = as_seed_tensor(members.reshape(-1), "member_seeds", engine.device)
     embeds = anchor.prompt_embeds.repeat_interleave(group, dim=0)
     rows = num_prompts * group
     layout = engine.layout

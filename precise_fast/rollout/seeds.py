@@ -1,4 +1,5 @@
-"""Per-prompt, per-member seeds: pure functions of integers, so independent of batch layout."""
+"""Per-prompt, per-member seeds: pure functions of integers, so independent of batch layout;
+and :func:`as_seed_tensor`, the one check every sampling entry point puts its seeds through."""
 
 from __future__ import annotations
 
@@ -40,3 +41,16 @@ def group_seeds(prompt_seeds: Sequence[int] | torch.Tensor, group_size: int, *, 
     seeds = torch.tensor([mix_seed(s, m) for s in base for m in range(g)], dtype=torch.int64)
     init = torch.tensor([s for s in base for _ in range(g)], dtype=torch.int64) if same_initial_latent else seeds.clone()
     return seeds, init
+
+
+def as_seed_tensor(seeds, name: str, device) -> torch.Tensor:
+    """``seeds`` (any 1-D integer sequence or tensor) as an int64 tensor on ``device``.
+
+    Every sampling entry point takes its seeds through here, so a float, bool, empty or
+    multi-dimensional argument fails at the call with its ``name``, not as a wrong draw
+    deep inside the sampler op (floats would be truncated silently).
+    """
+    t = torch.as_tensor(seeds)
+    if t.is_floating_point() or t.dtype == torch.bool or t.dim() != 1 or t.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence of integers, got {t.dtype} of shape {tuple(t.shape)}")
+    return t.to(device=device, dtype=torch.int64)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from precise_fast.models import PromptEncoder, load_pipeline
-from precise_fast.rollout import RolloutEngine
+from precise_fast.rollout import RolloutEngine, sample_g2rpo
 from precise_fast.rollout.plan import granular_path
 
 pytestmark = pytest.mark.gpu
@@ -34,11 +34,11 @@ def test_g2rpo_graphs_are_reused_and_match_eager(cuda_pipe):
     kwargs = dict(init_seeds=[5], steps=[0, 2, 4], granularities=[1, 2], decode=False)
     graphed = RolloutEngine(cuda_pipe, kind="precise", num_steps=STEPS, height=SIZE, width=SIZE, cuda_graph=True)
     eager = RolloutEngine(cuda_pipe, kind="precise", num_steps=STEPS, height=SIZE, width=SIZE, cuda_graph=False)
-    graphed.sample_g2rpo(embeds, member_seeds=[[1, 2]], **kwargs)
+    sample_g2rpo(graphed, embeds, member_seeds=[[1, 2]], **kwargs)
     captured = len(graphed._graphs)
     assert captured == _g2rpo_plans(kwargs["steps"], kwargs["granularities"], STEPS) == 9
-    a = graphed.sample_g2rpo(embeds, member_seeds=[[3, 4]], **kwargs)
-    b = eager.sample_g2rpo(embeds, member_seeds=[[3, 4]], **kwargs)
+    a = sample_g2rpo(graphed, embeds, member_seeds=[[3, 4]], **kwargs)
+    b = sample_g2rpo(eager, embeds, member_seeds=[[3, 4]], **kwargs)
     assert len(graphed._graphs) == captured, "the second batch must replay, not recapture"
     for name in ("samples", "means", "log_probs", "final_latents"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=1e-5)
@@ -88,7 +88,7 @@ def test_rollouts_leave_the_default_cuda_generator_alone(cuda_pipe):
     before = torch.cuda.get_rng_state()
     engine.sample(embeds, seeds=[1, 2], decode=False)  # capture
     engine.sample(embeds, seeds=[3, 4], decode=True)  # replay and VAE decode
-    engine.sample_g2rpo(embeds[:1], init_seeds=[5], member_seeds=[[1, 2]], steps=[0, 3], granularities=[1, 2])
+    sample_g2rpo(engine, embeds[:1], init_seeds=[5], member_seeds=[[1, 2]], steps=[0, 3], granularities=[1, 2])
     torch.cuda.synchronize()
     assert torch.equal(torch.cuda.get_rng_state(), before)
 

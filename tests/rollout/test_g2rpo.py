@@ -24,7 +24,7 @@ def embeds(tiny_pipe):
 
 @pytest.fixture(scope="module")
 def result(engine, embeds):
-    return engine.sample_g2rpo(embeds, init_seeds=INIT, member_seeds=MEMBERS, steps=[0, 2, STEPS - 1], granularities=(1, 2))
+    return sample_g2rpo(engine, embeds, init_seeds=INIT, member_seeds=MEMBERS, steps=[0, 2, STEPS - 1], granularities=(1, 2))
 
 
 def test_shapes(result, engine):
