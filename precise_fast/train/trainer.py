@@ -13,7 +13,6 @@ import collections
 import copy
 import logging
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from .policy.zero import PolicyEngine
 from .report.epoch import epoch_line, guard_metrics, reward_metrics, run_summary, update_metrics
 from .report.evaluator import Evaluator, evaluate, resolve_targets
 from .report.plots import save_reward_curve, save_sample_grid
+from .report.progress import ProgressBar
 from .report.throughput import Throughput, device_peak_flops
 from .report.tracking import RunLogger
 from .state.checkpoint import CheckpointError, CheckpointManager, checkpoint_tag, set_aside_later
@@ -51,29 +51,6 @@ from .state.resume import (RunFolderError, apply_optimizer_settings, changed_set
 from .state.rng import capture_rng, restore_rng, seed_everything
 
 logger = logging.getLogger("precise_fast.train")
-
-class _Bar:
-    """A tqdm bar on rank 0 when progress is on, otherwise nothing. ``on_update`` runs on
-    every rank at every step (a collective safe point, e.g. the stop check)."""
-
-    def __init__(self, enabled: bool, on_update=None, **kwargs):
-        self.bar = None
-        self.on_update = on_update
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(leave=False, dynamic_ncols=True, file=sys.stderr, **kwargs)
-
-    def update(self, n: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-        if self.on_update is not None:
-            self.on_update()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
 
 @dataclass
 class _Sampled:
@@ -336,9 +313,9 @@ class Trainer:
         epoch_key, batches, _ = self.sampler.next_epoch()
         forward_rows = self.rollouts.engine.forward_rows.copy()
         show = self.main and self.cfg.log.progress
-        bar = _Bar(show, total=len(batches), desc=f"epoch {epoch} sampling", position=0,
+        bar = ProgressBar(show, total=len(batches), desc=f"epoch {epoch} sampling", position=0,
                    on_update=self._stop_check(f"while sampling epoch {epoch} (the epoch is abandoned)"))
-        reward_bar = _Bar(show, total=len(batches), desc=f"epoch {epoch} rewards", position=1)
+        reward_bar = ProgressBar(show, total=len(batches), desc=f"epoch {epoch} rewards", position=1)
         self.policy.module.eval()
         want_images = self.main and self._due(self.cfg.log.image_every, epoch)
         rollouts = sample_epoch(
@@ -371,7 +348,7 @@ class Trainer:
         if rows is None:
             return _Trained(None, time.perf_counter() - start)
         per_forward = self._resolve_per_forward(rows)
-        bar = _Bar(self.main and self.cfg.log.progress, total=count_minibatches(rows, self.update_settings),
+        bar = ProgressBar(self.main and self.cfg.log.progress, total=count_minibatches(rows, self.update_settings),
                    desc=f"epoch {epoch} training")
         self.policy.module.train()
         stats = train_epoch(

@@ -11,10 +11,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from precise_fast.models import apply_lora
 from precise_fast.models.flops import peak_bf16_flops
-from precise_fast.rollout import RolloutEngine
+from precise_fast.rollout import RolloutEngine, sample_g2rpo
 from precise_fast.train.phases.rescore import lora_reference, transition_losses
-from precise_fast.train.report.throughput import Throughput, device_peak_flops, phase_metrics, throughput_line
 from precise_fast.train.grpo.transitions import from_rollout
+from precise_fast.train.report.throughput import Throughput, device_peak_flops, phase_metrics, throughput_line
 
 from .conftest import small_config
 
@@ -60,7 +60,7 @@ def test_rollout_flops_are_what_the_engine_ran(lora_case):
     assert throughput.rollout_flops(engine.forward_rows) == counted
     # G2RPO's branches: anchor, per step the stochastic hop, per (step, granularity) the completion.
     before = engine.forward_rows.copy()
-    _, counted = _counted(lambda: engine.sample_g2rpo(embeds[:2], init_seeds=[1, 2], member_seeds=[[3, 4], [5, 6]],
+    _, counted = _counted(lambda: sample_g2rpo(engine, embeds[:2], init_seeds=[1, 2], member_seeds=[[3, 4], [5, 6]],
                                                       steps=[0, 2], granularities=[1, 2], decode=False))
     assert throughput.rollout_flops(engine.forward_rows - before) == counted
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ...rollout import RolloutEngine
+from ...rollout import RolloutEngine, sample_g2rpo
 from ..state.rng import Stream, stream_seed
 from .prompt_groups import Slot
 
@@ -75,7 +75,7 @@ class Rollouts:
         )
 
     def sample_g2rpo(self, prompts, init_seeds, member_seeds, *, steps, granularities):
-        return self.engine.sample_g2rpo(
-            self.embed(prompts), init_seeds=init_seeds, member_seeds=member_seeds, steps=steps, granularities=granularities,
-            completion=self.g2rpo_completion,
+        return sample_g2rpo(
+            self.engine, self.embed(prompts), init_seeds=init_seeds, member_seeds=member_seeds, steps=steps,
+            granularities=granularities, completion=self.g2rpo_completion,
         )
