@@ -11,7 +11,8 @@ Public API::
                  granularities=(1,), initial_latents=None, decode=True, completion="paper") -> G2RPORollout
     denoise_step(transformer, x, timestep, sigma, next_sigma, std, prompt_embeds, text_ids,
                  latent_ids, seeds, step_index, *, kind, backend="auto")
-    rescore_step(transformer, rollout, step, *, rows=None, old_mean=None, return_mean=False, backend="auto")
+    score_transitions(transformer, rows: TransitionRows, *, old_mean=None, return_mean=False, backend="auto")
+        -> Score(velocity, log_prob, mean, guard_bias)   # the one re-scoring primitive (training runs it)
     group_seeds(prompt_seeds, group_size, *, same_initial_latent=False) -> (seeds, init_seeds)
     initial_latents(init_seeds, layout, dtype=torch.float32)
     plain_rollout(...)   # the reference loop over the stock pipeline's components (tests, benchmark)
@@ -21,7 +22,7 @@ from .baseline import plain_rollout
 from .engine import Rollout, RolloutEngine, denoise_step, initial_latents
 from .g2rpo import G2RPORollout, sample_g2rpo
 from .plan import INIT_NOISE_STEP, Hop, Plan, Schedule, granular_path, noise_step_index, pipeline_schedule, trajectory_kinds
-from .scoring import rescore_step
+from .scoring import Score, TransitionRows, score_transitions
 from .seeds import group_seeds, mix_seed
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "Rollout",
     "RolloutEngine",
     "Schedule",
+    "Score",
+    "TransitionRows",
     "denoise_step",
     "granular_path",
     "group_seeds",
@@ -40,7 +43,7 @@ __all__ = [
     "noise_step_index",
     "pipeline_schedule",
     "plain_rollout",
-    "rescore_step",
     "sample_g2rpo",
+    "score_transitions",
     "trajectory_kinds",
 ]

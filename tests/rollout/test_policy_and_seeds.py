@@ -1,11 +1,18 @@
-"""On-policy re-scoring, reproducibility and batch-layout independence, sampling modes."""
+"""On-policy re-scoring, reproducibility and batch-layout independence, sampling modes.
+
+Re-scoring goes through what training runs (precise_fast.train.phases.rescore): the
+rollout's transitions (``from_rollout``, a minibatch by ``select``) through ``rescore`` (folded
+into rows, scored by the rollout layer's ``score_transitions``) and the loss rows' ratios.
+"""
 
 import pytest
 import torch
 
 from precise_fast.models import PromptEncoder, apply_lora, load_pipeline, unpack_latents
-from precise_fast.rollout import INIT_NOISE_STEP, RolloutEngine, group_seeds, rescore_step
+from precise_fast.rollout import INIT_NOISE_STEP, RolloutEngine, group_seeds
 from precise_fast.sde import philox_normal
+from precise_fast.train.grpo.transitions import from_rollout
+from precise_fast.train.phases.rescore import rescore, transition_losses
 
 STEPS, SIZE = 5, 64
 
@@ -23,17 +30,33 @@ def engine(tiny_pipe):
 # ----------------------------------------------------------------------------- on-policy
 
 
+def _rescore(transformer, rollout, step, rows=None, *, guard=False):
+    """``Score`` of step ``step`` of ``rollout`` (the rows ``rows`` of it) the way training
+    scores it; ``guard`` passes the stored mean and returns the new one, as the guard ratio does."""
+    batch = from_rollout(rollout, [step])
+    if rows is not None:
+        batch = batch.select(rows)
+    _, score = rescore(transformer, batch, torch.tensor([0]), guard_mean=guard, return_mean=guard)
+    return score
+
+
 @pytest.mark.parametrize("kind", ["precise", "flow_grpo", "cps", "dance_grpo", "dance_precise"])
 def test_rescoring_a_rollout_gives_ratio_exactly_one(tiny_pipe, embeds, kind):
     engine = RolloutEngine(tiny_pipe, kind=kind, num_steps=STEPS, height=SIZE, width=SIZE)
     rollout = engine.sample(embeds, seeds=[5, 6, 7, 8], decode=False)
     with torch.no_grad():
         for k in range(STEPS):
-            log_prob, mean, bias = rescore_step(tiny_pipe.transformer, rollout, k, old_mean=rollout.means[:, k], return_mean=True)
+            _, log_prob, mean, bias = _rescore(tiny_pipe.transformer, rollout, k, guard=True)
             ratio = torch.exp(log_prob - rollout.log_probs[:, k])
             assert torch.equal(ratio, torch.ones_like(ratio)), f"step {k}: ratio {ratio.tolist()}"
             assert torch.equal(mean, rollout.means[:, k])
             assert torch.equal(bias, torch.zeros_like(bias))
+            # The loss rows' ratios, plain and GRPO-Guard's, are exactly 1 too.
+            batch = from_rollout(rollout, [k])
+            batch.advantages = torch.ones(4, 1)
+            for ratio_kind in ("plain", "guard"):
+                losses = transition_losses(tiny_pipe.transformer, batch, [0], clip_range=0.2, ratio_kind=ratio_kind)
+                assert torch.equal(losses.ratio, torch.ones(4)), f"step {k}, {ratio_kind}: {losses.ratio.tolist()}"
 
 
 def test_on_policy_with_a_trainable_lora_and_shuffled_minibatches(tiny_dir, embeds):
@@ -47,14 +70,14 @@ def test_on_policy_with_a_trainable_lora_and_shuffled_minibatches(tiny_dir, embe
     for k in range(3):
         # Grad mode on, as in training; the full batch in a shuffled order is still exact.
         for rows in (None, torch.tensor([3, 1, 0, 2])):
-            log_prob, _, _ = rescore_step(pipe.transformer, rollout, k, rows=rows)
+            log_prob = _rescore(pipe.transformer, rollout, k, rows=rows).log_prob
             assert log_prob.requires_grad
             old = rollout.log_probs[:, k] if rows is None else rollout.log_probs[rows, k]
             assert torch.equal(log_prob.detach(), old), f"step {k}, rows {rows}"
         log_prob.sum().backward()
         # A smaller minibatch changes only the float rounding of the batched matmuls (CPU
         # GEMM blocking depends on the row count): the ratio stays within float32 noise.
-        part, _, _ = rescore_step(pipe.transformer, rollout, k, rows=[3, 1])
+        part = _rescore(pipe.transformer, rollout, k, rows=[3, 1]).log_prob
         ratio = torch.exp(part.detach() - rollout.log_probs[[3, 1], k])
         torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=1e-5)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)

@@ -7,9 +7,10 @@ transformer and the fused score op take per-row values), so the loss, and theref
 gradient, is the same sum of per-transition terms as the per-timestep loop; only the float
 rounding of batched matmuls differs (tests/train/test_timestep_batching.py).
 
-The forward is :func:`precise_fast.models.predict_velocity`, the one the rollout engine
-sampled with, and the score op is the same fused op in score mode, so with unchanged
-weights the ratio is exactly 1 (the on-policy check).
+Scoring itself is :func:`precise_fast.rollout.score_transitions`, the rollout layer's one
+re-scoring primitive (the engine's forward and the same fused op in score mode), for the
+policy and for the frozen reference alike, so with unchanged weights the ratio is exactly 1
+(the on-policy check, tests/rollout/test_policy_and_seeds.py).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ...models import lora_disabled, predict_velocity
-from ...sde import score_step
+from ...models import lora_disabled
+from ...rollout import Score, TransitionRows, score_transitions
 from ..grpo.loss import LossRows, grpo_loss_rows
 from ..grpo.transitions import Transitions
 from ..policy.guard import NonFiniteGuard
@@ -28,6 +29,38 @@ from ..policy.guard import NonFiniteGuard
 def _fold(t: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """(B, T, ...) at ``cols`` -> (B * len(cols), ...), sample-major."""
     return t[:, cols].flatten(0, 1)
+
+
+def rescore(
+    policy: Callable,
+    batch: Transitions,
+    cols: torch.Tensor,
+    *,
+    guard_mean: bool = False,
+    return_mean: bool = False,
+    backend: str = "auto",
+) -> tuple[TransitionRows, Score]:
+    """The transitions of ``batch`` at timestep columns ``cols`` (a long tensor) folded into
+    rows for one forward (sample-major, each sample's conditioning repeated per column), and
+    their :class:`~precise_fast.rollout.Score` under ``policy``.
+
+    ``guard_mean`` passes each row's mean at sampling time, for GRPO-Guard's bias term.
+    """
+    repeat = len(cols)
+    rows = TransitionRows(
+        x=_fold(batch.x, cols),
+        timestep=_fold(batch.timestep, cols),
+        prompt_embeds=batch.prompt_embeds.repeat_interleave(repeat, dim=0),
+        text_ids=batch.text_ids.repeat_interleave(repeat, dim=0),
+        latent_ids=batch.latent_ids.repeat_interleave(repeat, dim=0),
+        x_next=_fold(batch.x_next, cols),
+        sigma=_fold(batch.sigma, cols),
+        next_sigma=_fold(batch.next_sigma, cols),
+        std=_fold(batch.std, cols),
+        kind=batch.kind,
+    )
+    old_mean = _fold(batch.old_mean, cols) if guard_mean else None
+    return rows, score_transitions(policy, rows, old_mean=old_mean, return_mean=return_mean, backend=backend)
 
 
 def transition_losses(
@@ -45,23 +78,12 @@ def transition_losses(
     """Per-row losses for ``batch`` at timestep columns ``cols`` (rows are sample-major).
 
     ``policy`` is called like the transformer (the DeepSpeed engine or a module);
-    ``reference(kwargs)`` gives the frozen base's velocity when ``beta > 0``.
+    ``reference``, needed when ``beta > 0``, is the frozen base called the same way
+    (:func:`lora_reference`, :func:`module_reference`).
     """
     cols_t = torch.as_tensor(list(cols), dtype=torch.long, device=batch.x.device)
-    repeat = len(cols)
-    x = _fold(batch.x, cols_t)
-    x_next = _fold(batch.x_next, cols_t)
-    sigma, next_sigma, std = (_fold(t, cols_t) for t in (batch.sigma, batch.next_sigma, batch.std))
-    timestep = _fold(batch.timestep, cols_t)
-    embeds = batch.prompt_embeds.repeat_interleave(repeat, dim=0)
-    text_ids = batch.text_ids.repeat_interleave(repeat, dim=0)
-    latent_ids = batch.latent_ids.repeat_interleave(repeat, dim=0)
-    old_mean = _fold(batch.old_mean, cols_t) if ratio_kind == "guard" else None
-
-    v = predict_velocity(policy, x, timestep, embeds, text_ids, latent_ids)
-    log_prob, mean, guard_bias = score_step(
-        x, v, x_next, sigma, next_sigma, std, kind=batch.kind, old_mean=old_mean,
-        return_mean=beta > 0, backend=step_backend,
+    rows, (v, log_prob, mean, guard_bias) = rescore(
+        policy, batch, cols_t, guard_mean=ratio_kind == "guard", return_mean=beta > 0, backend=step_backend,
     )
     if guard is not None:
         guard.check("model_output", v)
@@ -71,9 +93,7 @@ def transition_losses(
         if reference is None:
             raise ValueError("beta > 0 needs a reference model")
         with torch.no_grad():
-            v_ref = reference(x, timestep, embeds, text_ids, latent_ids)
-            _, mean_ref, _ = score_step(x, v_ref, x_next, sigma, next_sigma, std, kind=batch.kind,
-                                        return_mean=True, backend=step_backend)
+            mean_ref = score_transitions(reference, rows, return_mean=True, backend=step_backend).mean
         kl = (mean - mean_ref).pow(2).flatten(1).mean(dim=1)
     return grpo_loss_rows(
         log_prob,
@@ -81,7 +101,7 @@ def transition_losses(
         _fold(batch.advantages, cols_t),
         clip_range=clip_range,
         ratio_kind=ratio_kind,
-        std=std,
+        std=rows.std,
         guard_bias=guard_bias,
         jacobian=_fold(batch.jacobian, cols_t),
         kl=kl,
@@ -89,20 +109,30 @@ def transition_losses(
     )
 
 
+class _AdaptersOff:
+    """A LoRA policy with its adapters switched off, called like the transformer (``dtype``
+    and the keyword forward are all ``predict_velocity`` uses), so the KL term's reference
+    mean comes out of the same :func:`score_transitions` as the policy's."""
+
+    def __init__(self, policy: Callable, module: torch.nn.Module):
+        self.policy, self.module = policy, module
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.policy.dtype
+
+    def __call__(self, **kwargs):
+        with lora_disabled(self.module):
+            return self.policy(**kwargs)
+
+
 def lora_reference(policy: Callable, module: torch.nn.Module) -> Callable:
-    """The frozen base of a LoRA policy: the same forward with the adapters switched off."""
-
-    def reference(x, timestep, embeds, text_ids, latent_ids):
-        with lora_disabled(module):
-            return predict_velocity(policy, x, timestep, embeds, text_ids, latent_ids)
-
-    return reference
+    """The frozen base of a LoRA policy: the same forward (the policy's, so the engine's
+    hooks still run) with the adapters of ``module`` switched off."""
+    return _AdaptersOff(policy, module)
 
 
 def module_reference(frozen: torch.nn.Module) -> Callable:
-    """The frozen base of a full fine-tune: a copy of the initial weights."""
-
-    def reference(x, timestep, embeds, text_ids, latent_ids):
-        return predict_velocity(frozen, x, timestep, embeds, text_ids, latent_ids)
-
-    return reference
+    """The frozen base of a full fine-tune: the copy of the initial weights, itself called
+    like the transformer."""
+    return frozen
