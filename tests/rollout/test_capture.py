@@ -266,7 +266,7 @@ def test_sampling_phase_drains_rewards_before_a_capture(tiny_pipe, tmp_path, mon
     from precise_fast.train.config import load_config
     from precise_fast.train.phases.prompt_groups import GroupSampler
     from precise_fast.train.phases.trajectories import Rollouts
-    from precise_fast.train.phases.sample import TimedReward, sample_epoch
+    from precise_fast.train.phases.sample import SampleSettings, TimedReward, sample_epoch
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml", [
         f"run.output_dir={tmp_path}", "sampler.num_steps=2", "sampler.batch_size=2", "sampler.images_per_prompt=2",
@@ -306,7 +306,7 @@ def test_sampling_phase_drains_rewards_before_a_capture(tiny_pipe, tmp_path, mon
 
         monkeypatch.setattr(executor, "submit", tracked)
         sample_epoch(rollouts, executor, timed, batches, prompts=["a cat", "a dog", "a bird", "a cow"],
-                     metadata=[{}] * 4, cfg=cfg, epoch_key=0)
+                     metadata=[{}] * 4, settings=SampleSettings.from_config(cfg), epoch_key=0)
     assert len(real_capture) == 3 and [len(s) for s in at_capture] == [0, 1, 2]
     assert all(all(done) for done in at_capture), "a capture ran while reward work was pending"
 
