@@ -28,6 +28,7 @@ import torch
 from ..sde.kinds import STOCHASTIC
 from .engine import Rollout, RolloutEngine
 from .plan import Hop, granular_path
+from .scoring import TransitionRows
 from .seeds import as_seed_tensor
 
 
@@ -58,23 +59,21 @@ class G2RPORollout:
     kind: str
     images: torch.Tensor | None = None  # (P, K, G, n_g, 3, H, W)
 
-    def step_inputs(self, ki: int) -> dict:
-        """Flattened (P * G rows, prompt-major) inputs to re-score step ``steps[ki]`` with ``score_step``."""
+    def step_rows(self, ki: int) -> TransitionRows:
+        """Step ``steps[ki]``'s transitions, P * G rows prompt-major, as :func:`score_transitions` re-scores
+        them (their log-probs are ``log_probs[:, ki]`` flattened the same way)."""
         p, _, g = self.log_probs.shape
-        x = self.anchor.latents[:, self.steps[ki]]
         rows = p * g
-        return dict(
-            x=x.repeat_interleave(g, dim=0),
-            prev_sample=self.samples[:, ki].reshape(rows, *self.samples.shape[3:]),
-            old_mean=self.means[:, ki].reshape(rows, *self.means.shape[3:]),
-            old_log_prob=self.log_probs[:, ki].reshape(rows),
-            sigma=self.sigmas[ki].expand(rows),
-            next_sigma=self.next_sigmas[ki].expand(rows),
-            std=self.stds[ki].expand(rows),
+        return TransitionRows(
+            x=self.anchor.latents[:, self.steps[ki]].repeat_interleave(g, dim=0),
             timestep=self.timesteps[ki].expand(rows),
             prompt_embeds=self.anchor.prompt_embeds.repeat_interleave(g, dim=0),
             text_ids=self.anchor.text_ids.repeat_interleave(g, dim=0),
             latent_ids=self.anchor.latent_ids.repeat_interleave(g, dim=0),
+            x_next=self.samples[:, ki].reshape(rows, *self.samples.shape[3:]),
+            sigma=self.sigmas[ki].expand(rows),
+            next_sigma=self.next_sigmas[ki].expand(rows),
+            std=self.stds[ki].expand(rows),
             kind=self.kind,
         )
 

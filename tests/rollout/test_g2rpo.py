@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from precise_fast.models import PromptEncoder, predict_velocity
-from precise_fast.rollout import RolloutEngine, granular_path, sample_g2rpo
-from precise_fast.sde import score_step
+from precise_fast.rollout import RolloutEngine, granular_path, sample_g2rpo, score_transitions
 
 STEPS, SIZE = 6, 64
 INIT = [21, 22]
@@ -56,12 +55,12 @@ def test_coarse_completion_skips_sigmas(result, engine, tiny_pipe):
     ki, k = 1, result.steps[1]
     path = granular_path(k + 1, STEPS, 2)
     assert path == [3, 4, 6]  # its authors' path: one fine ODE step 3 -> 4, then stride 2 from 4
-    inputs = result.step_inputs(ki)
+    rows = result.step_rows(ki)
     x = result.samples[:, ki].reshape(6, *result.samples.shape[3:])
     with torch.no_grad():
         for a, b in zip(path, path[1:]):
             t = sched.timesteps[a].expand(6)
-            v = predict_velocity(tiny_pipe.transformer, x, t, inputs["prompt_embeds"], inputs["text_ids"], inputs["latent_ids"])
+            v = predict_velocity(tiny_pipe.transformer, x, t, rows.prompt_embeds, rows.text_ids, rows.latent_ids)
             x = x + (sched.sigmas[b] - sched.sigmas[a]) * v.float()
     torch.testing.assert_close(result.final_latents[:, ki, :, 1].reshape(6, *x.shape[1:]), x, rtol=0, atol=1e-5)
 
@@ -72,13 +71,12 @@ def test_last_step_branch_needs_no_completion(result):
         assert torch.equal(result.final_latents[:, ki, :, gi], result.samples[:, ki])
 
 
-def test_step_inputs_rescore_on_policy(result, tiny_pipe):
+def test_step_rows_rescore_on_policy(result, tiny_pipe):
+    """The branching steps' transitions re-scored through the one re-scoring path (rollout/scoring.py)."""
     for ki in range(len(result.steps)):
-        inp = result.step_inputs(ki)
         with torch.no_grad():
-            v = predict_velocity(tiny_pipe.transformer, inp["x"], inp["timestep"], inp["prompt_embeds"], inp["text_ids"], inp["latent_ids"])
-            log_prob, _, _ = score_step(inp["x"], v, inp["prev_sample"], inp["sigma"], inp["next_sigma"], inp["std"], kind=inp["kind"])
-        torch.testing.assert_close(log_prob, inp["old_log_prob"], rtol=1e-6, atol=1e-6)
+            score = score_transitions(tiny_pipe.transformer, result.step_rows(ki))
+        torch.testing.assert_close(score.log_prob, result.log_probs[:, ki].reshape(-1), rtol=1e-6, atol=1e-6)
 
 
 def test_g2rpo_errors(engine, embeds, tiny_pipe):
