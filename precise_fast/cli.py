@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("eval", add_help=False, help="evaluate checkpoints (precise-fast eval --help)")
 
     args, rest = parser.parse_known_args(argv)
+    # Each command imports its own modules when it runs: the dispatcher itself loads argparse
+    # only (3 ms), where the commands' modules together take ~80 ms (config schema, yaml) and
+    # laws imports torch (seconds); bandwidth's module lives in bench/, outside the package.
     if args.command == "train":
         from .multinode import LAUNCH_OPTIONS
 

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from .kinds import STOCHASTIC_KINDS
 from .multinode import LaunchError, add_launcher_options, describe, fail, node_command, plan
+from .train.config import ConfigError, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = REPO_ROOT / "configs" / "flux2_klein"
@@ -113,6 +114,8 @@ def trainer_args_for(args, trainer_args: list[str]) -> list[str]:
 
 def local_geneval_url(cfg) -> str | None:
     """The URL of the GenEval server the reward needs, when it is on this machine; else None."""
+    # The rewards package imports torch (seconds): --help, the launcher's refusals and a launch
+    # with --no-geneval-server do without it.
     from .rewards.registry import parse_spec
     from .rewards.remote.env_urls import urls_from_env
 
@@ -129,6 +132,7 @@ def local_geneval_url(cfg) -> str | None:
 
 def health(url: str, timeout: float = 2.0) -> tuple[bool, str]:
     """``(answers, detail)``: ``answers`` when something listens; detail is its health reply."""
+    # Lazy as in local_geneval_url: the rewards package imports torch.
     from .rewards.servers.geneval_server import HEALTH_PATH
 
     try:
@@ -189,8 +193,6 @@ def main(argv: list[str] | None = None) -> int:
         cut = argv.index("--")
         argv, trainer_args = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
-    from .train.config import ConfigError, load_config
-
     try:
         recipe = config_path(args)
         nodes = plan(args)

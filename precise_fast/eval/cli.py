@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +28,8 @@ import yaml
 from ..multinode import (LaunchError, add_launcher_options, describe, fail, launcher_requested, node_command,
                          split_launcher_args)
 from ..multinode import plan as plan_nodes
+from ..train.config import ConfigError, EvalTarget, config_from_dict, load_config
+from ..train.report.tracking import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,10 +94,6 @@ def _yaml_targets(path: str) -> list:
 
 def plan(args):
     """``(cfg, jobs)`` from the arguments; errors are ``SystemExit`` with a one-line message."""
-    from ..train.config import ConfigError, EvalTarget, config_from_dict, load_config
-    from ..train.report.evaluator import resolve_target
-    from .jobs import BASE, EvalJobError, checkpoint_at, discover, parse_eval_config
-
     overrides = list(args.overrides)
     if args.pretrained_model:
         overrides.append(f"model.path={args.pretrained_model}")
@@ -105,6 +105,9 @@ def plan(args):
             cfg = config_from_dict(data)
     except (ConfigError, FileNotFoundError) as err:
         raise SystemExit(f"eval: config error: {err}") from None
+    # The jobs and the evaluator import torch (seconds): --help and a config error answer without it.
+    from ..train.report.evaluator import resolve_target
+    from .jobs import BASE, EvalJobError, checkpoint_at, discover, parse_eval_config
 
     def adjust(t: EvalTarget) -> EvalTarget:
         changes = {}
@@ -156,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(2) from None
     if launcher_requested(args):
         return _launch(args, argv)
+    # These import torch (seconds; deepspeed comes with init_distributed), so they load only
+    # past --help, plan's one-line refusals and the launcher branch.
     from ..train.policy.distributed import check_shared_folder, init_distributed
-    from ..train.report.tracking import configure_logging
     from ..train.report.evaluator import eval_seed
     from .jobs import EvalJobError
     from .runner import run
@@ -169,8 +173,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(cfg.run.num_threads)
     dist = init_distributed(cfg.run.device, timeout_s=cfg.run.collective_timeout_s)
     out = _out_dir(args)
-    from ..train.config import ConfigError
-
     try:
         check_shared_folder(out, "--out")  # every rank writes its items there, rank 0 merges them
     except ConfigError as err:
@@ -193,9 +195,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _launch(args, argv: list[str] | None) -> int:
     """This evaluation (already checked) under the ``deepspeed`` launcher, one process per GPU."""
-    import shlex
-    import subprocess
-
     try:
         nodes = plan_nodes(args)
     except LaunchError as err:

@@ -19,10 +19,13 @@ from pathlib import Path
 
 import torch
 
+from ..models import load_lora, load_pipeline, tiny_pipeline_path
+from ..rewards.preprocess import to_uint8
 from ..train.lifecycle.faults import crash_point
 from ..train.policy.distributed import DistInfo, barrier, broadcast_object
 from ..train.report.evaluator import Evaluator, Target, rank_batches
 from .jobs import Checkpoint, EvalJobError
+from .peft_lora import is_peft_folder, load_peft_adapter
 from .records import ShardWriter, merge, read_records
 from .report import write_reports
 
@@ -32,8 +35,6 @@ SETTINGS = "eval_settings.json"
 
 
 def _load_pipeline(cfg, device):
-    from ..models import load_pipeline, tiny_pipeline_path
-
     m = cfg.model
     path = tiny_pipeline_path(m.tiny_seed) if m.path == "tiny" else m.path
     return load_pipeline(path, dtype=getattr(torch, m.dtype), device=device, attention_backend=m.attention_backend,
@@ -57,9 +58,7 @@ def _check_settings(out_dir: Path, settings: dict) -> None:
 
 
 def _save_images(images: torch.Tensor, records: list[dict], out_dir: Path, t: Target, ckpt: Checkpoint) -> None:
-    from PIL import Image
-
-    from ..rewards.preprocess import to_uint8
+    from PIL import Image  # only --save-images writes PNGs
 
     # Two checkpoints of one step (a rollback, another run) keep their images apart.
     name = f"step-{ckpt.step:06d}-{ckpt.sha256[:12]}"
@@ -103,7 +102,7 @@ def run(cfg, jobs: list[tuple[Checkpoint, Target]], out_dir: Path, *, dist: Dist
               f"for {len(jobs)} (checkpoint, target) jobs", flush=True)
     bar = None
     if progress and dist.is_main:
-        from tqdm import tqdm
+        from tqdm import tqdm  # only rank 0's progress bar uses it
 
         bar = tqdm(total=total, desc="eval (rank 0)", unit="img", dynamic_ncols=True, file=sys.stderr)
     writer = ShardWriter(out_dir, dist.rank)
@@ -143,9 +142,6 @@ def run(cfg, jobs: list[tuple[Checkpoint, Target]], out_dir: Path, *, dist: Dist
 
 def _switch(pipeline, current: Checkpoint | None, new: Checkpoint | None) -> None:
     """Replace the loaded LoRA (if any) by ``new``'s (if any)."""
-    from ..models import load_lora
-    from .peft_lora import is_peft_folder, load_peft_adapter
-
     if current is not None and current.lora is not None:
         pipeline.delete_adapters(ADAPTER)
     if new is not None and new.lora is not None:

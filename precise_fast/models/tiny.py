@@ -13,10 +13,15 @@ the 36-layer Qwen3-4B), the VAE downsamples by 8 (so 64x64 images give 8x8 laten
 packed tokens, as 512x512 gives 32x32 tokens on the real model), the transformer has both
 double-stream and single-stream blocks, and the VAE's BatchNorm statistics are non-trivial
 so a forgotten de-normalisation before decoding changes the images.
+
+diffusers, transformers and tokenizers (~5 s of import) and filelock load inside the functions
+that build: finding an already built folder (:func:`tiny_pipeline_path`) and importing
+:mod:`precise_fast.models` need none of them.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -24,6 +29,9 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from ..sde.schedules import FLUX2_SCHEDULER_CONFIG
+from .attention import set_attention_backend
 
 # Bumped whenever the configs below change, so a cached folder is never reused across versions.
 TINY_BUILDER_VERSION = 1
@@ -209,8 +217,6 @@ def build_tiny_components(
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from ..sde.schedules import FLUX2_SCHEDULER_CONFIG
-
     tokenizer = _train_tokenizer(extra_corpus=extra_corpus)
     gen_state = torch.random.get_rng_state()
     try:
@@ -266,8 +272,6 @@ def random_pipeline(transformer_config: dict, *, widths: str, dtype: torch.dtype
     need the real transformer's size but no trained weights (the GPU benchmarks, the real-size
     trainer check), without writing and reading back a multi-GB folder."""
     from diffusers import Flux2KleinPipeline
-
-    from .attention import set_attention_backend
 
     parts = build_tiny_components(seed, widths=widths, transformer_config={**transformer_config, "num_layers": 0,
                                                                            "num_single_layers": 0})
@@ -392,8 +396,6 @@ def process_tiny_pipeline_path(seed: int = 0, widths: str = "tiny") -> Path:
     Test suites share it through their session fixtures (one build per pytest run, no
     state left in the user's cache).
     """
-    import atexit
-
     key = (int(seed), _check_widths(widths))
     if key not in _PROCESS_TINY:
         root = Path(tempfile.mkdtemp(prefix="precise_fast_tiny_"))

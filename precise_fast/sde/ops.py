@@ -144,6 +144,8 @@ def op_table(backend: str):
         ops = native_ops()
         return ops.sample_step.default, ops.sample_step_out.default, ops.score_step.default
     if backend == "triton":
+        # These kernels import triton, an optional dependency (api.triton_available; a torch
+        # without it runs the C++ and reference backends): loaded only for the triton backend.
         from precise_fast.kernels import fused_step
 
         return fused_step.triton_sample_step, fused_step.triton_sample_step_out, fused_step.triton_score_step

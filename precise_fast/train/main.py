@@ -19,6 +19,13 @@ import logging
 import os
 import sys
 
+from ..model_paths import WeightsNotFoundError
+from ..prompts import PromptError
+from .config import ConfigError, dump_config, load_config
+from .lifecycle.health import TrainingHealthError
+from .lifecycle.run_lock import RunLockError, acquire_agreed
+from .report.tracking import configure_logging
+
 EXIT_BAD_INPUT = 2
 EXIT_CANNOT_TRAIN = 3
 
@@ -47,10 +54,8 @@ def input_error_message(err: BaseException) -> str | None:
 
     Kept to the project's own error types, each of which names its file or key, so a bug
     still shows its traceback."""
-    from ..model_paths import WeightsNotFoundError
-    from ..prompts import PromptError
-    from .config import ConfigError
-    from .lifecycle.run_lock import RunLockError
+    # The state modules import torch, which main loads only after the config is read: a
+    # CheckpointError or RunFolderError can only come from a run that imported them already.
     from .state.checkpoint import CheckpointError
     from .state.resume import RunFolderError
 
@@ -63,8 +68,6 @@ def input_error_message(err: BaseException) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .config import ConfigError, dump_config, load_config
-
     rank = int(os.environ.get("RANK", 0))  # set by the launcher; the process group comes later
     try:
         cfg = load_config(args.config, args.overrides)
@@ -75,13 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_config(cfg))
         return 0
-    from .report.tracking import configure_logging
-
     configure_logging(rank)
+    # torch, deepspeed and the trainer load only from here on (seconds): --help, --print-config
+    # and a config error above answer without them.
     import torch.distributed
 
-    from .lifecycle.health import TrainingHealthError
-    from .lifecycle.run_lock import acquire_agreed
     from .lifecycle.signals import StopRequest, StopRequested
     from .policy.distributed import all_reduce_max_, broadcast_object, check_shared_folder, finish_distributed, init_distributed
     from .state.checkpoint import DiskFullError

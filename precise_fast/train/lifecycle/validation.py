@@ -18,6 +18,7 @@ import warnings
 import torch
 
 from ...model_paths import resolve_model_path
+from ...models import apply_lora, check_pipeline_folder, init_lora_from
 from ...rewards import build_reward
 from ..config import ConfigError
 
@@ -54,10 +55,10 @@ def check_start_lora(cfg, model_path) -> None:
     :class:`ConfigError` naming the key; checked before the model's weights load."""
     if not cfg.train.lora_path or cfg.model.finetune != "lora":
         return
+    # diffusers takes seconds to import: the other checks before the model loads, and a start
+    # they refuse, do without it.
     from accelerate import init_empty_weights
     from diffusers import Flux2Transformer2DModel
-
-    from ...models import apply_lora, check_pipeline_folder, init_lora_from
 
     m = cfg.model
     folder = check_pipeline_folder(resolve_model_path(model_path, root=m.model_root))

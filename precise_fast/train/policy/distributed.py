@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from ..config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -62,7 +64,7 @@ def init_distributed(requested_device: str = "auto", timeout_s: float | None = N
     device = pick_device(requested_device)
     if device.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed
+    import deepspeed  # here: it picks its accelerator from DS_ACCELERATOR at import (set just above)
 
     if device.type == "cpu":
         # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce at init (minutes
@@ -90,8 +92,6 @@ def check_shared_folder(folder: str | os.PathLike, what: str) -> None:
     NFS client may have cached the absence of an old one."""
     if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
         return
-    from ..config import ConfigError
-
     path = Path(folder)
     probe = path / f".shared-{broadcast_object(secrets.token_hex(8))}"
     problem = ""

@@ -35,9 +35,12 @@ from typing import Union
 
 import torch
 
+from ...prompts import load_prompts
+from ...rewards import build_reward
 from ..config import EvalTarget
+from ..phases.trajectories import Rollouts
 from ..state.rng import Stream, stream_seed
-
+from .stats import summarize
 
 
 @dataclass(frozen=True)
@@ -139,8 +142,6 @@ class Evaluator:
 
     def rollouts(self, t: Target):
         """``(rollouts, mode)`` for a target; the ODE runs on the training kind's engine in ``ode`` mode."""
-        from ..phases.trajectories import Rollouts
-
         s = self.cfg.sampler
         engine_kind, eta, mode = (s.kind, s.eta, "ode") if t.kind == "ode" else (t.kind, t.eta, "sde")
         key = (engine_kind, eta, t.num_steps)
@@ -160,16 +161,12 @@ class Evaluator:
     def _built(self, spec):
         key = _spec_key(spec)
         if key not in self._rewards:
-            from ...rewards import build_reward
-
             self._rewards[key] = build_reward(spec, device=self.reward_device, dtype=self.reward_dtype,
                                               model_root=self.cfg.reward.model_root)
         return self._rewards[key]
 
     def prompt_set(self, t: Target):
         if t.prompts not in self._prompts:
-            from ...prompts import load_prompts
-
             self._prompts[t.prompts] = load_prompts(t.prompts)
         return self._prompts[t.prompts]
 
@@ -245,8 +242,6 @@ def evaluate(evaluator: Evaluator, *, cfg, rank: int, world_size: int, weights_c
     ``eval/reward_mean`` is the first target's weighted raw reward (the headline number the
     run history and reward curve track).
     """
-    from .stats import summarize
-
     metrics: dict[str, float] = {}
     previews: dict[str, dict] = {}
     targets = resolve_targets(cfg)
