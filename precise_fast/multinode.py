@@ -26,8 +26,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import exit_status
+
 LAUNCH_OPTIONS = ("--num-gpus", "--hostfile", "--num-nodes", "--node-rank", "--master-addr", "--master-port", "--dry-run")
-EXIT_BAD_INPUT = 2
 
 
 class LaunchError(ValueError):
@@ -179,4 +180,4 @@ def describe(p: Plan, node_rank: int, args) -> str:
 
 def fail(prog: str, err: Exception) -> int:
     print(f"{prog}: {err}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+    return exit_status.BAD_INPUT

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import exit_status
 from ..multinode import (LaunchError, add_launcher_options, describe, fail, launcher_requested, node_command,
                          split_launcher_args)
 from ..multinode import plan as plan_nodes
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         if dist.is_main:
             print(f"eval: {err}", file=sys.stderr)
-        return 2
+        return exit_status.BAD_INPUT
     try:
         summary = run(cfg, jobs, out, dist=dist, seed=eval_seed(cfg) if args.seed is None else args.seed,
                       weights=args.weights, save_images=args.save_images, progress=not args.no_progress)

@@ -19,15 +19,13 @@ import logging
 import os
 import sys
 
+from .. import exit_status
 from ..model_paths import WeightsNotFoundError
 from ..prompts import PromptError
 from .config import ConfigError, dump_config, load_config
 from .lifecycle.health import TrainingHealthError
 from .lifecycle.run_lock import RunLockError, acquire_agreed
 from .report.tracking import configure_logging
-
-EXIT_BAD_INPUT = 2
-EXIT_CANNOT_TRAIN = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         if rank == 0:  # every rank reads the same file: say it once
             print(f"[precise_fast] error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return exit_status.BAD_INPUT
     if args.print_config:
         print(dump_config(cfg))
         return 0
@@ -114,14 +112,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[precise_fast] error: {err}", file=sys.stderr, flush=True)
         # Each of these is decided from all-reduced figures, so every rank raises it at the
         # same point and all can end the process group together, as after a stop.
-        exit_code = EXIT_CANNOT_TRAIN
+        exit_code = exit_status.CANNOT_TRAIN
     except Exception as err:
         message = input_error_message(err)
         if message is None:
             raise
         if rank == 0 or isinstance(err, (OSError, DiskFullError)):  # else the same collective error on every rank
             print(f"[precise_fast] error: {message}", file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
+        return exit_status.BAD_INPUT
     finally:
         if trainer is not None:
             trainer.close()

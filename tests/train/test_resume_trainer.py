@@ -13,6 +13,7 @@ import logging
 
 import pytest
 
+from precise_fast import exit_status
 from precise_fast.train import main as train_main
 from precise_fast.train.state.checkpoint import CheckpointError, list_checkpoints
 from precise_fast.train.state.resume import optimizer_settings_in_effect
@@ -75,7 +76,7 @@ def test_a_run_that_keeps_nothing_warns_and_exits_non_zero(tmp_path, dist1, capl
     with caplog.at_level(logging.WARNING, logger="precise_fast.train"):
         code = train_main.main(args)
     err = capsys.readouterr().err
-    assert code == train_main.EXIT_CANNOT_TRAIN == 3
+    assert code == exit_status.CANNOT_TRAIN == 3
     assert "the run trained nothing in 2 epochs" in err and "no epoch kept a sample" in err
     kept_zero = [r for r in caplog.records if "kept 0%" in r.getMessage()]
     assert [r.getMessage().split()[1] for r in kept_zero] == ["1", "2"]
