@@ -128,7 +128,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "gpu": ["flash-attn>=2.6"],
-        "test": ["pytest>=9.2", "pytest-benchmark>=5.3.1", "pytest-timeout>=2.4"],
+        "test": ["pytest>=9.2", "pytest-benchmark>=5.3.1", "pytest-timeout>=2.4", "import-linter>=2.17"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

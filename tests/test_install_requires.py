@@ -10,7 +10,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
-TEST_TOOLS = {"pytest", "pytest-benchmark", "pytest-timeout", "ninja"}
+TEST_TOOLS = {"pytest", "pytest-benchmark", "pytest-timeout", "import-linter", "ninja"}
 _spec = importlib.util.spec_from_file_location("device_image", REPO / "scripts" / "device_image.py")
 device_image = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(device_image)
