@@ -1,8 +1,9 @@
 """The GRPO trainer: builds the run from its config and walks the epochs.
 
-One epoch (shared/DESIGN.md "Training loop"): sample every batch with rewards overlapped
-(sampling_phase.py) -> gather, normalise, advantages, drop, balance (credit.py) -> train with
-guarded DeepSpeed steps and the EMA (update_phase.py) -> log, eval, PNGs, atomic checkpoint.
+One epoch (shared/DESIGN.md "Training loop", docs/ARCHITECTURE.md) is four calls: sample every
+batch with rewards overlapped (phases/sample.py) -> gather, normalise, advantages, drop, balance
+(phases/credit.py) -> train with guarded DeepSpeed steps and the EMA (phases/update.py) -> the
+epoch's metrics (report/epoch.py); then eval when due, logs, PNGs, an atomic checkpoint.
 Everything that decides what happens next is in the checkpoint, so ``resume`` continues
 exactly (bitwise on CPU with the same world size).
 """
@@ -10,7 +11,6 @@ exactly (bitwise on CPU with the same world size).
 from __future__ import annotations
 
 import collections
-import copy
 import logging
 import shutil
 import time
@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..models import (apply_lora, apply_precision, enable_full_finetune, init_lora_from, load_pipeline, lora_state_dict,
-                      save_lora, tiny_pipeline_path)
+from ..models import lora_state_dict, save_lora
 from ..prompts import load_prompts
 from ..rewards import RewardExecutor
 from .config import Config, check_world, dump_config
@@ -32,13 +31,11 @@ from .lifecycle.validation import build_checked_reward, check_start_lora
 from .phases.credit import Credit, CreditSettings, assign_credit, epoch_rows
 from .phases.divergence import check_rollouts, check_updated_policy
 from .phases.prompt_groups import GroupSampler
-from .phases.rescore import lora_reference, module_reference
 from .phases.sample import EpochRollouts, SampleSettings, TimedReward, sample_epoch
 from .phases.trajectories import Rollouts
 from .phases.update import TrainStats, UpdateSettings, count_minibatches, probe_per_forward, train_epoch
+from .policy.build import build_policy, model_path
 from .policy.distributed import DistInfo, all_reduce_, all_reduce_max_, barrier, broadcast_object
-from .policy.ema import EMA
-from .policy.zero import PolicyEngine
 from .report.epoch import epoch_line, guard_metrics, reward_metrics, run_summary, update_metrics
 from .report.evaluator import Evaluator, evaluate, resolve_targets
 from .report.plots import save_reward_curve, save_sample_grid
@@ -109,37 +106,12 @@ class Trainer:
                                            prompt_sets={"prompts.train": self.train_set, "prompts.test": self.test_set})
         self.reward_health = RewardHealth(r.abort_invalid_fraction, r.abort_window)
 
-        path = m.path
-        if m.path == "tiny":  # rank 0 builds the offline tiny model once; the others then load it
-            if self.main:
-                tiny_pipeline_path(m.tiny_seed)
-            barrier()
-            path = tiny_pipeline_path(m.tiny_seed)
+        path = model_path(cfg, main=self.main)
         check_start_lora(cfg, path)
-        self.pipeline = load_pipeline(path, dtype=getattr(torch, m.dtype), device=device,
-                                      attention_backend=m.attention_backend, model_root=m.model_root)
-        apply_precision(self.pipeline, m.precision)
-        if device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = m.allow_tf32
+        built = build_policy(cfg, path, device)
+        self.pipeline, self.policy, self.lora = built.pipeline, built.engine, built.lora
+        self.reference, self.ema = built.reference, built.ema
         transformer = self.pipeline.transformer
-        self.lora = m.finetune == "lora"
-        if self.lora:
-            params = apply_lora(transformer, rank=m.lora_rank, alpha=m.lora_alpha, init=m.lora_init, targets=m.lora_targets)
-            if cfg.train.lora_path:
-                init_lora_from(transformer, cfg.train.lora_path)
-        else:
-            params = enable_full_finetune(transformer)
-        if m.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
-        frozen = None
-        if not self.lora and cfg.train.beta > 0:
-            frozen = copy.deepcopy(transformer).requires_grad_(False).eval()
-        self.policy = PolicyEngine(transformer, params, cfg, device)
-        if cfg.train.beta > 0:
-            self.reference = lora_reference(self.policy, self.policy.module) if self.lora else module_reference(frozen)
-        else:
-            self.reference = None
-        self.ema = EMA(params, cfg.train.ema_decay, cfg.train.ema_interval, cfg.train.ema_schedule) if cfg.train.ema else None
 
         self.rollouts = Rollouts(self.pipeline, cfg)
         # What each phase reads of the config, fixed for the run.

@@ -70,13 +70,13 @@ def _build_instead(widths: str, transformer_config: dict):
     device in the run's dtype: seconds for 3.9e9 weights on a GPU, and no 2.3 GB folder written
     and read back)."""
     from precise_fast.models.tiny import random_pipeline
-    from precise_fast.train import trainer as trainer_module
+    from precise_fast.train.policy import build as policy_build
 
     def build_pipeline(path, *, dtype, device, attention_backend="auto", model_root=None):
         return random_pipeline(transformer_config, widths=widths, dtype=dtype, device=device,
                                attention_backend=attention_backend)
 
-    trainer_module.load_pipeline = build_pipeline
+    policy_build.load_pipeline = build_pipeline
 
 
 def _epoch_figures(run_dir: Path) -> dict[int, dict]:

@@ -20,11 +20,12 @@ BASE = ("log.progress=false", "log.image_every=0", "eval.every=0", "run.epochs=1
 @pytest.fixture
 def no_model(monkeypatch):
     from precise_fast.train import trainer as trainer_module
+    from precise_fast.train.policy import build as policy_build
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded although the input was bad")
 
-    monkeypatch.setattr(trainer_module, "load_pipeline", refuse)
+    monkeypatch.setattr(policy_build, "load_pipeline", refuse)
 
 
 def _run(tmp_path, capsys, *overrides, config=TINY_CONFIG, flags=()):

@@ -75,6 +75,7 @@ def test_a_rewritten_prompt_set_or_changed_lora_targets_is_refused_before_the_mo
     the count was compared) and a changed ``model.lora_targets`` crashed inside DeepSpeed after
     the model loaded. Both are refused naming what changed, before any model loads."""
     from precise_fast.train import trainer as trainer_module
+    from precise_fast.train.policy import build as policy_build
 
     from .conftest import REPO, small_config
 
@@ -91,7 +92,7 @@ def test_a_rewritten_prompt_set_or_changed_lora_targets_is_refused_before_the_mo
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the resume was refused")
 
-    monkeypatch.setattr(trainer_module, "load_pipeline", no_model)
+    monkeypatch.setattr(policy_build, "load_pipeline", no_model)
     prompts.write_text("\n".join(["a red cube"] + lines[1:]) + "\n")  # same count, one prompt changed
     with pytest.raises(CheckpointError, match=f"--resume .*epoch-000001: prompts.train {prompts} .*differ"):
         trainer_module.Trainer(small_config(tmp_path, *fast, "run.epochs=2", f"prompts.train={prompts}"), dist1,

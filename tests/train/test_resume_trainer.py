@@ -25,6 +25,7 @@ FAST = ("sampler.num_batches_per_epoch=2", "sampler.num_steps=4", "sampler.image
 
 def test_every_zero_saves_the_last_epoch_and_resume_applies_changed_optimizer_settings(tmp_path, dist1, monkeypatch):
     from precise_fast.train import trainer as trainer_module
+    from precise_fast.train.policy import build as policy_build
 
     cfg = small_config(tmp_path, *FAST)
     assert cfg.checkpoint.every == 0
@@ -61,7 +62,7 @@ def test_every_zero_saves_the_last_epoch_and_resume_applies_changed_optimizer_se
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the resume was refused")
 
-    monkeypatch.setattr(trainer_module, "load_pipeline", no_model)
+    monkeypatch.setattr(policy_build, "load_pipeline", no_model)
     with pytest.raises(CheckpointError, match="model.lora_rank is 4 but the checkpoint was trained with 8"):
         trainer_module.Trainer(small_config(tmp_path, *FAST, "model.lora_rank=4"), dist1, resume="latest")
 

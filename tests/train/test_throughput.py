@@ -12,7 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from precise_fast.models import apply_lora
 from precise_fast.models.flops import peak_bf16_flops
 from precise_fast.rollout import RolloutEngine, sample_g2rpo
-from precise_fast.train.phases.rescore import lora_reference, transition_losses
+from precise_fast.train.phases.rescore import transition_losses
+from precise_fast.train.policy.reference import lora_reference
 from precise_fast.train.grpo.transitions import from_rollout
 from precise_fast.train.report.throughput import Throughput, device_peak_flops, phase_metrics, throughput_line
 

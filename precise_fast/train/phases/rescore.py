@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ...models import lora_disabled
 from ...rollout import Score, TransitionRows, score_transitions
 from ..grpo.loss import LossRows, grpo_loss_rows
 from ..grpo.transitions import Transitions
@@ -79,7 +78,7 @@ def transition_losses(
 
     ``policy`` is called like the transformer (the DeepSpeed engine or a module);
     ``reference``, needed when ``beta > 0``, is the frozen base called the same way
-    (:func:`lora_reference`, :func:`module_reference`).
+    (``train.policy.reference``).
     """
     cols_t = torch.as_tensor(list(cols), dtype=torch.long, device=batch.x.device)
     rows, (v, log_prob, mean, guard_bias) = rescore(
@@ -107,32 +106,3 @@ def transition_losses(
         kl=kl,
         beta=beta,
     )
-
-
-class _AdaptersOff:
-    """A LoRA policy with its adapters switched off, called like the transformer (``dtype``
-    and the keyword forward are all ``predict_velocity`` uses), so the KL term's reference
-    mean comes out of the same :func:`score_transitions` as the policy's."""
-
-    def __init__(self, policy: Callable, module: torch.nn.Module):
-        self.policy, self.module = policy, module
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.policy.dtype
-
-    def __call__(self, **kwargs):
-        with lora_disabled(self.module):
-            return self.policy(**kwargs)
-
-
-def lora_reference(policy: Callable, module: torch.nn.Module) -> Callable:
-    """The frozen base of a LoRA policy: the same forward (the policy's, so the engine's
-    hooks still run) with the adapters of ``module`` switched off."""
-    return _AdaptersOff(policy, module)
-
-
-def module_reference(frozen: torch.nn.Module) -> Callable:
-    """The frozen base of a full fine-tune: the copy of the initial weights, itself called
-    like the transformer."""
-    return frozen
