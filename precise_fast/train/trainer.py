@@ -330,8 +330,9 @@ class Trainer:
         )
         self.policy.module.eval()
         bar.close()
-        check_updated_policy(epoch, self.policy, rows, self.cfg, every_update_skipped=stats.updates > 0 and not stats.applied,
-                             all_reduce_max=all_reduce_max_, checkpoints_root=self.ckpt.root)
+        check_updated_policy(epoch, self.policy, rows, self.update_settings, lr=self.cfg.train.lr,
+                             every_update_skipped=stats.updates > 0 and not stats.applied, all_reduce_max=all_reduce_max_,
+                             checkpoints_root=self.ckpt.root)
         return _Trained(stats, time.perf_counter() - start)
 
     def report(self, epoch: int, sampled: _Sampled, credited: _Credited, trained: _Trained, *,

@@ -31,6 +31,7 @@ from ..lifecycle.health import TrainingHealthError
 from ..policy.ema import local_tensor
 from ..state.checkpoint import list_checkpoints
 from .rescore import transition_losses
+from .update import UpdateSettings
 
 
 class Diverged(TrainingHealthError):
@@ -85,18 +86,18 @@ def check_rollouts(epoch: int, data: Transitions, params, *, all_reduce_max, che
                    f"was saved, {_kept(checkpoints_root, sampled_by=epoch - 1)}")
 
 
-def check_updated_policy(epoch: int, policy, data: Transitions, cfg, *, every_update_skipped: bool, all_reduce_max,
-                         checkpoints_root) -> None:
+def check_updated_policy(epoch: int, policy, data: Transitions, settings: UpdateSettings, *, lr: float,
+                         every_update_skipped: bool, all_reduce_max, checkpoints_root) -> None:
     """Raise :class:`Diverged` when every update of the epoch was skipped for non-finite values,
     or when the weights after its updates, or their log-probs on the first minibatch of the
     epoch's transitions at one timestep, are non-finite. (The loss there is not checked: its
     ratio against the pre-update log-probs may overflow for a large but finite step.)"""
-    t = cfg.train
+    t = settings
     device = data.x.device
     batch = data.select(torch.arange(min(t.batch_size, data.batch_size)))
     with torch.no_grad(), policy.gathered():  # the module itself, as the rollouts call it
         rows = transition_losses(policy.module, batch, [0], clip_range=t.clip_range, ratio_kind=t.ratio,
-                                 step_backend=cfg.sampler.step_backend)
+                                 step_backend=t.step_backend)
     hits = agreed({"weights": _weights(policy.params, device),
                    "log-probs": nonfinite([rows.approx_kl], device)}, all_reduce_max)  # 0.5 (logp - logp_old)^2
     if every_update_skipped:  # the guard's flags, already agreed over ranks at each step
@@ -104,4 +105,4 @@ def check_updated_policy(epoch: int, policy, data: Transitions, cfg, *, every_up
     if not hits:
         return
     raise Diverged(f"epoch {epoch} diverged: after its updates the policy has non-finite {' and '.join(hits)} "
-                   f"(train.lr={t.lr:g}); nothing of epoch {epoch} was saved, {_kept(checkpoints_root)}")
+                   f"(train.lr={lr:g}); nothing of epoch {epoch} was saved, {_kept(checkpoints_root)}")
