@@ -128,7 +128,7 @@ def test_position():
     assert evaluate_partial(ok, meta, no_colors, 0.1)[:2] == (True, 1.0)
     assert not evaluate_correct(wrong, meta, no_colors, 0.1)[0]
     # Counts right (1 + 1), relation wrong: the corrected form gives one credit of 0 (mean 2/3);
-    # the paper's default appends 0 and 1 (mean 3/4; see tests/rewards/test_geneval_parity.py).
+    # the paper's default appends 0 and 1 (mean 3/4, the next assertion).
     assert evaluate_partial(wrong, meta, no_colors, 0.1, "zero")[:2] == (False, pytest.approx(2 / 3))
     assert evaluate_partial(wrong, meta, no_colors, 0.1)[:2] == (False, pytest.approx(3 / 4))
     # No target object: the relation cannot hold.
