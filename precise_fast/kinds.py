@@ -24,14 +24,19 @@ FAMILY_ODE = 0
 FAMILY_EULER_MARUYAMA = 1  # mean = x + dt v + 0.5 std^2 score
 FAMILY_COEFFICIENT_PRESERVING = 2  # mean = (1 - s') x0_hat + sqrt(s'^2 - std^2) eps_hat
 
+# The deterministic kind (std 0, nothing to train): evaluation's default, the steps outside an SDE
+# window, G2RPO's completions. The training sampler's default is the paper's.
+ODE = "ode"
+DEFAULT_KIND = "precise"
+
 # (kind, family, default eta, largest eta): the table itself. cps's std is s' sin(eta pi / 2),
 # which turns back down past eta = 1.
 _TABLE = (
-    ("ode", FAMILY_ODE, 0.0, math.inf),
+    (ODE, FAMILY_ODE, 0.0, math.inf),
     ("flow_grpo", FAMILY_EULER_MARUYAMA, 0.7, math.inf),
     ("dance_grpo", FAMILY_EULER_MARUYAMA, 0.3, math.inf),
     ("cps", FAMILY_COEFFICIENT_PRESERVING, 0.7, 1.0),
-    ("precise", FAMILY_COEFFICIENT_PRESERVING, 1.5, math.inf),
+    (DEFAULT_KIND, FAMILY_COEFFICIENT_PRESERVING, 1.5, math.inf),
     ("dance_precise", FAMILY_COEFFICIENT_PRESERVING, 0.3, math.inf),
 )
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..sde import noise_std, philox_normal, reference_step
-from ..sde.kinds import STOCHASTIC
+from ..sde.kinds import ODE, STOCHASTIC
 
 
 @torch.no_grad()
@@ -67,7 +67,7 @@ def plain_rollout(
         scheduler, num_steps, device, sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu
     )
     sigmas = scheduler.sigmas
-    stds = {k: noise_std(sigmas, k, eta if k != "ode" else 0.0) for k in set(kinds)}
+    stds = {k: noise_std(sigmas, k, eta if k != ODE else 0.0) for k in set(kinds)}
 
     trajectory, means, log_probs = [latents], [], []
     for i, t in enumerate(timesteps):

@@ -39,7 +39,7 @@ from ..models.attention import attention_backend_for
 from ..models.flux2 import LatentLayout, decode_latents, latent_ids, latent_layout, pack_latents, predict_velocity
 from ..models.text import RECIPE_LAYERS, RECIPE_MAX_LENGTH, PromptEncoder, text_ids
 from ..sde import DEFAULT_ETA, philox_normal, resolve_backend, sample_step
-from ..sde.kinds import STOCHASTIC, check_kind
+from ..sde.kinds import DEFAULT_KIND, ODE, STOCHASTIC, check_kind
 from .plan import INIT_NOISE_STEP, Plan, PlanCache, Schedule, pipeline_schedule, trajectory_kinds
 from .seeds import as_seed_tensor
 
@@ -235,7 +235,7 @@ class RolloutEngine:
         self,
         pipeline,
         *,
-        kind: str = "precise",
+        kind: str = DEFAULT_KIND,
         eta: float | None = None,
         num_steps: int = 20,
         height: int = 512,
@@ -259,7 +259,7 @@ class RolloutEngine:
         self.device = next(self.transformer.parameters()).device
         self.schedule: Schedule = pipeline_schedule(pipeline, num_steps, self.layout.seq_len, latent_dtype)
         self.plans = PlanCache(self.schedule, self.eta, self.device)
-        if kind != "ode":
+        if kind != ODE:
             self.plans.std(kind)  # validates eta for the kind now, not at the first rollout
         self.step_backend = step_backend
         resolved = resolve_backend(step_backend, torch.empty(1, device=self.device, dtype=latent_dtype))

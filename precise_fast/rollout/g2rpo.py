@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..sde.kinds import STOCHASTIC
+from ..sde.kinds import ODE, STOCHASTIC
 from .engine import Rollout, RolloutEngine
 from .plan import Hop, granular_path
 from .scoring import TransitionRows
@@ -114,7 +114,7 @@ def sample_g2rpo(
 
     anchor = engine.sample(
         prompt_embeds, prompts=prompts, seeds=init_seeds, init_seeds=init_seeds,
-        initial_latents=initial_latents, mode="ode", decode=False,
+        initial_latents=initial_latents, mode=ODE, decode=False,
     )
     num_prompts = anchor.batch_size
     members = torch.as_tensor(member_seeds)
@@ -140,7 +140,7 @@ def sample_g2rpo(
             if len(path) == 1:  # k is the last step: the stochastic hop already reached sigma = 0
                 per_g.append(sample)
                 continue
-            plan = engine.plans.plan([Hop(a, b, "ode") for a, b in zip(path, path[1:])])
+            plan = engine.plans.plan([Hop(a, b, ODE) for a, b in zip(path, path[1:])])
             per_g.append(engine.run_plan(plan, embeds, flat_seeds, sample).latents[:, -1])
         finals.append(torch.stack(per_g, dim=1))  # (rows, n_g, S, C)
 

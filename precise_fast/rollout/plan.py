@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..sde import noise_std
-from ..sde.kinds import STOCHASTIC, check_eta, check_kind
+from ..sde.kinds import ODE, STOCHASTIC, check_eta, check_kind
 
 INIT_NOISE_STEP = 0
 
@@ -133,15 +133,15 @@ def trajectory_kinds(num_steps: int, kind: str, mode: str, window: tuple[int, in
         if window is not None:
             raise ValueError("window= is only valid with mode='window'")
         return (kind,) * num_steps
-    if mode == "ode":
-        return ("ode",) * num_steps
+    if mode == ODE:
+        return (ODE,) * num_steps
     if mode == "window":
         if window is None or len(window) != 2:
             raise ValueError("mode='window' needs window=(start, stop)")
         start, stop = int(window[0]), int(window[1])
         if not 0 <= start < stop <= num_steps:
             raise ValueError(f"window {window} must satisfy 0 <= start < stop <= {num_steps}")
-        return tuple(kind if start <= i < stop else "ode" for i in range(num_steps))
+        return tuple(kind if start <= i < stop else ODE for i in range(num_steps))
     raise ValueError(f"mode={mode!r} is not one of 'sde', 'window', 'ode'")
 
 
@@ -187,7 +187,7 @@ class PlanCache:
 
     def std(self, kind: str) -> torch.Tensor:
         if kind not in self._std:
-            eta = check_eta(kind, self.eta) if kind != "ode" else 0.0
+            eta = check_eta(kind, self.eta) if kind != ODE else 0.0
             self._std[kind] = noise_std(self.schedule.sigmas, kind, eta).to(torch.float32)
         return self._std[kind]
 
@@ -208,5 +208,5 @@ class PlanCache:
         """G2RPO branch: the stochastic hop ``step -> step + 1``, then the ODE completion (:func:`granular_path`)."""
         path = granular_path(int(step) + 1, self.schedule.num_steps, granularity, form)
         hops = [Hop(int(step), int(step) + 1, kind)]
-        hops += [Hop(a, b, "ode") for a, b in zip(path, path[1:])]
+        hops += [Hop(a, b, ODE) for a, b in zip(path, path[1:])]
         return self.plan(hops)

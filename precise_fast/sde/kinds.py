@@ -8,6 +8,7 @@ import torch
 from ..kinds import (  # noqa: F401 - the table's names, for the sde modules and their importers
     COEFFICIENT_PRESERVING,
     DEFAULT_ETA,
+    DEFAULT_KIND,
     EULER_MARUYAMA,
     FAMILY,
     FAMILY_COEFFICIENT_PRESERVING,
@@ -18,6 +19,7 @@ from ..kinds import (  # noqa: F401 - the table's names, for the sde modules and
     MAX_ETA,
     MAX_GRID_ROWS,
     MIN_STD,
+    ODE,
     STOCHASTIC,
     STOCHASTIC_KINDS,
     SamplerKind,

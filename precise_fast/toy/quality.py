@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..kinds import DEFAULT_KIND, ODE
 from ..models import TINY_TEXT_LAYERS, load_pipeline
 from ..prompts import load_prompts
 from ..rewards.shapes import world
@@ -40,7 +41,7 @@ def world_score(model_dir, prompt_file, *, seeds_per_prompt: int = 2, batch_size
     """``{"score", "strict_correct", "per_tag": {tag: score}, "nothing_detected", "score_where_detected"}``:
     means over prompts x seeds; the last two split the score by :func:`nothing_detected`."""
     pipe = pipeline if pipeline is not None else load_pipeline(model_dir)
-    engine = RolloutEngine(pipe, kind="precise", num_steps=NUM_STEPS, height=world.IMAGE_SIZE, width=world.IMAGE_SIZE,
+    engine = RolloutEngine(pipe, kind=DEFAULT_KIND, num_steps=NUM_STEPS, height=world.IMAGE_SIZE, width=world.IMAGE_SIZE,
                            max_text_len=max_text_len, text_layers=TINY_TEXT_LAYERS)
     prompts = load_prompts(prompt_file)
     jobs = [(i, s) for i in range(len(prompts)) for s in range(seeds_per_prompt)]
@@ -51,7 +52,7 @@ def world_score(model_dir, prompt_file, *, seeds_per_prompt: int = 2, batch_size
         texts = [prompts.prompts[i] for i, _ in chunk]
         metas = [prompts.metadata[i] for i, _ in chunk]
         seeds = [item_seed(seed, i * seeds_per_prompt + s) for i, s in chunk]
-        images = engine.sample(prompts=texts, seeds=seeds, mode="ode").images
+        images = engine.sample(prompts=texts, seeds=seeds, mode=ODE).images
         out = reward(images, texts, metas)
         scores += out.scores.tolist()
         strict += out.extras["strict_correct"].tolist()

@@ -26,7 +26,9 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from ..kinds import DEFAULT_ETA, KINDS as SAMPLER_KINDS, MAX_ETA, STOCHASTIC_KINDS, SamplerKind, StochasticKind  # noqa: F401
+from ..kinds import (  # noqa: F401 - SAMPLER_KINDS is read by eval and the launcher through this module
+    DEFAULT_ETA, DEFAULT_KIND, KINDS as SAMPLER_KINDS, MAX_ETA, ODE, STOCHASTIC_KINDS, SamplerKind, StochasticKind,
+)
 
 
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -76,7 +78,7 @@ class ModelConfig:
 
 @dataclass
 class SamplerConfig:
-    kind: StochasticKind = "precise"
+    kind: StochasticKind = DEFAULT_KIND
     eta: Union[float, None] = None  # None: the kind's default (the kind table's DEFAULT_ETA)
     num_steps: int = 20
     height: int = 512
@@ -203,7 +205,7 @@ class EvalConfig:
     num_prompts: int = 64
     batch_size: int = 8
     images_per_prompt: int = 1  # as EvalTarget.images_per_prompt
-    kind: SamplerKind = "ode"
+    kind: SamplerKind = ODE
     use_ema: bool = True
     at_start: bool = False
     # Seed of the eval items' noise (None: run.seed). Fix it to compare runs that differ in

@@ -4,6 +4,7 @@ the table's, and the recipes leave eta to the table's defaults."""
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -50,6 +51,29 @@ def test_no_backend_spells_a_kind_name(path):
     text = path.read_text()
     spelled = [k for k in kinds.KINDS if re.search(rf"[\"']{k}[\"']", text)]
     assert not spelled, f"{path.name} spells {spelled}"
+
+
+# A CLIPScore convention named after the Flow-GRPO repository's scorer, not a sampler kind.
+_NOT_A_KIND = {("rewards/clip_scorers.py", "flow_grpo"), ("rewards/registry.py", "flow_grpo")}
+
+
+def test_no_module_spells_a_kind_name_outside_the_table_and_the_reference():
+    """Code names a kind through the table (kinds.ODE, kinds.DEFAULT_KIND, KINDS...): a string
+    literal of a kind name anywhere else in the package is a second table. Docstrings may name them."""
+    package = ROOT / "precise_fast"
+    spelled = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).as_posix()
+        if rel in ("kinds.py", "sde/reference.py"):
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+        spelled += [f"{rel}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
+                    if isinstance(node, ast.Constant) and node.value in kinds.KINDS and id(node) not in docstrings
+                    and (rel, node.value) not in _NOT_A_KIND]
+    assert not spelled, spelled
 
 
 @pytest.mark.skipif(not native_available(), reason=f"precise_fast._C not built: {native_error()}")

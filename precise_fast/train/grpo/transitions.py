@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+from ...kinds import ODE
 from ...sde import mean_jacobian
 
 
@@ -67,7 +68,7 @@ def from_rollout(rollout, steps: Sequence[int]) -> Transitions:
     """The transitions of ``rollout`` (a :class:`precise_fast.rollout.Rollout`) at schedule ``steps``."""
     steps = list(steps)
     kinds = {rollout.kinds[i] for i in steps}
-    if len(kinds) != 1 or "ode" in kinds:
+    if len(kinds) != 1 or ODE in kinds:
         raise ValueError(f"trained steps {steps} must all be stochastic steps of one kind, got {sorted(kinds)}")
     idx = torch.tensor(steps, device=rollout.latents.device)
     nxt = idx + 1

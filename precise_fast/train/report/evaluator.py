@@ -35,6 +35,7 @@ from typing import Union
 
 import torch
 
+from ...kinds import ODE
 from ...prompts import load_prompts
 from ...rewards import build_reward
 from ..config import EvalTarget
@@ -76,7 +77,7 @@ def resolve_target(t: EvalTarget, cfg, *, legacy: bool = False) -> Target:
         prompts=t.prompts or cfg.prompts.test,
         reward=t.reward,
         kind=kind,
-        eta=None if kind == "ode" else eta,
+        eta=None if kind == ODE else eta,
         num_steps=t.num_steps or s.num_steps,
         batch_size=t.batch_size,
         num_prompts=t.num_prompts,
@@ -143,7 +144,7 @@ class Evaluator:
     def rollouts(self, t: Target):
         """``(rollouts, mode)`` for a target; the ODE runs on the training kind's engine in ``ode`` mode."""
         s = self.cfg.sampler
-        engine_kind, eta, mode = (s.kind, s.eta, "ode") if t.kind == "ode" else (t.kind, t.eta, "sde")
+        engine_kind, eta, mode = (s.kind, s.eta, ODE) if t.kind == ODE else (t.kind, t.eta, "sde")
         key = (engine_kind, eta, t.num_steps)
         if key not in self._rollouts:
             # Another sampler than training's: the same run config with the target's sampler fields.
