@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..train.config import load_config
+
 MAIN_JOB_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "toy" / "shapes_precise.yaml"
 MAIN_JOB_RANKS = 2  # `make train` runs --num_gpus 2
 # The stand-ins' eval: fixed initial latents per held-out prompt (62 x 2 = 124 ODE images), half
@@ -16,8 +18,6 @@ def one_rank_epoch(config: str | Path = MAIN_JOB_CONFIG, ranks: int = MAIN_JOB_R
     """Overrides under which one rank does the ``ranks``-rank job's epoch: the same rollouts
     (``ranks`` x its sampling batches) and the same optimizer steps (``ranks`` x its
     accumulation, each step averaging as many samples as the ranks' all-reduce did)."""
-    from ..train.config import load_config
-
     cfg = load_config(config)
     return [f"sampler.num_batches_per_epoch={cfg.sampler.num_batches_per_epoch * ranks}",
             f"train.gradient_accumulation_steps={cfg.train.gradient_accumulation_steps * ranks}"]
