@@ -7,11 +7,12 @@ Entry points: ``python -m precise_fast.train --config configs/tiny_cpu.yaml`` (o
 Top level: ``main`` (the command line), ``supervise`` (``make train``'s wrapper: TERM / INT stop the
 ranks at a safe point), ``config`` (schema, YAML, overrides, the rules between keys), ``trainer``
 (builds the run; each epoch is four calls: sample, credit, update, report). Below them, by
-responsibility (docs/ARCHITECTURE.md): ``phases`` (the epoch's phases in run order), ``grpo`` (pure
-tensor math: advantages, the clipped loss, GRPO-Guard), ``policy`` (process groups, DeepSpeed ZeRO,
-the non-finite guard, EMA), ``state`` (checkpoint, resume, rng), ``lifecycle`` (run lock, checks
-before the model loads, signals, health, divergence, fault injection), ``report`` (tracking, plots,
-the held-out evaluation, throughput).
+responsibility (docs/ARCHITECTURE.md; .importlinter checks the order): ``report`` (the report phase,
+tracking, plots, the held-out evaluation, throughput), ``phases`` (sample, credit, update, the
+re-scoring and the divergence checks), ``state`` (checkpoint, resume, rng streams), ``policy`` (how
+the policy is built, process groups, DeepSpeed ZeRO, the non-finite guard, EMA, the KL reference),
+``lifecycle`` (run lock, checks before the model loads, signals, health, fault injection), ``grpo``
+(pure tensor math: advantages, the clipped loss with GRPO-Guard's ratio, transitions).
 """
 
 from .config import Config, ConfigError, load_config
