@@ -129,7 +129,7 @@ class Trainer:
         self.evaluator = Evaluator(self.pipeline, cfg, reward_device=reward_device, reward_dtype=reward_dtype,
                                    train_rollouts=self.rollouts, train_reward=self.reward,
                                    prompt_sets={cfg.prompts.test: self.test_set} if self.test_set is not None else None)
-        if cfg.eval.every > 0 or cfg.eval.at_start:
+        if needs_eval:
             for target in resolve_targets(cfg):  # a missing prompt file fails now, not at the first eval
                 self.evaluator.prompt_set(target)
 

@@ -27,7 +27,6 @@ from .zero import PolicyEngine
 class Policy:
     pipeline: object  # the diffusers pipeline; its transformer is the engine's module
     engine: PolicyEngine
-    params: list[torch.nn.Parameter]  # what the optimizer trains
     lora: bool  # a LoRA (else every weight trains)
     reference: Callable | None  # the frozen base of the KL term (train.beta > 0)
     ema: EMA | None
@@ -68,4 +67,4 @@ def build_policy(cfg: Config, path: str | Path, device: torch.device) -> Policy:
     if t.beta > 0:
         reference = lora_reference(engine, engine.module) if lora else module_reference(frozen)
     ema = EMA(params, t.ema_decay, t.ema_interval, t.ema_schedule) if t.ema else None
-    return Policy(pipeline, engine, params, lora, reference, ema)
+    return Policy(pipeline, engine, lora, reference, ema)
