@@ -166,11 +166,9 @@ def model_root(root: str | os.PathLike | None = None) -> Path | None:
 def resolve_model_root(root: str | os.PathLike | None = None) -> tuple[Path, str]:
     """The reward scorers' root as ``(root, source)``: :func:`model_root`, else :data:`DEFAULT_MODEL_ROOT`;
     ``source`` says which rule chose it (for error messages)."""
-    if root is not None and str(root) != "":
-        return Path(root).expanduser(), "the model_root setting"
-    env = os.environ.get(MODEL_ROOT_ENV)
-    if env:
-        return Path(env).expanduser(), f"${MODEL_ROOT_ENV}"
+    ours = model_root(root)
+    if ours is not None:
+        return ours, "the model_root setting" if root is not None and str(root) != "" else f"${MODEL_ROOT_ENV}"
     default = Path(DEFAULT_MODEL_ROOT).expanduser()
     return default, f"the default ({DEFAULT_MODEL_ROOT}; set ${MODEL_ROOT_ENV} to change it)"
 
