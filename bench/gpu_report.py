@@ -1,8 +1,9 @@
 """Fold the outputs of scripts/gpu_check.sh into OUT/gpu_report.json and OUT/gpu_report.md.
 
 Inputs in OUT: ``steps.tsv`` (step, exit status, seconds: one line per step the script
-ran), ``gpu_tests.xml`` (pytest's JUnit XML of the ``-m gpu`` run) and the benchmarks'
-``gpu_*.json``. Exits non-zero when any step failed, so the script's status is this one.
+ran), ``gpu_tests.xml`` (pytest's JUnit XML of the ``-m gpu`` run), ``gpu_tests_collected.txt``
+(the node ids that run collected, tests/conftest.py: those missing from the XML never finished,
+the step's time ran out first) and the benchmarks' ``gpu_*.json``. Exits non-zero when any step failed, so the script's status is this one.
 
 Run: ``python bench/gpu_report.py OUT``.
 """
@@ -27,6 +28,22 @@ def _steps(out: Path) -> list[dict]:
     return rows
 
 
+def _junit_address(nodeid: str) -> tuple[str, str]:
+    """A node id as pytest's JUnit XML writes it: ``a/b.py::C::t[p]`` -> ("a.b.C", "t[p]")."""
+    path, *names = nodeid.split("::")
+    module = path.removesuffix(".py").replace("/", ".")
+    return ".".join([module, *names[:-1]]), names[-1] if names else ""
+
+
+def _unfinished(out: Path, suites: list) -> list[str] | None:
+    """The collected node ids with no result in the XML (None when the collection list is absent)."""
+    path = out / "gpu_tests_collected.txt"
+    if not path.is_file():
+        return None
+    done = {(c.get("classname"), c.get("name")) for s in suites for c in s.iter("testcase")}
+    return [n for n in path.read_text().splitlines() if n and _junit_address(n) not in done]
+
+
 def _tests(out: Path) -> dict | None:
     path = out / "gpu_tests.xml"
     if not path.is_file():
@@ -34,12 +51,18 @@ def _tests(out: Path) -> dict | None:
     root = ET.parse(path).getroot()
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
     count = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    unfinished = _unfinished(out, suites)
     failed = [f"{c.get('classname')}::{c.get('name')}" for s in suites for c in s.iter("testcase")
               if c.find("failure") is not None or c.find("error") is not None]
     reasons = Counter(c.find("skipped").get("message", "") for s in suites for c in s.iter("testcase")
                       if c.find("skipped") is not None)
     return {**count, "passed": count["tests"] - count["failures"] - count["errors"] - count["skipped"],
-            "failed": failed, "skipped_why": dict(reasons.most_common())}
+            "failed": failed, "skipped_why": dict(reasons.most_common()), "unfinished": unfinished}
+
+
+def _by_function(nodeids: list[str]) -> Counter:
+    """Node ids counted per test function (parameters dropped): a short list for the summary."""
+    return Counter(n.split("[", 1)[0] for n in nodeids)
 
 
 def _md(report: dict) -> str:
@@ -56,6 +79,9 @@ def _md(report: dict) -> str:
         lines += ["", f"GPU tests: {t['passed']} passed, {t['failures'] + t['errors']} failed, {t['skipped']} skipped"]
         lines += [f"- FAILED {name}" for name in t["failed"]]
         lines += [f"- skipped x{n}: {why}" for why, n in t["skipped_why"].items()]
+        if t.get("unfinished"):
+            lines += [f"- not finished (the step's time ran out) x{len(t['unfinished'])}; rerun them with pytest:"]
+            lines += [f"  - {name} x{n}" for name, n in _by_function(t["unfinished"]).items()]
     fused = report["benchmarks"].get("gpu_fused_step")
     if fused:
         c = fused.get("config", {})

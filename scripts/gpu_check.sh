@@ -4,7 +4,8 @@
 #   wheels     install .whl/*.whl offline (what the image lacks: scripts/gpu_wheels.sh made them)
 #   build      the project, editable, with the CUDA extension for sm_90
 #   preflight  GPU, versions, an import of every needed package, the _C CUDA kernel
-#   gpu_tests  every gpu-marked test (JUnit: gpu_tests.xml); triton_on_gpu: the Triton launch checks
+#   gpu_tests  every gpu-marked test, GPU_TESTS_FIRST first (JUnit: gpu_tests.xml; the report names
+#              any the step had no time for); triton_on_gpu: the Triton launch checks
 #   gpu_*      the GPU benchmarks (bench/gpu_*.py --out OUT/NAME.json)
 # then bench/gpu_report.py writes OUT/gpu_report.json and .md; the logs go in OUT/logs.tar.gz.
 # A failed wheels / build / preflight step stops the check with one line "[gpu_check] STOP: ...".
@@ -56,6 +57,20 @@ TRITON_GPU_TESTS=(
   tests/kernels/test_op_registration.py::test_triton_ops_use_the_triton_op_registration_shipped_for_gpu
   tests/kernels/test_op_registration.py::test_every_triton_launch_disables_fp_fusion
 )
+# The GPU tests that run first, in this order (node-id prefixes; tests/conftest.py orders them):
+# one broad check of each layer before the kernels' full dtype x kind matrix, so a test step cut
+# at its limit has touched every part. The report names what did not finish.
+GPU_TESTS_FIRST=(
+  tests/kernels/test_sm90_compile.py
+  tests/kernels/test_op_registration.py
+  tests/kernels/test_noise_stream.py
+  tests/kernels/test_fused_step_cpu.py::test_full_size
+  tests/kernels/test_fused_step_triton.py::test_full_size
+  tests/models
+  tests/rewards
+  tests/rollout
+  tests/train
+)
 BENCHES=(bench/gpu_fused_step.py bench/gpu_rollout.py bench/gpu_train_step.py)
 # The device has no network: let nothing wait on one.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
@@ -98,6 +113,10 @@ if [ "$DRY" = 1 ]; then
   fi
   n_gpu=$(grep -c '::' "$OUT/gpu_collect.txt")
   [ "$n_gpu" -gt 0 ] || fail "no gpu-marked test collected"
+  for p in "${GPU_TESTS_FIRST[@]}"; do
+    awk -v p="$p" 'index($0, p) == 1 { found = 1 } END { exit !found }' "$OUT/gpu_collect.txt" \
+      || fail "GPU_TESTS_FIRST names $p, which no collected GPU test starts with"
+  done
   "$PY" -m pytest --collect-only -q -p no:cacheprovider "${TRITON_GPU_TESTS[@]}" >"$OUT/triton_collect.txt" 2>&1 \
     || { cat "$OUT/triton_collect.txt"; fail "a Triton test named here does not exist"; }
   for f in "${BENCHES[@]}" bench/gpu_report.py; do
@@ -123,9 +142,11 @@ finish() {
   local status=${1:-1}
   trap - EXIT INT TERM
   if [ -x "$PY" ] || command -v "$PY" >/dev/null; then
+    # The report's inputs from the logs sit in OUT only while it runs (OUT keeps 8 files).
     cp "$LOGS/steps.tsv" "$OUT/steps.tsv"
+    [ -f "$LOGS/gpu_tests_collected.txt" ] && cp "$LOGS/gpu_tests_collected.txt" "$OUT/"
     "$PY" bench/gpu_report.py "$OUT" >"$LOGS/gpu_report.log" 2>&1 || status=1
-    rm -f "$OUT/steps.tsv"
+    rm -f "$OUT/steps.tsv" "$OUT/gpu_tests_collected.txt"
     # The device tool's reply holds the console's last lines: the report is what to read first.
     [ -f "$OUT/gpu_report.md" ] && cat "$OUT/gpu_report.md"
   fi
@@ -207,7 +228,8 @@ setup_step preflight "$PY" scripts/gpu_preflight.py
 
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider -rs --continue-on-collection-errors --timeout="$PER_TEST_TIMEOUT_S")
 read -r gpu_junit _ <<<"${OUTPUT[gpu_tests]}"
-GPU_REPORT_DIR="$OUT" step gpu_tests "${PYTEST[@]}" -m gpu tests --junitxml="$OUT/$gpu_junit"
+PRECISE_FAST_TESTS_FIRST="${GPU_TESTS_FIRST[*]}" PRECISE_FAST_TESTS_COLLECTED="$LOGS/gpu_tests_collected.txt" \
+  GPU_REPORT_DIR="$OUT" step gpu_tests "${PYTEST[@]}" -m gpu tests --junitxml="$OUT/$gpu_junit"
 step triton_on_gpu "${PYTEST[@]}" "${TRITON_GPU_TESTS[@]}" --junitxml="$LOGS/triton_tests.xml"
 for bench in "${BENCHES[@]}"; do
   name=$(basename "$bench" .py)

@@ -66,6 +66,19 @@ def test_dry_run_refuses_more_files_than_the_device_brings_back(tmp_path):
     assert run.stdout.strip() == "[gpu_check] FAIL: 9 files would land in OUT; the device brings back 8"
 
 
+def test_dry_run_refuses_a_first_test_that_does_not_exist(tmp_path):
+    """A renamed test would silently lose its place at the front of the GPU run."""
+    block = _gpu_tests_first_block()
+    script = _script_copy(tmp_path / "root", (block, block.replace("  tests/train\n", "  tests/train/test_gone.py\n")))
+    for name in ("tests", "scripts/gpu_preflight.py", "pytest.ini"):
+        (tmp_path / "root" / name).symlink_to(REPO / name)
+    run = subprocess.run(["bash", str(script), "--dry-run", str(tmp_path / "out")], capture_output=True, text=True,
+                         env=_env(tmp_path), timeout=300)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.stdout.strip().splitlines()[-1] == ("[gpu_check] FAIL: GPU_TESTS_FIRST names tests/train/test_gone.py, "
+                                                   "which no collected GPU test starts with")
+
+
 def test_without_a_gpu_the_check_stops_at_the_preflight_with_one_line(tmp_path):
     out = tmp_path / "out"
     run = subprocess.run(["bash", str(SCRIPT), str(out)], capture_output=True, text=True, timeout=300,
@@ -107,6 +120,14 @@ def test_quick():  # as tests/train/end_to_end.py reports its figures
 @pytest.mark.gpu
 def test_hangs():
     time.sleep(120)
+
+@pytest.mark.gpu
+def test_named_first():  # GPU_TESTS_FIRST names it: it runs before the two above
+    pass
+
+@pytest.mark.gpu
+def test_never_reached():
+    pass
 """
 
 # Stands for the device's python3: the preflight passes, the benchmarks do nothing, the rest
@@ -120,11 +141,20 @@ exec {python} "$@"
 """
 
 
+def _gpu_tests_first_block() -> str:
+    text = SCRIPT.read_text()
+    start = text.index("GPU_TESTS_FIRST=(\n")
+    return text[start:text.index("\n)\n", start) + 3]
+
+
 def test_a_step_cut_at_its_limit_gets_int_so_pytest_writes_its_junit_xml(tmp_path):
     """Shares of 3 s (budget 24 s): the hanging GPU test is cut by INT at the step's limit, the
-    JUnit XML holds the test that finished, and the check stays within its budget."""
+    JUnit XML holds the tests that finished, the test GPU_TESTS_FIRST names ran first (the
+    repo's tests/conftest.py orders them), the report names the two that never finished, and
+    the check stays within its budget."""
     root = tmp_path / "root"
     script = _script_copy(root, ("BUDGET_S=480", "BUDGET_S=24"),
+                          (_gpu_tests_first_block(), "GPU_TESTS_FIRST=(tests/test_hang.py::test_named_first)\n"),
                           ("[wheels]=15 [build]=90 [preflight]=20 [gpu_tests]=165 [triton_on_gpu]=20",
                            "[wheels]=3 [build]=3 [preflight]=3 [gpu_tests]=3 [triton_on_gpu]=3"),
                           ("[gpu_fused_step]=50 [gpu_rollout]=60 [gpu_train_step]=60",
@@ -132,6 +162,9 @@ def test_a_step_cut_at_its_limit_gets_int_so_pytest_writes_its_junit_xml(tmp_pat
                           ("KILL_AFTER_S=15", "KILL_AFTER_S=5"))
     (root / "tests").mkdir()
     (root / "tests" / "test_hang.py").write_text(HANGING_TEST)
+    conftest = (REPO / "tests" / "conftest.py").read_text()
+    assert "if torch.cuda.is_available():" in conftest
+    (root / "tests" / "conftest.py").write_text(conftest.replace("if torch.cuda.is_available():", "if True:  # as on a GPU"))
     fake = tmp_path / "python"
     fake.write_text(FAKE_PYTHON.format(python=sys.executable))
     fake.chmod(0o755)
@@ -143,8 +176,14 @@ def test_a_step_cut_at_its_limit_gets_int_so_pytest_writes_its_junit_xml(tmp_pat
     assert run.returncode == 1, run.stdout + run.stderr
     assert elapsed < 24 + 5 + 10, elapsed  # the budget, one KILL_AFTER, the report
     junit = ET.parse(out / "gpu_tests.xml").getroot()
-    cases = {c.get("name") for c in junit.iter("testcase")}
-    assert "test_quick" in cases, ET.tostring(junit)
+    cases = [c.get("name") for c in junit.iter("testcase") if c.get("name")]
+    assert cases == ["test_named_first", "test_quick"], ET.tostring(junit)
+    report = json.loads((out / "gpu_report.json").read_text())
+    assert report["tests"]["unfinished"] == ["tests/test_hang.py::test_hangs", "tests/test_hang.py::test_never_reached"]
+    md = (out / "gpu_report.md").read_text()
+    assert "- not finished (the step's time ran out) x2; rerun them with pytest:" in md, md
+    assert "  - tests/test_hang.py::test_never_reached x1" in md, md
+    assert not (out / "gpu_tests_collected.txt").exists()  # a report input, not one of the 8 files
     assert (out / "trainer_end_to_end.json").is_file()  # GPU_REPORT_DIR is OUT
     with tarfile.open(out / "logs.tar.gz") as tar:
         steps = tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("steps.tsv"))).read().decode()
