@@ -54,6 +54,11 @@ def deepspeed_config(cfg: Config) -> dict:
     )
     ds["bf16"] = {"enabled": cfg.model.dtype == "bfloat16"}
     ds["fp16"] = {"enabled": cfg.model.dtype == "float16"}
+    # DeepSpeed's throughput timer starts in a forward pre-hook on the transformer itself and,
+    # from its second step on, synchronizes the device there: inside a rollout's CUDA-graph
+    # capture that is an error, and in eager rollouts it stalls the reward stream. The trainer
+    # reports its own throughput (train/report/throughput.py).
+    ds["timers"] = {"throughput": {"enabled": False}}
     return ds
 
 
