@@ -282,6 +282,7 @@ class RolloutEngine:
         self.max_cached_graphs = None if max_cached_graphs is None else max(1, int(max_cached_graphs))
         self._graph_shapes: set[tuple] = set()  # distinct (plan, shape) keys ever run through a graph
         self._graph_pool = None
+        self._warmup_stream = None
         self.attention_backend = attention_backend
         self.before_capture = None
         # Transformer forward rows run so far, per text length (batch x hops of every plan, replayed or
@@ -372,13 +373,19 @@ class RolloutEngine:
     def _capture(self, run) -> object:
         """Warm up ``run`` on a side stream, then capture it into a CUDA graph (``.replay()``)."""
         # Lazy cuBLAS / Triton initialisation happens in the warm-up, never inside the capture.
-        side = torch.cuda.Stream(self.device)
+        # One warm-up stream per engine: cuBLAS keeps a workspace per stream it ever ran on.
+        if self._warmup_stream is None:
+            self._warmup_stream = torch.cuda.Stream(self.device)
+        side = self._warmup_stream
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             run()
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        if self._graph_pool is None:
+        if self._graph_pool is None or not self._graphs:
+            # A pool that no live graph holds may still keep blocks a capture allocated for good
+            # (cuBLAS's workspace for the capture stream): torch cannot free it, and capturing
+            # into it again fails its allocator's assert (use_count > 0). Such a pool is left.
             self._graph_pool = torch.cuda.graph_pool_handle()
         # "thread_local": CUDA calls of other threads (the reward worker's side stream) are
         # not this capture's business; the default "global" mode would fail the capture on them.

@@ -2,6 +2,7 @@
 and the real CUDA graph where a GPU exists."""
 
 import contextlib
+import itertools
 from pathlib import Path
 
 import pytest
@@ -214,17 +215,15 @@ def test_default_g2rpo_plan_set_stays_captured(tiny_pipe, embeds, monkeypatch, o
     assert engine.graph_cache_bound() == plans
 
 
-def test_capture_is_thread_local_and_drains_first(tiny_pipe, monkeypatch):
-    """Issue 12 item 4: the capture uses ``capture_error_mode="thread_local"`` (the reward
-    worker's side-stream work is not the capture's business) and runs ``before_capture``
-    (the trainer drains the reward worker there) before its warm-up; replays never call it.
-    No GPU here: torch.cuda's stream and graph objects are stood in for."""
-    engine = RolloutEngine(tiny_pipe, kind="precise", num_steps=STEPS, height=SIZE, width=SIZE)
-    log, graph_kwargs = [], []
+def _stand_in_cuda_graphs(monkeypatch, log, graph_kwargs, pools):
+    """torch.cuda's stream and graph objects stood in for (no GPU here): ``log`` records
+    "stream" (a new stream made), "capture" and "replay"; ``graph_kwargs`` what each capture got;
+    ``pools`` yields the ids ``graph_pool_handle`` hands out."""
 
     class FakeStream:
-        def __init__(self, *args, **kwargs):
-            pass
+        def __init__(self, *args, made=True, **kwargs):
+            if made:
+                log.append("stream")
 
         def wait_stream(self, other):
             pass
@@ -241,10 +240,20 @@ def test_capture_is_thread_local_and_drains_first(tiny_pipe, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream(made=False))
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
-    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: "pool")
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: next(pools))
     monkeypatch.setattr(torch.cuda, "graph", fake_graph)
+
+
+def test_capture_is_thread_local_and_drains_first(tiny_pipe, monkeypatch):
+    """Issue 12 item 4: the capture uses ``capture_error_mode="thread_local"`` (the reward
+    worker's side-stream work is not the capture's business) and runs ``before_capture``
+    (the trainer drains the reward worker there) before its warm-up; replays never call it.
+    No GPU here: torch.cuda's stream and graph objects are stood in for."""
+    engine = RolloutEngine(tiny_pipe, kind="precise", num_steps=STEPS, height=SIZE, width=SIZE)
+    log, graph_kwargs = [], []
+    _stand_in_cuda_graphs(monkeypatch, log, graph_kwargs, pools=iter(["pool"]))
     engine.cuda_graph = True
     engine.before_capture = lambda: log.append("drain")
     plan = engine.plans.trajectory(("precise",) * STEPS)
@@ -253,7 +262,36 @@ def test_capture_is_thread_local_and_drains_first(tiny_pipe, monkeypatch):
     for _ in range(2):
         engine.run_plan(plan, embeds, torch.tensor([1]), start)
     assert graph_kwargs == [{"pool": "pool", "capture_error_mode": "thread_local"}]
-    assert log == ["drain", "capture", "replay", "replay"]
+    assert log == ["drain", "stream", "capture", "replay", "replay"]
+
+
+def test_graphs_share_a_pool_while_one_lives_and_one_warm_up_stream_serves_every_capture(tiny_pipe, monkeypatch):
+    """Graphs captured while another lives share its memory pool; once none lives (evicted, or
+    ``reset_graphs``) the next capture takes a new pool: torch cannot free a pool that keeps
+    blocks a capture allocated for good (cuBLAS's workspace for the capture stream), and
+    capturing into it again fails its allocator's assert. The warm-up stream is made once:
+    cuBLAS keeps a workspace for every stream it ran on."""
+    engine = RolloutEngine(tiny_pipe, kind="precise", num_steps=STEPS, height=SIZE, width=SIZE, max_cached_graphs=2)
+    log, graph_kwargs = [], []
+    _stand_in_cuda_graphs(monkeypatch, log, graph_kwargs, pools=itertools.count())
+    engine.cuda_graph = True
+    embeds = torch.zeros(1, 8, tiny_pipe.transformer.config.joint_attention_dim)
+    start = torch.zeros(engine.layout.packed_shape(1))
+    plans = [engine.plans.trajectory(kinds) for kinds in
+             (("precise",) * STEPS, ("ode",) * STEPS, ("precise",) + ("ode",) * (STEPS - 1))]
+
+    def capture_pools(*picks, bound=2):
+        engine.max_cached_graphs = bound
+        graph_kwargs.clear()
+        for i in picks:
+            engine.run_plan(plans[i], embeds, torch.tensor([1]), start)
+        return [k["pool"] for k in graph_kwargs]
+
+    assert capture_pools(0, 1, 2) == [0, 0, 0]  # the third evicts the first; the second lives on
+    engine.reset_graphs()
+    assert capture_pools(0, 1) == [1, 1]
+    assert capture_pools(2, 0, bound=1) == [2, 3]  # a bound of one evicts the only graph first
+    assert log.count("stream") == 1
 
 
 def test_sampling_phase_drains_rewards_before_a_capture(tiny_pipe, tmp_path, monkeypatch, one_thread):
