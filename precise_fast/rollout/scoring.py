@@ -6,7 +6,10 @@ re-scored under a transformer: the velocity through the same
 next latent scored by ``precise_fast.sde.score_step`` (the fused op the engine sampled
 with, in score mode). Training runs it for the policy and for the frozen reference
 (``precise_fast.train.phases.rescore``), so with unchanged weights its log-probs equal the
-rollout's own (ratio exactly 1): a deviation means the sampling and training paths differ.
+rollout's own (ratio exactly 1 on CPU, where the tests pin it; on a GPU to within the rounding of
+the matmul and attention kernels chosen for each batch shape and grad mode, which differ between
+a captured no-grad rollout and a re-scoring minibatch): a larger deviation means the sampling and
+training paths differ.
 
 It lives in the rollout layer, beside the engine whose forward and step op it must match;
 the trainer decides which transitions to score and batches them (:class:`TransitionRows`).

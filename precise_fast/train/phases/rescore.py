@@ -10,7 +10,8 @@ rounding of batched matmuls differs (tests/train/test_timestep_batching.py).
 Scoring itself is :func:`precise_fast.rollout.score_transitions`, the rollout layer's one
 re-scoring primitive (the engine's forward and the same fused op in score mode), for the
 policy and for the frozen reference alike, so with unchanged weights the ratio is exactly 1
-(the on-policy check, tests/rollout/test_policy_and_seeds.py).
+on CPU (the on-policy check, tests/rollout/test_policy_and_seeds.py) and 1 to within kernel
+rounding on a GPU (``train/first_ratio_abs_dev`` reports how far).
 """
 
 from __future__ import annotations
