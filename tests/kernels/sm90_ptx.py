@@ -111,8 +111,12 @@ def violations(ptx: str) -> list[str]:
     return out
 
 
-def compile_ptx(kernel, signature: dict, constexprs: dict, options: dict) -> str:
-    """PTX of one kernel variant for sm_90, through triton's own stages up to ``ptx`` (no ptxas)."""
+def compile_ptx(kernel, signature: dict, constexprs: dict, options: dict, aligned: bool = False) -> str:
+    """PTX of one kernel variant for sm_90, through triton's own stages up to ``ptx`` (no ptxas).
+
+    ``aligned``: every pointer and integer argument is marked divisible by 16, as triton
+    specializes a launch on 16-byte aligned tensors with sizes like 16 x 131072 (wider vector
+    loads, another reduction layout); otherwise nothing is, as for an offset view or odd sizes."""
     from triton._C.libtriton import ir
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -120,7 +124,9 @@ def compile_ptx(kernel, signature: dict, constexprs: dict, options: dict) -> str
 
     target = GPUTarget("cuda", 90, 32)
     backend = make_backend(target)
-    src = ASTSource(kernel, {**signature, **{k: "constexpr" for k in constexprs}}, constexprs)
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names)
+             if aligned and name in signature} if aligned else None
+    src = ASTSource(kernel, {**signature, **{k: "constexpr" for k in constexprs}}, constexprs, attrs)
     opts = backend.parse_options(dict(options))
     stages: dict = {}
     backend.add_stages(stages, opts, src.language)
@@ -145,7 +151,7 @@ def main(argv: list[str]) -> None:
     out = Path(argv[1])
     options = {**fs.LAUNCH_OPTIONS, "enable_fp_fusion": True} if "--fusion" in argv[2:] else fs.LAUNCH_OPTIONS
     for i, v in enumerate(variants):
-        ptx = compile_ptx(getattr(fs, v["kernel"]), v["signature"], v["constexprs"], options)
+        ptx = compile_ptx(getattr(fs, v["kernel"]), v["signature"], v["constexprs"], options, v.get("aligned", False))
         (out / f"{i}.ptx").write_text(ptx)
 
 

@@ -7,7 +7,9 @@ small tensors for every kind, latent dtype and optional input (autograd for the 
 each launch recorded instead of run; a variant is a kernel with its pointer types and
 constexpr values. The latent tensors share one dtype per call (float32 noise, means and
 gradients, as the public API passes them): other mixes change only the loads' exact widening
-conversions. Compilation runs in a
+conversions. Each variant compiles twice: as triton specializes a launch on 16-byte aligned
+tensors with sizes divisible by 16 (the real sizes: vector loads, another reduction layout)
+and with nothing aligned (offset views, odd sizes). Compilation runs in a
 subprocess without ``TRITON_INTERPRET`` (CI sets it for these tests), with the launch
 options of ``fused_step.LAUNCH_OPTIONS``, as a GPU launch compiles them. A control compiles
 two variants with fusion on and checks that the rules then fire.
@@ -99,8 +101,11 @@ def _every_launch() -> None:
 
 
 VARIANTS = _record(_every_launch)
+# Each once as a launch on 16-byte aligned tensors with sizes divisible by 16 compiles it (as at
+# 16 x 131072: wider vector loads, another reduction layout) and once with nothing aligned.
+ALIGNED = [dict(v, aligned=aligned) for aligned in (True, False) for v in VARIANTS]
 IDS = [f"{v['kernel']}-{v['signature'].get('x_ptr', '')}-" + ",".join(f"{k}={c}" for k, c in v["constexprs"].items())
-       for v in VARIANTS]
+       + ("-aligned" if v["aligned"] else "") for v in ALIGNED]
 
 
 def _compile(variants, tmp: Path, fusion: bool = False) -> list[str]:
@@ -115,7 +120,7 @@ def _compile(variants, tmp: Path, fusion: bool = False) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ptx(tmp_path_factory):
-    return dict(zip(IDS, _compile(VARIANTS, tmp_path_factory.mktemp("sm90"))))
+    return dict(zip(IDS, _compile(ALIGNED, tmp_path_factory.mktemp("sm90"))))
 
 
 def test_every_kernel_and_flag_is_a_variant():
@@ -142,6 +147,15 @@ def test_sm90_ptx_keeps_the_bitwise_promise(ptx, variant):
     assert ".target sm_90" in code
     bad = violations(code)
     assert not bad, f"{len(bad)} instructions break the bitwise promise, e.g. {bad[:8]}"
+
+
+@pytest.mark.slow
+def test_the_aligned_variants_are_the_vectorized_ones(ptx):
+    """The divisibility marks reach triton: the aligned sample kernels load 16 bytes at a time,
+    their unaligned twins never (else the aligned half would check nothing new)."""
+    for name in (i for i in IDS if i.startswith("_sample_kernel-") and i.endswith("-aligned")):
+        assert "ld.global.v4" in ptx[name], name
+        assert "ld.global.v4" not in ptx[name.removesuffix("-aligned")], name
 
 
 @pytest.mark.slow
