@@ -42,6 +42,7 @@ MODES = ("sample", "score_fwd", "score_fwd_bwd")
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 TIME_CAP_S = 48.0
 COMPILE_COST_S = 12.0  # a compile started with less left than this would overrun the cap
+FIRST_COMPILE_COST_S = 20.0  # the first one also starts inductor's workers, on a machine's cold caches
 
 
 def _log_prob(prev, mean, sd):
@@ -141,6 +142,7 @@ def main() -> dict:
     compiled_sample = torch.compile(plain_sample, backend=compile_backend)
     compiled_score = torch.compile(plain_score, backend=compile_backend)
     results, speedups, skipped, config = {}, {}, [], {}
+    compiled_before = False
 
     def report():
         return write(args.out, "fused sampler step vs eager vs torch.compile of the plain math", args.smoke, gpu, results,
@@ -160,10 +162,12 @@ def main() -> dict:
             impls["compiled"] = _plain_calls(mode, compiled_sample, compiled_score, sets, rows)
             for impl, calls in impls.items():
                 key = f"{dname}/{mode}/{impl}"
-                if clock.left() < (COMPILE_COST_S if impl == "compiled" else 2.0):
+                compile_cost = COMPILE_COST_S if compiled_before else FIRST_COMPILE_COST_S
+                if clock.left() < (compile_cost if impl == "compiled" else 2.0):
                     skipped.append(f"{key} (time cap)")
                     continue
                 ms, method = graph_ms_per_call(calls, device)
+                compiled_before = compiled_before or impl == "compiled"
                 r = {**stats(ms), "timing": method}
                 r["gbs"] = round(traffic / (r["median_ms"] * 1e-3) / 1e9, 1)
                 if gpu.get("hbm_peak_gbs"):

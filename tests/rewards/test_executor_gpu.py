@@ -57,6 +57,9 @@ def test_side_stream_overlaps_the_sampling_stream():
     device = torch.device("cuda")
     with RewardExecutor(MultiReward({"m": MatmulScore()}), device=device) as executor:
         images = torch.rand(4, 3, 128, 128, device=device)
+        # One scoring first: torch loads CUDA kernels lazily, and loading one may synchronize
+        # the context, which would wait for the sleep below whatever the streams do.
+        executor.submit(images, ["a"] * 4).result(timeout=60)
         future = executor.submit(images, ["a"] * 4)
         torch.cuda._sleep(2_000_000_000)  # ~1 s of "sampling" on the caller's stream
         done_early = future.result(timeout=60) is not None and not torch.cuda.current_stream(device).query()
