@@ -12,6 +12,7 @@ bfloat16``: less memory and time, not the paper's numerics).
 from __future__ import annotations
 
 import functools
+import types
 
 import torch
 
@@ -39,17 +40,22 @@ def autocast_forward(module: torch.nn.Module, dtype: torch.dtype = torch.bfloat1
     if getattr(module, "_autocast_dtype", None) is not None:
         return module
     inner = module.forward
+    if getattr(inner, "__self__", None) is not module:
+        raise TypeError(f"autocast_forward wraps a module's own bound forward, not {inner!r}")
+    inner_func = inner.__func__
 
-    @functools.wraps(inner)
-    def forward(*args, **kwargs):
+    @functools.wraps(inner_func)
+    def forward(self, *args, **kwargs):
         # The inputs' device (no parameter walk per call: cheap under capture and torch.compile).
         first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
-        device_type = first.device.type if first is not None else next(module.parameters()).device.type
+        device_type = first.device.type if first is not None else next(self.parameters()).device.type
         with torch.autocast(device_type=device_type, dtype=dtype):
-            out = inner(*args, **kwargs)
+            out = inner_func(self, *args, **kwargs)
         return _to_float32(out)
 
-    module.forward = forward
+    # A method bound to the module, not a closure over it: copy.deepcopy rebinds bound methods
+    # to the copy, so a deep copy (the full fine-tune's frozen KL reference) runs its own weights.
+    module.forward = types.MethodType(forward, module)
     module._autocast_dtype = dtype
     return module
 

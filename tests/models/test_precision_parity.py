@@ -6,6 +6,8 @@ runs under bf16 autocast with float32 outputs; the VAE is moved to float32, the 
 the bf16 inference dtype).
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -75,3 +77,18 @@ def test_autocast_rollouts_capture_on_cuda(tiny_dir):
     assert eager.latents.dtype == torch.float32
     torch.testing.assert_close(captured.latents, eager.latents, rtol=0, atol=1e-5)
     torch.testing.assert_close(captured.log_probs, eager.log_probs, rtol=1e-5, atol=1e-5)
+
+
+def test_a_deep_copy_of_an_autocast_transformer_runs_its_own_weights(tiny_dir):
+    """The full fine-tune's frozen KL reference is ``copy.deepcopy`` of the wrapped transformer
+    (train/policy/build.py): its forward must be the copy's, not the live policy's."""
+    pipe = apply_precision(load_pipeline(tiny_dir), "autocast_bf16")
+    inputs = _inputs(pipe)
+    frozen = copy.deepcopy(pipe.transformer).requires_grad_(False)
+    with torch.no_grad():
+        before = frozen(**inputs)[0]
+        for p in pipe.transformer.parameters():
+            p.add_(0.05)  # an update of the policy
+        assert not torch.equal(pipe.transformer(**inputs)[0], before)
+        torch.testing.assert_close(frozen(**inputs)[0], before, rtol=0, atol=0)
+    assert frozen._autocast_dtype == torch.bfloat16 and frozen(**inputs)[0].dtype == torch.float32
