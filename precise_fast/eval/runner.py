@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from ..models import load_lora, load_pipeline, tiny_pipeline_path
+from ..models import load_lora, tiny_pipeline_path
 from ..rewards.preprocess import to_uint8
 from ..train.lifecycle.faults import crash_point
+from ..train.policy.build import load_run_pipeline
 from ..train.policy.distributed import DistInfo, barrier, broadcast_object
 from ..train.report.evaluator import Evaluator, Target, rank_batches
 from .jobs import Checkpoint, EvalJobError
@@ -35,10 +36,10 @@ SETTINGS = "eval_settings.json"
 
 
 def _load_pipeline(cfg, device):
+    """The run's pipeline as its training computed with it (the precision too: an autocast
+    recipe evaluated in plain float32 would score other images)."""
     m = cfg.model
-    path = tiny_pipeline_path(m.tiny_seed) if m.path == "tiny" else m.path
-    return load_pipeline(path, dtype=getattr(torch, m.dtype), device=device, attention_backend=m.attention_backend,
-                         model_root=m.model_root)
+    return load_run_pipeline(cfg, tiny_pipeline_path(m.tiny_seed) if m.path == "tiny" else m.path, device)
 
 
 def _check_settings(out_dir: Path, settings: dict) -> None:

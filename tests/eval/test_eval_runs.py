@@ -23,7 +23,7 @@ import yaml
 from precise_fast.eval.cli import main as eval_main
 
 from ..child_env import child_env
-from .conftest import REPO
+from .conftest import REPO, RUN, TINY_CONFIG
 
 YAML_TARGET = [{"name": "yaml_ode", "kind": "ode", "num_steps": 3, "batch_size": 2, "reward": "jpeg_incompressibility"}]
 CONFIG_STRING = '2|precise|0|3|pickscore|{"jpeg_incompressibility": 1.0, "jpeg_compressibility": 0.5}'
@@ -104,6 +104,29 @@ def test_standalone_eval_equals_the_in_training_eval(short_run, tmp_path):
         for name, stats in res["components"].items():
             assert stats["mean"] == pytest.approx(logged[f"eval/{target}/{name}"], rel=1e-5)
     assert train_metrics[1]["eval/reward_mean"] == train_metrics[1]["eval/sde/reward_mean"]
+
+
+@pytest.mark.slow
+def test_standalone_eval_of_an_autocast_run_equals_its_in_training_eval(dist1, tmp_path):
+    """The recipes' precision (float32 masters under bf16 autocast): the standalone eval loads
+    the pipeline as the run computed with it, so it scores the images the trainer scored."""
+    from precise_fast.train.config import load_config
+    from precise_fast.train.trainer import Trainer
+
+    run = tmp_path / "run"
+    overrides = [o for o in RUN if not o.startswith(("run.epochs=", "eval.targets="))]
+    cfg = load_config(TINY_CONFIG, [f"run.output_dir={run}", *overrides, "run.epochs=1", "model.precision=autocast_bf16",
+                                    "eval.targets=[{name: ode, kind: ode, num_steps: 3, batch_size: 4, num_prompts: 5}]"])
+    trainer = Trainer(cfg, dist1)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    out = tmp_path / "eval"
+    assert eval_main([str(run), "--no-base", "--out", str(out), "--no-progress"]) == 0
+    (res,) = json.loads((out / "summary.json").read_text())["results"]
+    assert res["reward"]["mean"] == pytest.approx(logged["eval/ode/reward_mean"], rel=1e-5)
 
 
 @pytest.mark.slow

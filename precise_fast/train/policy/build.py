@@ -43,13 +43,21 @@ def model_path(cfg: Config, *, main: bool) -> str | Path:
     return tiny_pipeline_path(cfg.model.tiny_seed)
 
 
-def build_policy(cfg: Config, path: str | Path, device: torch.device) -> Policy:
-    m, t = cfg.model, cfg.train
+def load_run_pipeline(cfg: Config, path: str | Path, device: torch.device):
+    """The pipeline as the run computes with it, for training and the standalone eval alike:
+    loaded in ``model.dtype``, ``model.precision`` applied, TF32 matmuls per ``model.allow_tf32``."""
+    m = cfg.model
     pipeline = load_pipeline(path, dtype=getattr(torch, m.dtype), device=device,
                              attention_backend=m.attention_backend, model_root=m.model_root)
     apply_precision(pipeline, m.precision)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = m.allow_tf32
+    return pipeline
+
+
+def build_policy(cfg: Config, path: str | Path, device: torch.device) -> Policy:
+    m, t = cfg.model, cfg.train
+    pipeline = load_run_pipeline(cfg, path, device)
     transformer = pipeline.transformer
     lora = m.finetune == "lora"
     if lora:
