@@ -56,3 +56,32 @@ def test_batched_equals_loop(case, ratio_kind, clip_range):
     for a, b, c in zip(loop, batched, mixed):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6 * float(norm))
         torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-6 * float(norm))
+
+
+@pytest.mark.parametrize("overrides, rows", [
+    # The paper schedule (the recipes'): a minibatch is a rank's rows over num_batches, up to one
+    # sampling batch, whatever train.batch_size says.
+    (["sampler.batch_size=8", "sampler.num_batches_per_epoch=2", "train.batch_size=2",
+      "train.gradient_accumulation_steps=1"], 8),
+    (["train.update_schedule=fixed_size", "train.batch_size=6"], 6),
+])
+def test_the_memory_probe_measures_the_largest_minibatch_the_schedule_forms(monkeypatch, overrides, rows):
+    """CUDA's ``per_forward: auto`` probe (torch.cuda stood in for): it folds timesteps by the
+    memory of the largest minibatch training will run, rows repeated where this epoch has fewer."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from precise_fast.train.config import load_config
+    from precise_fast.train.phases import update
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml", overrides)
+    settings = update.UpdateSettings.from_config(cfg)
+    for name, value in dict(synchronize=None, reset_peak_memory_stats=None, memory_allocated=0,
+                            max_memory_allocated=10, empty_cache=None, mem_get_info=(1000, 2000)).items():
+        monkeypatch.setattr(torch.cuda, name, lambda *a, value=value, **k: value)
+    probed = []
+    monkeypatch.setattr(update, "transition_losses", lambda policy, batch, cols, **k: probed.append((batch, cols)))
+    monkeypatch.setattr(update, "all_reduce_", lambda t, op: t)
+    data = SimpleNamespace(x=torch.zeros(1), batch_size=4, num_steps=10, select=lambda index: index.tolist())
+    assert update.probe_per_forward(None, data, settings) == 10  # 60% of 1000 free over 10 a column, capped
+    assert probed == [([i % 4 for i in range(rows)], [0])]

@@ -111,6 +111,7 @@ class UpdateSettings:
     ratio: str  # the GRPO ratio: plain or GRPO-Guard's normalisation
     beta: float  # KL weight against the reference policy
     step_backend: str  # the sde score op's backend
+    largest_minibatch: int  # rows of the largest minibatch the schedule forms: the memory probe's size
 
     @classmethod
     def from_config(cls, cfg: Config) -> UpdateSettings:
@@ -119,7 +120,10 @@ class UpdateSettings:
         return cls(seed=cfg.run.seed, schedule=schedule, num_batches=cfg.sampler.num_batches_per_epoch,
                    batch_size=t.batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
                    num_inner_epochs=t.num_inner_epochs, shuffle_timesteps=t.shuffle_timesteps, clip_range=t.clip_range,
-                   ratio=t.ratio, beta=t.beta, step_backend=cfg.sampler.step_backend)
+                   ratio=t.ratio, beta=t.beta, step_backend=cfg.sampler.step_backend,
+                   # The paper's minibatches are a rank's rows over num_batches: at most one
+                   # sampling batch (train.batch_size plays no part there).
+                   largest_minibatch=cfg.sampler.batch_size if schedule == "paper" else t.batch_size)
 
 
 def minibatch_plan(num_rows: int, num_cols: int, settings: UpdateSettings, gen: torch.Generator) -> list[Window]:
@@ -225,14 +229,15 @@ def train_epoch(
 def probe_per_forward(policy, data: Transitions, settings: UpdateSettings) -> int:
     """CUDA "auto": how many timesteps fit in one forward/backward, from a one-timestep probe.
 
-    Measures the peak memory a one-column forward of one minibatch adds while its graph is
-    alive (the activations backward needs), then fits as many columns as 60% of the free
-    memory holds (the rest for backward's transient buffers). The minimum over ranks is
-    used, and the result is checkpointed, so a resumed run folds timesteps the same way.
+    Measures the peak memory a one-column forward of the schedule's largest minibatch adds
+    while its graph is alive (the activations backward needs), then fits as many columns as 60%
+    of the free memory holds (the rest for backward's transient buffers). The minimum over ranks
+    is used, and the result is checkpointed, so a resumed run folds timesteps the same way.
     """
     t = settings
     device = data.x.device
-    batch = data.select(torch.arange(min(t.batch_size, data.batch_size)))
+    # Rows repeat where this epoch kept fewer: a later epoch's minibatch may be that large.
+    batch = data.select(torch.arange(t.largest_minibatch) % data.batch_size)
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
