@@ -1,4 +1,5 @@
-"""What DeepSpeed adds around the policy's own forward: nothing that a CUDA graph cannot capture.
+"""The policy engine on a GPU host: what DeepSpeed adds around the policy's own forward (nothing a
+CUDA graph cannot capture), and which GPU a rank takes.
 
 The rollout engine captures calls of the transformer module itself, which ``deepspeed.initialize``
 hooks (its forward pre-hook starts the throughput timer). DeepSpeed's default timer synchronizes
@@ -39,3 +40,20 @@ def test_module_calls_never_synchronize_the_device_after_updates(dist1, monkeypa
         with torch.no_grad():
             net(x)  # as the rollout engine calls it (and captures it on a GPU)
         assert syncs == []
+
+
+@pytest.mark.parametrize("local_rank, count, want", [("0", 1, "cuda:0"), ("3", 4, "cuda:3"), ("1", 1, None)])
+def test_each_rank_takes_the_gpu_of_its_local_rank_or_says_there_is_none(monkeypatch, local_rank, count, want):
+    """More processes on a host than GPUs (``precise-fast train`` starts the paper's 8 unless
+    ``--num-gpus`` says otherwise) is one clear line, not NCCL's "invalid device ordinal"."""
+    from precise_fast.train.policy.distributed import pick_device
+
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    if want is None:
+        with pytest.raises(RuntimeError, match=r"LOCAL_RANK 1 but this host shows 1 CUDA device\(s\): start at most 1 "
+                                                r"processes per node \(--num-gpus 1\)"):
+            pick_device("cuda")
+    else:
+        assert str(pick_device("auto")) == want

@@ -44,7 +44,13 @@ def pick_device(requested: str) -> torch.device:
         raise RuntimeError("run.device is 'cuda' but no CUDA device is available")
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    local_rank, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+    if local_rank >= count:
+        # The launcher started more processes on this host than it has GPUs (precise-fast
+        # train's default is the paper's 8): say so before NCCL's "invalid device ordinal".
+        raise RuntimeError(f"LOCAL_RANK {local_rank} but this host shows {count} CUDA device(s): "
+                           f"start at most {count} processes per node (--num-gpus {count})")
+    return torch.device("cuda", local_rank)
 
 
 def init_distributed(requested_device: str = "auto", timeout_s: float | None = None) -> DistInfo:
