@@ -40,3 +40,25 @@ def test_no_trainer_module_mixes_a_seed_with_its_own_tag():
             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "mix_seed":
                 callers.append(str(path.relative_to(TRAIN)))
     assert sorted(set(callers)) == ["state/rng.py"]
+
+
+def test_a_checkpoint_keeps_the_cuda_generator_of_its_own_device(monkeypatch):
+    """A rank saves its own device's CUDA generator and restores it on the device it resumes on
+    (torch.cuda stood in for): a resumed process may see fewer GPUs than the one that saved.
+    Older checkpoints held every visible device's state; the rank's own entry is taken."""
+    from precise_fast.train.state.rng import capture_rng, restore_rng
+
+    states = {0: torch.tensor([0], dtype=torch.uint8), 1: torch.tensor([1], dtype=torch.uint8)}
+    current, restored = [1], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: states[device])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((int(state), device)))
+    saved = capture_rng()
+    assert int(saved["cuda"]) == 1
+    current[0] = 0  # resumed where this rank's GPU is device 0
+    restore_rng(saved)
+    restore_rng({**saved, "cuda": [states[0], states[1]]})
+    restore_rng({**saved, "cuda": []})  # more devices then than now: nothing to restore
+    assert restored == [(1, 0), (0, 0)]
