@@ -2,7 +2,9 @@
 
 Three ways to start, each one of DeepSpeed's own (``deepspeed/launcher/runner.py``):
 
-- one node: ``deepspeed --num_gpus G --module ...`` (the default);
+- one node: ``deepspeed --num_gpus G --module ...`` (the default); under ``CUDA_VISIBLE_DEVICES``,
+  ``deepspeed --include localhost:IDS`` instead (given ``--num_gpus``, deepspeed drops that
+  variable and runs on GPUs 0..G-1);
 - ``--hostfile FILE``: one launcher on the first host starts every host of the file over ssh
   (pdsh); ``--num-nodes N`` keeps the file's first N hosts;
 - no ssh (``--num-nodes N --node-rank R --master-addr A``): every node starts its own
@@ -71,6 +73,7 @@ class Plan:
     num_gpus: int | None
     hostfile: str | None  # as given, or the one written for the no-ssh mode
     node_ranks: tuple[int, ...]  # the nodes whose commands this call prints or runs
+    include: str | None = None  # local mode under CUDA_VISIBLE_DEVICES: deepspeed's --include (no --num_gpus)
 
 
 _HOST_LINE = re.compile(r"^(\S+)\s+slots=(\d+)")  # deepspeed/launcher/runner.py's hostfile rule
@@ -125,6 +128,14 @@ def plan(args) -> Plan:
     if nodes > 1:
         raise LaunchError(f"--num-nodes {nodes}: give --hostfile (one launcher starts every node over ssh) or "
                           "--node-rank R --master-addr A on every node (no-ssh mode)")
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if visible:
+        # deepspeed drops CUDA_VISIBLE_DEVICES when --num_gpus is given and runs on GPUs 0..G-1:
+        # name the chosen devices instead (all of them unless --num-gpus picks the first G).
+        count = args.num_gpus if args.num_gpus is not None else len(visible)
+        if count > len(visible):
+            raise LaunchError(f"--num-gpus {count}: CUDA_VISIBLE_DEVICES={','.join(visible)} shows {len(visible)} devices")
+        return Plan("local", 1, count, None, (0,), include="localhost:" + ",".join(visible[:count]))
     return Plan("local", 1, gpus, None, (0,))
 
 
@@ -159,7 +170,9 @@ def node_command(args, p: Plan, node_rank: int, module: str, module_args: list[s
         cmd += ["--no_ssh", "--node_rank", str(node_rank)]
     if p.mode != "local" and args.num_nodes is not None:
         cmd += ["--num_nodes", str(args.num_nodes)]
-    if p.num_gpus is not None:
+    if p.include is not None:
+        cmd += ["--include", p.include]
+    elif p.num_gpus is not None:
         cmd += ["--num_gpus", str(p.num_gpus)]
     if args.master_addr:
         cmd += ["--master_addr", args.master_addr]

@@ -67,6 +67,21 @@ def test_defaults_are_the_recipes_and_errors_are_one_line(capsys, monkeypatch):
     assert info["geneval_server"] is None
 
 
+def test_cuda_visible_devices_are_the_devices_the_ranks_get(capsys, monkeypatch):
+    """deepspeed ignores and drops CUDA_VISIBLE_DEVICES when given --num_gpus (it would run on
+    GPUs 0..G-1): the launcher names the visible devices with --include instead."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3,5")
+    _, cmd = _dry_run(capsys, monkeypatch, "--reward", "pickscore", "--sde", "precise")
+    assert cmd[1:4] == ["--include", "localhost:2,3,5", "--module"]
+    _, cmd = _dry_run(capsys, monkeypatch, "--reward", "pickscore", "--sde", "precise", "--num-gpus", "2")
+    assert cmd[1:4] == ["--include", "localhost:2,3", "--module"]
+    assert cli.main(["train", "--reward", "pickscore", "--sde", "precise", "--num-gpus", "4", "--dry-run"]) == 2
+    assert "--num-gpus 4: CUDA_VISIBLE_DEVICES=2,3,5 shows 3 devices" in capsys.readouterr().err
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    _, cmd = _dry_run(capsys, monkeypatch, "--reward", "pickscore", "--sde", "precise")
+    assert cmd[1:3] == ["--num_gpus", "8"]
+
+
 def test_config_path_still_runs_the_trainer(capsys):
     assert cli.main(["train", "--config", str(TINY_CONFIG), "--set", "train.lr=0.5", "--print-config"]) == 0
     assert "lr: 0.5" in capsys.readouterr().out
