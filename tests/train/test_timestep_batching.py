@@ -85,3 +85,23 @@ def test_the_memory_probe_measures_the_largest_minibatch_the_schedule_forms(monk
     data = SimpleNamespace(x=torch.zeros(1), batch_size=4, num_steps=10, select=lambda index: index.tolist())
     assert update.probe_per_forward(None, data, settings) == 10  # 60% of 1000 free over 10 a column, capped
     assert probed == [([i % 4 for i in range(rows)], [0])]
+
+
+def test_train_stats_keep_device_tensors_until_the_summary():
+    """Adding a minibatch's rows never reads a value back to the host (on a GPU that would wait
+    for the backward just queued); the summary gives the same figures as the rows say, padding
+    rows (weight 0) counted nowhere."""
+    from types import SimpleNamespace
+
+    from precise_fast.train.phases.update import TrainStats
+
+    stats = TrainStats()
+    for ratio, weight in (([0.5, 1.5, 9.0], [1.0, 1.0, 0.0]), ([0.9, 0.2], [0.0, 2.0]), ([3.0], [0.0])):
+        r = torch.tensor(ratio)
+        zeros = torch.zeros_like(r)
+        stats.add(SimpleNamespace(ratio=r, clipped=zeros.bool(), approx_kl=zeros, policy=zeros, kl=zeros),
+                  torch.tensor(weight))
+        assert all(isinstance(v, torch.Tensor) for v in (stats.rows, stats.ratio_min, stats.ratio_max))
+    out = stats.summary()
+    assert (out["rows"], out["ratio_min"], out["ratio_max"]) == (4.0, pytest.approx(0.2), 1.5)
+    assert out["ratio"] == pytest.approx((0.5 + 1.5 + 2 * 0.2) / 4)

@@ -45,12 +45,13 @@ from .rescore import transition_losses
 
 @dataclass
 class TrainStats:
-    """Weighted sums over real rows (device tensors until :meth:`summary`)."""
+    """Weighted sums over real rows: device tensors until :meth:`summary`, so that adding a
+    minibatch never waits for the GPU (the next forward is queued while this backward runs)."""
 
-    rows: float = 0.0
+    rows: float | torch.Tensor = 0.0
     sums: dict = field(default_factory=dict)
-    ratio_min: float = float("inf")
-    ratio_max: float = -float("inf")
+    ratio_min: float | torch.Tensor = float("inf")
+    ratio_max: float | torch.Tensor = -float("inf")
     first_ratio_dev: float | None = None  # max |ratio - 1| before the first update of the epoch
     updates: int = 0
     applied: int = 0
@@ -62,16 +63,20 @@ class TrainStats:
                             ("policy_loss", rows.policy), ("kl_loss", rows.kl)):
             self.sums[name] = self.sums.get(name, 0.0) + (value * w).sum().detach()
         real = w > 0
-        if bool(real.any()):
-            self.ratio_min = min(self.ratio_min, float(rows.ratio[real].min()))
-            self.ratio_max = max(self.ratio_max, float(rows.ratio[real].max()))
-        self.rows += float(w.sum())
+        ratio = rows.ratio.detach()
+        inf = ratio.new_full((), float("inf"))  # a fill on the device: no host copy, no wait
+        # Padding rows (weight 0) count in neither extreme: +-inf where they sit.
+        lo, hi = torch.where(real, ratio, inf).min(), torch.where(real, ratio, -inf).max()
+        self.ratio_min = lo if isinstance(self.ratio_min, float) else torch.minimum(self.ratio_min, lo)
+        self.ratio_max = hi if isinstance(self.ratio_max, float) else torch.maximum(self.ratio_max, hi)
+        self.rows = self.rows + w.sum().detach()
 
     def summary(self) -> dict[str, float]:
-        out = {name: float(value) / max(self.rows, 1.0) for name, value in self.sums.items()}
-        out.update(rows=self.rows, updates=float(self.updates), applied_updates=float(self.applied))
-        if self.rows:
-            out.update(ratio_min=self.ratio_min, ratio_max=self.ratio_max)
+        rows = float(self.rows)
+        out = {name: float(value) / max(rows, 1.0) for name, value in self.sums.items()}
+        out.update(rows=rows, updates=float(self.updates), applied_updates=float(self.applied))
+        if rows:
+            out.update(ratio_min=float(self.ratio_min), ratio_max=float(self.ratio_max))
         if self.first_ratio_dev is not None:
             out["first_ratio_abs_dev"] = self.first_ratio_dev
         norms = [n for n in self.grad_norms if n is not None]
