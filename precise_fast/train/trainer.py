@@ -315,11 +315,14 @@ class Trainer:
         return _Credited(credit, tracked, rows)
 
     def update(self, epoch: int, epoch_key: int, rows: Transitions | None) -> _Trained:
-        """Guarded DeepSpeed steps over the kept rows (nothing when this rank has none to train on)."""
-        start = time.perf_counter()
+        """Guarded DeepSpeed steps over the kept rows (nothing when this rank has none to train on).
+
+        Its seconds (``time/train_s``, the update's throughput and MFU) are the steps' own, the
+        GPU's work finished: not epoch 1's memory probe, nor the check of the updated policy."""
         if rows is None:
-            return _Trained(None, time.perf_counter() - start)
+            return _Trained(None, 0.0)
         per_forward = self._resolve_per_forward(rows)
+        start = time.perf_counter()
         bar = ProgressBar(self.main and self.cfg.log.progress, total=count_minibatches(rows, self.update_settings),
                    desc=f"epoch {epoch} training")
         self.policy.module.train()
@@ -328,12 +331,15 @@ class Trainer:
             world_size=self.dist.world_size, per_forward=per_forward, reference=self.reference, on_update=self._on_update,
             on_minibatch=self._on_minibatch, progress=bar,
         )
+        if rows.x.device.type == "cuda":
+            torch.cuda.synchronize(rows.x.device)
+        seconds = time.perf_counter() - start
         self.policy.module.eval()
         bar.close()
         check_updated_policy(epoch, self.policy, rows, self.update_settings, lr=self.cfg.train.lr,
                              every_update_skipped=stats.updates > 0 and not stats.applied, all_reduce_max=all_reduce_max_,
                              checkpoints_root=self.ckpt.root)
-        return _Trained(stats, time.perf_counter() - start)
+        return _Trained(stats, seconds)
 
     def report(self, epoch: int, sampled: _Sampled, credited: _Credited, trained: _Trained, *,
                epoch_s: float) -> dict[str, float]:

@@ -115,3 +115,34 @@ def test_epoch_line_and_tensorboard_carry_images_per_s(tmp_path, dist1, monkeypa
     assert line.count("MFU") == 2
     metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert metrics["throughput/update_mfu"] == pytest.approx(metrics["throughput/update_tflops_per_s"] * 1e12 / 989e12)
+
+
+def test_the_update_time_is_the_steps_own(tmp_path, dist1, monkeypatch):
+    """``time/train_s`` (the update's images/s and MFU) counts the optimizer steps, not the check
+    of the updated policy that follows them (a clock stood in for: each call advances it by the
+    seconds the phase in progress is given)."""
+    from types import SimpleNamespace
+
+    from precise_fast.train import trainer as trainer_module
+
+    now = [0.0]
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    real_train, real_check = trainer_module.train_epoch, trainer_module.check_updated_policy
+
+    def train_epoch(*args, **kwargs):
+        out = real_train(*args, **kwargs)
+        now[0] += 2.0
+        return out
+
+    def check_updated_policy(*args, **kwargs):
+        now[0] += 100.0
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_epoch", train_epoch)
+    monkeypatch.setattr(trainer_module, "check_updated_policy", check_updated_policy)
+    t = trainer_module.Trainer(small_config(tmp_path, *FAST), dist1)
+    try:
+        metrics = t.run_epoch(1)
+    finally:
+        t.close()
+    assert metrics["time/train_s"] == 2.0

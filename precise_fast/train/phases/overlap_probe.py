@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from ...rewards import RewardExecutor, build_reward
 from .prompt_groups import GroupSampler
 from .sample import SampleSettings, TimedReward, sample_epoch
@@ -41,6 +43,8 @@ def measure_overlap(pipeline, cfg, prompts: list[str], *, num_batches: int = 4) 
     rollouts.sample(warm, list(range(len(warm))), list(range(len(warm))), mode="sde")  # warm-up (allocations, caches)
     start = time.perf_counter()
     rollouts.sample(warm, list(range(len(warm))), list(range(len(warm))), mode="sde")
+    if rollouts.engine.device.type == "cuda":  # the GPU's work, not only its launches
+        torch.cuda.synchronize(rollouts.engine.device)
     per_batch = time.perf_counter() - start
     reward = PaddedReward(build_reward("jpeg_incompressibility"), per_batch)
     out = {}
