@@ -22,6 +22,7 @@ we clamp too (it keeps us closer to what the models saw in training).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -147,9 +148,15 @@ class ClipPreprocess:
             x = x.clamp(0.0, 1.0)
         if self.crop is not None:
             x = center_crop(x, self.crop, rounding=self.crop_rounding)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return (x - _channel_constants(tuple(self.mean), x.device)) / _channel_constants(tuple(self.std), x.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _channel_constants(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """``values`` as a ``(1, C, 1, 1)`` float32 tensor on ``device``, made once per device: made
+    per call on a GPU, it is a copy from the host that waits for the scoring stream each time.
+    Read only (shared by every call)."""
+    return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
 
 def center_crop(x: torch.Tensor, size: Sequence[int], rounding: str = "floor") -> torch.Tensor:
