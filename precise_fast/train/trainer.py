@@ -130,8 +130,12 @@ class Trainer:
                                    train_rollouts=self.rollouts, train_reward=self.reward,
                                    prompt_sets={cfg.prompts.test: self.test_set} if self.test_set is not None else None)
         if needs_eval:
-            for target in resolve_targets(cfg):  # a missing prompt file fails now, not at the first eval
+            # A missing prompt file or an eval reward that cannot be built (weights, packages) fails
+            # now, not at the first eval hours in; and the eval's reward models take their memory
+            # before epoch 1's probe measures what the update may use.
+            for target in resolve_targets(cfg):
                 self.evaluator.prompt_set(target)
+                self.evaluator.reward(target)
 
         s = cfg.sampler
         self.sampler = GroupSampler(

@@ -113,3 +113,14 @@ def test_a_lora_file_of_other_shapes_is_one_line_before_the_model_loads(tmp_path
     code, line = _run(tmp_path, capsys, f"train.lora_path={lora}", "model.lora_rank=4",
                       "model.lora_targets=paper_plus_single_out")
     assert code == 2 and "train.lora_path:" in line and "LoRA targets differ" in line
+
+
+def test_an_eval_reward_that_cannot_be_built_fails_at_start(tmp_path, capsys, dist1):
+    """An eval target's own reward (weights missing here) stops the run before epoch 1, as the
+    training reward does, not at the first eval hours in."""
+    empty = tmp_path / "models"
+    empty.mkdir()
+    code, line = _run(tmp_path, capsys, "eval.every=5", f"reward.model_root={empty}",
+                      "eval.targets=[{name: ode, kind: ode, num_steps: 2, num_prompts: 2, reward: pickscore}]")
+    assert code == 2 and "pickscore" in line and "not found" in line and str(empty) in line
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
