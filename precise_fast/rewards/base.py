@@ -248,6 +248,10 @@ class MultiReward:
         self.normalize = normalize
         self.eps = eps
         self.remote_timeout_s = remote_timeout_s
+        # Set by registry.build_reward: how each component was built, (scorer, options, device,
+        # dtype), so a later build may borrow it; borrowed components are another reward's to close.
+        self.built_from: dict[str, tuple] = {}
+        self.borrowed: set[str] = set()
 
     @property
     def names(self) -> list[str]:
@@ -331,8 +335,9 @@ class MultiReward:
         )
 
     def close(self) -> None:
-        for scorer in self.components.values():
-            scorer.close()
+        for name, scorer in self.components.items():
+            if name not in self.borrowed:
+                scorer.close()
 
     def __enter__(self):
         return self

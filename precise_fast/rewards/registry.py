@@ -132,27 +132,40 @@ def parse_spec(spec) -> dict[str, tuple[str, float, dict]]:
     return out
 
 
-def build_reward(spec, device="cpu", dtype=torch.float32, *, model_root=None, normalize: bool = False) -> MultiReward:
+def build_reward(spec, device="cpu", dtype=torch.float32, *, model_root=None, normalize: bool = False,
+                 reuse: MultiReward | None = None) -> MultiReward:
     """Build a :class:`MultiReward` from a spec (name, preset or mapping).
 
     Models load onto ``device`` in ``dtype`` from local folders under ``model_root`` (or
     ``$PRECISE_FAST_MODEL_ROOT``); a missing file raises
     :class:`~precise_fast.model_paths.WeightsNotFoundError` naming it. Folders shared by several
-    scorers (CLIP ViT-L/14 for clipscore and aesthetic) are loaded once.
+    scorers (CLIP ViT-L/14 for clipscore and aesthetic) are loaded once. A component that
+    ``reuse`` (another built reward, e.g. the training one) holds under the same name, built by
+    the same scorer with the same options, device, dtype and model root, is borrowed from it,
+    not loaded again (the eval's reward beside the training's: gigabytes of the same models).
     """
     shared: dict = {}
-    components, weights = {}, {}
+    components, weights, built_from, borrowed = {}, {}, {}, set()
     try:
         for component, (scorer, weight, options) in parse_spec(spec).items():
-            components[component] = build_scorer(
-                scorer, device=device, dtype=dtype, model_root=model_root, shared=shared, name=component, **options
-            )
+            how = (scorer, options, str(torch.device(device)), dtype, str(model_root))
+            if reuse is not None and reuse.built_from.get(component) == how:
+                components[component] = reuse.components[component]
+                borrowed.add(component)
+            else:
+                components[component] = build_scorer(
+                    scorer, device=device, dtype=dtype, model_root=model_root, shared=shared, name=component, **options
+                )
+            built_from[component] = how
             weights[component] = weight
     except BaseException:
-        for built in components.values():
-            built.close()
+        for name, built in components.items():
+            if name not in borrowed:
+                built.close()
         raise
-    return MultiReward(components, weights, normalize=normalize)
+    reward = MultiReward(components, weights, normalize=normalize)
+    reward.built_from, reward.borrowed = built_from, borrowed
+    return reward
 
 
 # ---------------------------------------------------------------------------------------

@@ -243,3 +243,24 @@ def test_non_finite_scores_become_sentinels():
     assert out.scores.tolist() == [1.5, SENTINEL, SENTINEL, -2.0]
     explicit = ScoreOutput.from_scores(torch.tensor([1.0, 2.0]), torch.tensor([True, False]))
     assert explicit.scores.tolist() == [1.0, SENTINEL] and explicit.scores.dtype == torch.float32
+
+
+def test_a_second_reward_borrows_the_components_built_the_same_way(monkeypatch):
+    """The eval's reward beside the training's (train/report/evaluator.py): a component of the
+    same name, scorer, options, device, dtype and model root is the training one's object, not a
+    second copy of its models; the borrower never closes it."""
+    train = build_reward({"jpeg_compressibility": 1.0, "jpeg_incompressibility": 1.0})
+    closed = []
+    for name, component in train.components.items():
+        monkeypatch.setattr(component, "close", lambda name=name: closed.append(name))
+    evaluation = build_reward({"jpeg_compressibility": 2.0, "jpeg_incompressibility": {"quality": 50}}, reuse=train)
+    assert evaluation.components["jpeg_compressibility"] is train.components["jpeg_compressibility"]
+    assert evaluation.components["jpeg_incompressibility"] is not train.components["jpeg_incompressibility"]
+    assert evaluation.weights == {"jpeg_compressibility": 2.0, "jpeg_incompressibility": 1.0}
+    assert evaluation.borrowed == {"jpeg_compressibility"}
+    other_dtype = build_reward({"jpeg_compressibility": 1.0}, dtype=torch.float16, reuse=train)
+    assert other_dtype.components["jpeg_compressibility"] is not train.components["jpeg_compressibility"]
+    evaluation.close()
+    assert closed == []
+    train.close()
+    assert sorted(closed) == ["jpeg_compressibility", "jpeg_incompressibility"]

@@ -163,7 +163,7 @@ class Evaluator:
         key = _spec_key(spec)
         if key not in self._rewards:
             self._rewards[key] = build_reward(spec, device=self.reward_device, dtype=self.reward_dtype,
-                                              model_root=self.cfg.reward.model_root)
+                                              model_root=self.cfg.reward.model_root, reuse=self.train_reward)
         return self._rewards[key]
 
     def prompt_set(self, t: Target):
