@@ -35,13 +35,23 @@ def _junit_address(nodeid: str) -> tuple[str, str]:
     return ".".join([module, *names[:-1]]), names[-1] if names else ""
 
 
-def _unfinished(out: Path, suites: list) -> list[str] | None:
-    """The collected node ids with no result in the XML (None when the collection list is absent)."""
+def _collected(out: Path) -> list[str] | None:
     path = out / "gpu_tests_collected.txt"
-    if not path.is_file():
+    return [n for n in path.read_text().splitlines() if n] if path.is_file() else None
+
+
+def _unfinished(collected: list[str] | None, suites: list) -> list[str] | None:
+    """The collected node ids with no result in the XML (None when the collection list is absent)."""
+    if collected is None:
         return None
     done = {(c.get("classname"), c.get("name")) for s in suites for c in s.iter("testcase")}
-    return [n for n in path.read_text().splitlines() if n and _junit_address(n) not in done]
+    return [n for n in collected if _junit_address(n) not in done]
+
+
+def _node_ids(addresses: list[tuple[str, str]], collected: list[str] | None) -> list[str]:
+    """JUnit addresses back to node ids: through the collected list, else as a module's test."""
+    by_address = {_junit_address(n): n for n in collected or []}
+    return [by_address.get((cls, name)) or f"{cls.replace('.', '/')}.py::{name}" for cls, name in addresses]
 
 
 def _tests(out: Path) -> dict | None:
@@ -51,13 +61,17 @@ def _tests(out: Path) -> dict | None:
     root = ET.parse(path).getroot()
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
     count = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
-    unfinished = _unfinished(out, suites)
-    failed = [f"{c.get('classname')}::{c.get('name')}" for s in suites for c in s.iter("testcase")
-              if c.find("failure") is not None or c.find("error") is not None]
+    collected = _collected(out)
+    unfinished = _unfinished(collected, suites)
+    failed_at = [(c.get("classname"), c.get("name")) for s in suites for c in s.iter("testcase")
+                 if c.find("failure") is not None or c.find("error") is not None]
+    failed = [f"{cls}::{name}" for cls, name in failed_at]
     reasons = Counter(c.find("skipped").get("message", "") for s in suites for c in s.iter("testcase")
                       if c.find("skipped") is not None)
     return {**count, "passed": count["tests"] - count["failures"] - count["errors"] - count["skipped"],
-            "failed": failed, "skipped_why": dict(reasons.most_common()), "unfinished": unfinished}
+            "failed": failed, "skipped_why": dict(reasons.most_common()), "unfinished": unfinished,
+            # What a second call runs (GPU_TESTS_FROM=this report): the failed, then the unfinished.
+            "rerun": _node_ids(failed_at, collected) + (unfinished or [])}
 
 
 def _by_function(nodeids: list[str]) -> Counter:
@@ -80,8 +94,11 @@ def _md(report: dict) -> str:
         lines += [f"- FAILED {name}" for name in t["failed"]]
         lines += [f"- skipped x{n}: {why}" for why, n in t["skipped_why"].items()]
         if t.get("unfinished"):
-            lines += [f"- not finished (the step's time ran out) x{len(t['unfinished'])}; rerun them with pytest:"]
+            lines += [f"- not finished (the step's time ran out) x{len(t['unfinished'])}:"]
             lines += [f"  - {name} x{n}" for name, n in _by_function(t["unfinished"]).items()]
+        if t.get("rerun"):
+            lines += [f"- a second call reruns these {len(t['rerun'])}: GPU_TESTS_FROM=<this gpu_report.json> "
+                      "GPU_CHECK_ONLY=gpu_tests bash scripts/gpu_check.sh $OUT"]
     fused = report["benchmarks"].get("gpu_fused_step")
     if fused:
         c = fused.get("config", {})

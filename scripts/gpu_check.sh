@@ -19,6 +19,10 @@
 #                                            # host builds the CUDA extension in ~6 min)
 # The interpreter: $PYTHON if set, else python3 if it imports torch with CUDA, else .venv.
 # GPU_CHECK_SKIP_SETUP=1 skips the wheels and build steps (the environment is ready).
+# A second call on the same lease: GPU_CHECK_ONLY="gpu_tests ..." runs those steps alone (after
+# the setup steps, which a warm machine passes in seconds) and gives them the others' time;
+# GPU_TESTS_FROM=FILE makes gpu_tests run FILE's node ids (one a line) or, for a gpu_report.json,
+# its tests' "rerun" list (the failed, then those the first call had no time for).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -132,6 +136,21 @@ PYEOF
   exit 0
 fi
 
+# A second call's choices, checked before any setup time is spent on them.
+if [ -n "${GPU_CHECK_ONLY:-}" ]; then
+  kept=(wheels build preflight)
+  for n in $GPU_CHECK_ONLY; do
+    case " ${STEPS[*]:3} " in
+      *" $n "*) kept+=("$n") ;;
+      *) echo "[gpu_check] STOP: GPU_CHECK_ONLY names '$n'; the steps after the setup are: ${STEPS[*]:3}"; exit 2 ;;
+    esac
+  done
+  STEPS=("${kept[@]}")
+fi
+if [ -n "${GPU_TESTS_FROM:-}" ] && [ ! -f "$GPU_TESTS_FROM" ]; then
+  echo "[gpu_check] STOP: GPU_TESTS_FROM=$GPU_TESTS_FROM is not a file"; exit 2
+fi
+
 PY="$(pick_python)"
 LOGS="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_logs.XXXXXX")"
 START=$(date +%s)
@@ -228,11 +247,22 @@ setup_step preflight "$PY" scripts/gpu_preflight.py
 
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider -rs --continue-on-collection-errors --timeout="$PER_TEST_TIMEOUT_S")
 read -r gpu_junit _ <<<"${OUTPUT[gpu_tests]}"
-PRECISE_FAST_TESTS_FIRST="${GPU_TESTS_FIRST[*]}" PRECISE_FAST_TESTS_COLLECTED="$LOGS/gpu_tests_collected.txt" \
-  GPU_REPORT_DIR="$OUT" step gpu_tests "${PYTEST[@]}" -m gpu tests --junitxml="$OUT/$gpu_junit"
-step triton_on_gpu "${PYTEST[@]}" "${TRITON_GPU_TESTS[@]}" --junitxml="$LOGS/triton_tests.xml"
+selected=(-m gpu tests)
+if [ -n "${GPU_TESTS_FROM:-}" ]; then
+  mapfile -t selected < <(case "$GPU_TESTS_FROM" in
+    *.json) "$PY" -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["tests"]["rerun"]))' "$GPU_TESTS_FROM" ;;
+    *) cat "$GPU_TESTS_FROM" ;;
+  esac | grep -v '^[[:space:]]*$')
+  echo "[gpu_check] gpu_tests: ${#selected[@]} tests from $GPU_TESTS_FROM"
+fi
+planned() { case " ${STEPS[*]} " in *" $1 "*) return 0 ;; esac; return 1; }
+if planned gpu_tests && [ ${#selected[@]} -gt 0 ]; then
+  PRECISE_FAST_TESTS_FIRST="${GPU_TESTS_FIRST[*]}" PRECISE_FAST_TESTS_COLLECTED="$LOGS/gpu_tests_collected.txt" \
+    GPU_REPORT_DIR="$OUT" step gpu_tests "${PYTEST[@]}" "${selected[@]}" --junitxml="$OUT/$gpu_junit"
+fi
+planned triton_on_gpu && step triton_on_gpu "${PYTEST[@]}" "${TRITON_GPU_TESTS[@]}" --junitxml="$LOGS/triton_tests.xml"
 for bench in "${BENCHES[@]}"; do
   name=$(basename "$bench" .py)
-  step "$name" "$PY" "$bench" --out "$OUT/${OUTPUT[$name]}"
+  planned "$name" && step "$name" "$PY" "$bench" --out "$OUT/${OUTPUT[$name]}"
 done
 finish 0

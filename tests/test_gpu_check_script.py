@@ -97,6 +97,15 @@ def test_without_a_gpu_the_check_stops_at_the_preflight_with_one_line(tmp_path):
     assert (out / "gpu_report.md").read_text().startswith("# GPU check (FAIL)")
 
 
+def test_a_second_call_names_only_steps_and_files_that_exist(tmp_path):
+    for env, why in (({"GPU_CHECK_ONLY": "gpu_tests gpu_bogus"}, "GPU_CHECK_ONLY names 'gpu_bogus'; the steps after "
+                       "the setup are: gpu_tests triton_on_gpu gpu_fused_step gpu_rollout gpu_train_step"),
+                     ({"GPU_TESTS_FROM": str(tmp_path / "gone.json")}, f"GPU_TESTS_FROM={tmp_path / 'gone.json'} is not a file")):
+        run = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], capture_output=True, text=True, timeout=60,
+                             env={**_env(tmp_path), **env})
+        assert run.returncode == 2 and run.stdout.strip() == f"[gpu_check] STOP: {why}", run.stdout + run.stderr
+
+
 def test_preflight_names_every_missing_package_in_one_line():
     """No site-packages (python -S): the preflight lists what did not travel, before any import."""
     run = subprocess.run([sys.executable, "-S", str(REPO / "scripts" / "gpu_preflight.py"), "--no-gpu"],
@@ -181,9 +190,23 @@ def test_a_step_cut_at_its_limit_gets_int_so_pytest_writes_its_junit_xml(tmp_pat
     report = json.loads((out / "gpu_report.json").read_text())
     assert report["tests"]["unfinished"] == ["tests/test_hang.py::test_hangs", "tests/test_hang.py::test_never_reached"]
     md = (out / "gpu_report.md").read_text()
-    assert "- not finished (the step's time ran out) x2; rerun them with pytest:" in md, md
+    assert "- not finished (the step's time ran out) x2:" in md, md
+    assert "- a second call reruns these 2: GPU_TESTS_FROM=<this gpu_report.json> GPU_CHECK_ONLY=gpu_tests" in md, md
     assert "  - tests/test_hang.py::test_never_reached x1" in md, md
     assert not (out / "gpu_tests_collected.txt").exists()  # a report input, not one of the 8 files
+    assert report["tests"]["rerun"] == ["tests/test_hang.py::test_hangs", "tests/test_hang.py::test_never_reached"]
+
+    # A second call: the tests named in a report's rerun list, the gpu_tests step alone.
+    rerun = tmp_path / "rerun.json"
+    rerun.write_text(json.dumps({"tests": {"rerun": ["tests/test_hang.py::test_never_reached"]}}))
+    second = tmp_path / "second"
+    run = subprocess.run(["bash", str(script), str(second)], capture_output=True, text=True, timeout=120,
+                         env={**_env(tmp_path), "PYTHON": str(fake), "GPU_CHECK_SKIP_SETUP": "1",
+                              "GPU_TESTS_FROM": str(rerun), "GPU_CHECK_ONLY": "gpu_tests"})
+    assert run.returncode == 0, run.stdout + run.stderr
+    cases = [c.get("name") for c in ET.parse(second / "gpu_tests.xml").getroot().iter("testcase")]
+    assert cases == ["test_never_reached"]
+    assert [s["step"] for s in json.loads((second / "gpu_report.json").read_text())["steps"]] == ["preflight", "gpu_tests"]
     assert (out / "trainer_end_to_end.json").is_file()  # GPU_REPORT_DIR is OUT
     with tarfile.open(out / "logs.tar.gz") as tar:
         steps = tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("steps.tsv"))).read().decode()
@@ -235,3 +258,23 @@ def test_smoke_benchmarks_feed_the_report_and_a_failed_step_fails_it(tmp_path):
                             timeout=60)
     assert failed.returncode == 1 and (out / "gpu_report.md").read_text().startswith("# GPU check (FAIL)")
     assert "| gpu_tests | FAILED (1) |" in (out / "gpu_report.md").read_text()
+
+
+def test_the_report_lists_failed_then_unfinished_tests_as_node_ids(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "steps.tsv").write_text("gpu_tests\t1\t9\n")
+    (out / "gpu_tests_collected.txt").write_text(
+        "tests/kernels/test_x.py::test_y[a]\ntests/a/test_b.py::TestC::test_z\ntests/a/test_b.py::test_ok\ntests/c.py::test_late\n")
+    failure = '<failure message="boom"/>'
+    (out / "gpu_tests.xml").write_text(
+        '<testsuites><testsuite tests="3" failures="2" errors="0" skipped="0">'
+        f'<testcase classname="tests.kernels.test_x" name="test_y[a]">{failure}</testcase>'
+        f'<testcase classname="tests.a.test_b.TestC" name="test_z">{failure}</testcase>'
+        '<testcase classname="tests.a.test_b" name="test_ok"/></testsuite></testsuites>')
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_report.py"), str(out)], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 1
+    tests = json.loads((out / "gpu_report.json").read_text())["tests"]
+    assert tests["rerun"] == ["tests/kernels/test_x.py::test_y[a]", "tests/a/test_b.py::TestC::test_z", "tests/c.py::test_late"]
+    assert tests["unfinished"] == ["tests/c.py::test_late"] and tests["passed"] == 1
