@@ -75,3 +75,22 @@ def test_deepspeeds_own_loads_are_weights_only_too(tmp_path):
     with pytest.raises(CheckpointError, match="evil.pt .*posix.system"):
         load_checkpoint_file(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_zero_optimizers_loss_scalers_load(tmp_path, dtype):
+    """The ZeRO optimizer state holds its loss scaler object (deepspeed's stage_1_and_2.py /
+    stage3.py ``state_dict``): bf16's static one and fp16's dynamic one. Only a GPU writes the
+    latter (DeepSpeed's CPU accelerator has no fp16): saved here, it loads with its settings."""
+    from deepspeed.runtime.fp16.loss_scaler import CreateLossScaler
+
+    from precise_fast.train.state.checkpoint import load_checkpoint_file
+
+    fp16 = dtype == torch.float16
+    scaler = CreateLossScaler(dtype=dtype, static_loss_scale=1.0, dynamic_scaling=fp16,
+                              dynamic_loss_args=dict(init_scale=2**16, scale_window=1000, min_scale=1, delayed_shift=2,
+                                                     consecutive_hysteresis=False))
+    torch.save({"loss_scaler": scaler}, tmp_path / "optim.pt")
+    loaded = load_checkpoint_file(tmp_path / "optim.pt")["loss_scaler"]
+    assert type(loaded) is type(scaler) and vars(loaded) == vars(scaler)
+    assert loaded.dynamic == fp16
