@@ -39,6 +39,7 @@ from pathlib import Path
 from .kinds import STOCHASTIC_KINDS
 from .multinode import LaunchError, add_launcher_options, describe, fail, node_command, plan
 from .train.config import ConfigError, load_config
+from .train.supervise import run_job
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = REPO_ROOT / "configs" / "flux2_klein"
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ((_, cmd),) = commands
     with geneval_server(url) if url else contextlib.nullcontext():
-        return subprocess.call(cmd)
+        return run_job(cmd)  # a TERM or Ctrl-C here stops the ranks at a safe point
 
 
 if __name__ == "__main__":

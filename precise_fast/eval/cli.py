@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from ..multinode import (LaunchError, add_launcher_options, describe, fail, laun
 from ..multinode import plan as plan_nodes
 from ..train.config import ConfigError, EvalTarget, config_from_dict, load_config
 from ..train.report.tracking import configure_logging
+from ..train.supervise import run_job
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,7 +208,7 @@ def _launch(args, argv: list[str] | None) -> int:
             print(shlex.join(cmd))
         return 0
     ((_, cmd),) = commands
-    return subprocess.call(cmd)
+    return run_job(cmd)  # a TERM or Ctrl-C here stops the ranks, not this process alone
 
 
 if __name__ == "__main__":

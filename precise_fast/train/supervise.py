@@ -156,6 +156,13 @@ class Supervisor:
         return True
 
 
+def run_job(command: list[str]) -> int:
+    """Run ``command`` (a ``deepspeed`` launch) supervised, in this process: what ``precise-fast
+    train`` / ``eval`` do with their launch, so a TERM or Ctrl-C to them stops the ranks at a
+    safe point (``$PRECISE_FAST_STOP_GRACE_S`` before SIGKILL)."""
+    return Supervisor(command, float(os.environ.get(GRACE_ENV, DEFAULT_GRACE_S))).run()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m precise_fast.train.supervise", description=__doc__.split("\n")[0])
     parser.add_argument("--grace", type=float, default=float(os.environ.get(GRACE_ENV, DEFAULT_GRACE_S)),

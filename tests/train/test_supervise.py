@@ -18,9 +18,12 @@ from .process_tree import assert_none_left
 FAKE = Path(__file__).parent / "fake_job"
 
 
-def _start(tmp_path: Path, mode: str, grace: float = 30) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "precise_fast.train.supervise", "--grace", str(grace), "--",
-           sys.executable, str(FAKE / "fake_deepspeed.py"), str(tmp_path), mode]
+def _start(tmp_path: Path, mode: str, grace: float = 30, in_process: bool = False) -> subprocess.Popen:
+    job = [sys.executable, str(FAKE / "fake_deepspeed.py"), str(tmp_path), mode]
+    if in_process:  # as precise-fast train / eval supervise their launch: run_job in their own process
+        cmd = [sys.executable, "-c", f"import sys; from precise_fast.train.supervise import run_job; sys.exit(run_job({job!r}))"]
+    else:
+        cmd = [sys.executable, "-m", "precise_fast.train.supervise", "--grace", str(grace), "--", *job]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
     end = time.monotonic() + 60
     while not all((tmp_path / f"started-{r}").exists() for r in (0, 1)):
@@ -47,6 +50,30 @@ def test_signal_to_the_supervisor_reaches_the_ranks(tmp_path, sig):
     assert proc.wait(timeout=30) == 128 + sig
     assert [(tmp_path / f"stopped-{r}").read_text() for r in (0, 1)] == [str(int(sig))] * 2  # each rank stopped itself
     assert_none_left(family)
+
+
+def test_precise_fast_train_and_eval_supervise_their_launch_in_process(tmp_path, monkeypatch):
+    """``precise-fast train`` / ``eval`` run their deepspeed launch through ``run_job``: a TERM to
+    them reaches the ranks (before, it killed the CLI alone and the ranks trained on)."""
+    proc = _start(tmp_path, "graceful", in_process=True)
+    family = _tree(proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    assert [(tmp_path / f"stopped-{r}").read_text() for r in (0, 1)] == [str(int(signal.SIGTERM))] * 2
+    assert_none_left(family)
+
+    from precise_fast import cli, launch
+    from precise_fast.eval import cli as eval_cli
+
+    ran = []
+    for module in (launch, eval_cli):
+        monkeypatch.setattr(module, "run_job", lambda cmd: ran.append(cmd) or 0)
+    monkeypatch.setenv(launch.AUTO_START_ENV, "0")
+    assert cli.main(["train", "--reward", "pickscore", "--sde", "precise", "--num-gpus", "2"]) == 0
+    monkeypatch.setattr(eval_cli, "plan", lambda args: (None, []))  # the jobs' checks, tested in tests/eval
+    assert cli.main(["eval", str(tmp_path), "--num-gpus", "2"]) == 0
+    assert [cmd[1:3] for cmd in ran] == [["--num_gpus", "2"]] * 2
+    assert [cmd[cmd.index("--module") + 1] for cmd in ran] == ["precise_fast.train", "precise_fast.eval"]
 
 
 def test_term_to_the_runner_alone_still_stops_its_orphaned_ranks(tmp_path):
