@@ -79,9 +79,18 @@ def run(cfg, jobs: list[tuple[Checkpoint, Target]], out_dir: Path, *, dist: Dist
     settings = {"seed": seed, "weights": weights, "targets": {}}
     for _, t in jobs:
         settings["targets"][t.name] = t.describe()
+    refusal = None
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _check_settings(out_dir, settings)
+        try:
+            _check_settings(out_dir, settings)
+        except ValueError as err:
+            refusal = str(err)
+    # Rank 0's verdict on every rank: a refusal raised on rank 0 alone left the others in the
+    # barrier until the collective timeout.
+    refusal = broadcast_object(refusal)
+    if refusal is not None:
+        raise EvalJobError(refusal)
     barrier()
     done = set(read_records(out_dir))
 

@@ -226,3 +226,23 @@ def test_geneval_target_reports_per_tag_and_the_task_mean(tmp_path, monkeypatch)
     assert res["per_tag"]["single_object"]["geneval_correct"] == 1.0  # one of everything: the object is there
     assert res["per_tag"]["counting"]["geneval_correct"] == 0.0  # ... but never two of it
     assert "GenEval view of `geneval_correct`" in (out / "summary.md").read_text()
+
+
+def test_an_out_folder_of_another_eval_is_one_line_on_every_rank(short_run, tmp_path, capsys, monkeypatch):
+    """The settings check runs on rank 0 and its verdict reaches every rank (raised on rank 0
+    alone, it left the others waiting in a barrier): one line, exit 2, no model loaded."""
+    from precise_fast.eval import runner
+
+    run, _ = short_run
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "eval_settings.json").write_text(json.dumps({"seed": 99, "weights": "ema", "targets": {}}))
+    broadcast = []
+    monkeypatch.setattr(runner, "broadcast_object", lambda obj: broadcast.append(obj) or obj)
+    monkeypatch.setattr(runner, "_load_pipeline", lambda *a: pytest.fail("a model loaded"))
+    with pytest.raises(SystemExit) as exit_:
+        eval_main([str(run), "--no-base", "--out", str(out), "--no-progress", "--seed", "1"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds an eval with seed 99" in err[0] and "use another --out folder" in err[0], err
+    assert broadcast and "holds an eval with seed 99" in broadcast[0]
