@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         return _launch(args, argv)
     # These import torch (seconds; deepspeed comes with init_distributed), so they load only
     # past --help, plan's one-line refusals and the launcher branch.
-    from ..train.policy.distributed import check_shared_folder, init_distributed
+    from ..train.policy.distributed import broadcast_object, check_shared_folder, init_distributed
     from ..train.report.evaluator import eval_seed
     from .jobs import EvalJobError
     from .runner import run
@@ -173,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(cfg.run.num_threads)
     dist = init_distributed(cfg.run.device, timeout_s=cfg.run.collective_timeout_s)
+    # Rank 0's job list on every rank: each rank planned from its own view of the folders, and a
+    # checkpoint written or pruned meanwhile (or a stale listing on another node) would leave
+    # items of it unscored and its summary built from part of them.
+    jobs = broadcast_object(jobs)
     out = _out_dir(args)
     try:
         check_shared_folder(out, "--out")  # every rank writes its items there, rank 0 merges them

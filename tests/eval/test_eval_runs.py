@@ -246,3 +246,25 @@ def test_an_out_folder_of_another_eval_is_one_line_on_every_rank(short_run, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds an eval with seed 99" in err[0] and "use another --out folder" in err[0], err
     assert broadcast and "holds an eval with seed 99" in broadcast[0]
+
+
+def test_every_rank_evaluates_rank_0s_job_list(short_run, tmp_path, monkeypatch):
+    """The jobs come from rank 0 (a broadcast): here rank 0 saw checkpoint 1 only, as a rank whose
+    listing missed checkpoint 2 would; this rank evaluates exactly that list, not its own."""
+    from precise_fast.train.policy import distributed
+
+    run, _ = short_run
+    seen = []
+
+    def rank0_view(obj, src=0):
+        if not (isinstance(obj, list) and obj and isinstance(obj[0], tuple)):
+            return obj  # another broadcast (a verdict, a summary)
+        seen.append(sorted({ckpt.step for ckpt, _ in obj}))
+        return [(ckpt, t) for ckpt, t in obj if ckpt.step == 1]
+
+    monkeypatch.setattr(distributed, "broadcast_object", rank0_view)
+    out = tmp_path / "eval"
+    assert eval_main([str(run), "--no-base", "--out", str(out), "--no-progress"]) == 0
+    assert seen == [[1, 2]]
+    summary = json.loads((out / "summary.json").read_text())
+    assert {r["step"] for r in summary["results"]} == {1}
