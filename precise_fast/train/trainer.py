@@ -202,7 +202,9 @@ class Trainer:
         return self.ckpt.save(
             self.epoch,
             write_engine=lambda p: self.policy.save(p, exclude_frozen=self.lora),
-            trainer_state=self._trainer_state(),
+            # Rank 0 writes trainer.pt: the others skip building it (with a full fine-tune's EMA,
+            # a host copy of every shadow on every rank).
+            trainer_state=self._trainer_state() if self.main else None,
             rank_state=self._rank_state(),
             export=export,
             meta={"zero_stage": self.cfg.train.zero_stage, "finetune": self.cfg.model.finetune,

@@ -309,7 +309,7 @@ class CheckpointManager:
         epoch: int,
         *,
         write_engine: Callable[[Path], None],
-        trainer_state: dict,
+        trainer_state: dict | None,  # rank 0's (the only rank that writes it)
         rank_state: dict,
         export: Callable[[Path], None] | None = None,
         meta: dict | None = None,
