@@ -1,7 +1,8 @@
 """Run the training job (the ``deepspeed`` launcher and its ranks) so that TERM / INT stop it cleanly.
 
 ``python -m precise_fast.train.supervise [--grace S] -- deepspeed --num_gpus 2 --module precise_fast.train ...``
-(what ``make train`` runs). Why it exists: on one node DeepSpeed's ``deepspeed`` runner
+(what ``make train`` runs; ``precise-fast train`` / ``eval`` run their launch through
+:func:`run_job`, the same in their own process). Why it exists: on one node DeepSpeed's ``deepspeed`` runner
 installs no signal handler, so a TERM kills the runner alone and its per-node launcher and
 ranks are re-parented and go on training and writing checkpoints.
 
