@@ -36,6 +36,7 @@ from .phases.trajectories import Rollouts
 from .phases.update import TrainStats, UpdateSettings, count_minibatches, probe_per_forward, train_epoch
 from .policy.build import build_policy, model_path
 from .policy.distributed import DistInfo, all_reduce_, all_reduce_max_, barrier, broadcast_object
+from .policy.zero import deepspeed_config
 from .report.epoch import epoch_line, guard_metrics, reward_metrics, run_summary, update_metrics
 from .report.evaluator import Evaluator, evaluate, resolve_targets
 from .report.plots import save_reward_curve, save_sample_grid
@@ -80,6 +81,7 @@ class Trainer:
         if cfg.run.num_threads:
             torch.set_num_threads(cfg.run.num_threads)
         check_world(cfg, dist.world_size)
+        deepspeed_config(cfg)  # a DeepSpeed setup the engine would refuse fails now, before anything loads
         # Where to start is settled (and a refused resume reported) before any model loads.
         self.resumed_from = self._choose_start(resume, resume_or_start, fresh)
         self.resume_changes = (changed_settings(saved_config(self.resumed_from), cfg, self.resumed_from)

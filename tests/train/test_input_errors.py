@@ -124,3 +124,10 @@ def test_an_eval_reward_that_cannot_be_built_fails_at_start(tmp_path, capsys, di
                       "eval.targets=[{name: ode, kind: ode, num_steps: 2, num_prompts: 2, reward: pickscore}]")
     assert code == 2 and "pickscore" in line and "not found" in line and str(empty) in line
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_float16_training_is_refused_before_anything_loads(tmp_path, capsys, dist1, no_model):
+    """DeepSpeed's fp16 loss scaling needs the overflows the non-finite guard zeroes: such a run
+    would apply no update. One line, exit 2, before the reward or the model loads."""
+    code, line = _run(tmp_path, capsys, "model.dtype=float16", "model.precision=pure")
+    assert code == 2 and "model.dtype: float16 does not train here" in line and "bfloat16" in line

@@ -38,6 +38,13 @@ CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "deepspeed"
 def deepspeed_config(cfg: Config) -> dict:
     """The DeepSpeed config dict of a run: the ZeRO file plus the run's own settings."""
     t = cfg.train
+    if cfg.model.dtype == "float16":
+        # DeepSpeed's fp16 lowers its dynamic loss scale when it sees overflowing gradients; the
+        # non-finite guard (guard.py) zeroes those and skips the update itself, so the scale would
+        # never come down and no update would ever apply.
+        raise ConfigError("model.dtype: float16 does not train here (DeepSpeed's dynamic loss scaling and the "
+                          "non-finite guard conflict); use bfloat16 with model.precision=pure, or float32 "
+                          "with the recipes' autocast_bf16")
     path = Path(t.deepspeed_config) if t.deepspeed_config else CONFIG_DIR / f"zero{t.zero_stage}.json"
     if not path.is_file():
         raise ConfigError(f"train.deepspeed_config: {path} does not exist")
@@ -53,7 +60,7 @@ def deepspeed_config(cfg: Config) -> dict:
         zero_allow_untested_optimizer=True,
     )
     ds["bf16"] = {"enabled": cfg.model.dtype == "bfloat16"}
-    ds["fp16"] = {"enabled": cfg.model.dtype == "float16"}
+    ds["fp16"] = {"enabled": False}  # float16 is refused above
     # DeepSpeed's throughput timer starts in a forward pre-hook on the transformer itself and,
     # from its second step on, synchronizes the device there: inside a rollout's CUDA-graph
     # capture that is an error, and in eager rollouts it stalls the reward stream. The trainer
