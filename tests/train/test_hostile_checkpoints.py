@@ -77,20 +77,23 @@ def test_deepspeeds_own_loads_are_weights_only_too(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_the_zero_optimizers_loss_scalers_load(tmp_path, dtype):
+def test_the_zero_optimizers_loss_scaler_loads_and_fp16s_is_refused(tmp_path):
     """The ZeRO optimizer state holds its loss scaler object (deepspeed's stage_1_and_2.py /
-    stage3.py ``state_dict``): bf16's static one and fp16's dynamic one. Only a GPU writes the
-    latter (DeepSpeed's CPU accelerator has no fp16): saved here, it loads with its settings."""
+    stage3.py ``state_dict``): bf16's static one loads with its settings; fp16's dynamic one is
+    no type our runs write (float16 training is refused), so a file holding it is refused."""
     from deepspeed.runtime.fp16.loss_scaler import CreateLossScaler
 
     from precise_fast.train.state.checkpoint import load_checkpoint_file
 
-    fp16 = dtype == torch.float16
-    scaler = CreateLossScaler(dtype=dtype, static_loss_scale=1.0, dynamic_scaling=fp16,
-                              dynamic_loss_args=dict(init_scale=2**16, scale_window=1000, min_scale=1, delayed_shift=2,
-                                                     consecutive_hysteresis=False))
-    torch.save({"loss_scaler": scaler}, tmp_path / "optim.pt")
-    loaded = load_checkpoint_file(tmp_path / "optim.pt")["loss_scaler"]
-    assert type(loaded) is type(scaler) and vars(loaded) == vars(scaler)
-    assert loaded.dynamic == fp16
+    for dtype in (torch.bfloat16, torch.float16):
+        fp16 = dtype == torch.float16
+        scaler = CreateLossScaler(dtype=dtype, static_loss_scale=1.0, dynamic_scaling=fp16,
+                                  dynamic_loss_args=dict(init_scale=2**16, scale_window=1000, min_scale=1,
+                                                         delayed_shift=2, consecutive_hysteresis=False))
+        torch.save({"loss_scaler": scaler}, tmp_path / "optim.pt")
+        if fp16:
+            with pytest.raises(CheckpointError, match="DynamicLossScaler"):
+                load_checkpoint_file(tmp_path / "optim.pt")
+        else:
+            loaded = load_checkpoint_file(tmp_path / "optim.pt")["loss_scaler"]
+            assert type(loaded) is type(scaler) and vars(loaded) == vars(scaler)

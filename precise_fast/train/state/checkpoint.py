@@ -68,9 +68,9 @@ def _safe_globals() -> list:
     ``torch.serialization.get_unsafe_globals_in_checkpoint`` over runs of ZeRO 0-3, LoRA and
     full fine-tuning): numpy's RNG state array (rank files; numpy 2 and 1 name its
     constructor differently) and DeepSpeed's ZeRO optimizer state (a loss scaler, a stage
-    enum, fragment addresses; fp16 runs' dynamic loss scaler, whose state only a GPU writes:
-    DeepSpeed's CPU accelerator has no fp16). Each is data: built without calling anything else."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    enum, fragment addresses). Each is data: built without calling anything else. fp16's
+    DynamicLossScaler is not among them: float16 runs are refused (train/policy/zero.py)."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
@@ -80,7 +80,7 @@ def _safe_globals() -> list:
         from numpy.core.multiarray import _reconstruct as reconstruct
     return [np.ndarray, np.dtype, *{type(np.dtype(t)) for t in (np.uint32, np.float64, np.int64)},
             (reconstruct, "numpy.core.multiarray._reconstruct"), (reconstruct, "numpy._core.multiarray._reconstruct"),
-            LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+            LossScaler, ZeroStageEnum, fragment_address]
 
 
 def _refusal(err: BaseException) -> str:
