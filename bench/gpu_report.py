@@ -3,7 +3,8 @@
 Inputs in OUT: ``steps.tsv`` (step, exit status, seconds: one line per step the script
 ran), ``gpu_tests.xml`` (pytest's JUnit XML of the ``-m gpu`` run), ``gpu_tests_collected.txt``
 (the node ids that run collected, tests/conftest.py: those missing from the XML never finished,
-the step's time ran out first) and the benchmarks' ``gpu_*.json``. Exits non-zero when any step failed, so the script's status is this one.
+the step's time ran out first) and the benchmarks' ``gpu_*.json``. Exits non-zero when any step
+failed, so the script's status is this one.
 
 Run: ``python bench/gpu_report.py OUT``.
 """

@@ -86,12 +86,11 @@ def run(cfg, jobs: list[tuple[Checkpoint, Target]], out_dir: Path, *, dist: Dist
             _check_settings(out_dir, settings)
         except ValueError as err:
             refusal = str(err)
-    # Rank 0's verdict on every rank: a refusal raised on rank 0 alone left the others in the
-    # barrier until the collective timeout.
+    # Rank 0's verdict on every rank (a refusal raised on rank 0 alone left the others waiting
+    # until the collective timeout); the broadcast is also the wait for rank 0's folder and settings.
     refusal = broadcast_object(refusal)
     if refusal is not None:
         raise EvalJobError(refusal)
-    barrier()
     done = set(read_records(out_dir))
 
     pipeline = _load_pipeline(cfg, dist.device)
