@@ -44,7 +44,8 @@ OUT="$(mkdir -p "$1" && cd "$1" && pwd)"
 # 15 minutes with a 1-2 minute start: 480 s leaves room for the start and one rerun. The
 # benchmarks keep about a third (the share they had of the first plan's 860 s).
 BUDGET_S=480
-STEPS=(wheels build preflight gpu_tests triton_on_gpu gpu_fused_step gpu_rollout gpu_train_step)
+SETUP_STEPS=(wheels build preflight)  # every call runs these (a warm machine passes them in seconds)
+STEPS=("${SETUP_STEPS[@]}" gpu_tests triton_on_gpu gpu_fused_step gpu_rollout gpu_train_step)
 declare -A SHARE=([wheels]=15 [build]=90 [preflight]=20 [gpu_tests]=165 [triton_on_gpu]=20
                   [gpu_fused_step]=50 [gpu_rollout]=60 [gpu_train_step]=60)
 # What each step leaves in OUT (the first word: its JUnit XML or JSON); the rest of OUT is the
@@ -138,11 +139,12 @@ fi
 
 # A second call's choices, checked before any setup time is spent on them.
 if [ -n "${GPU_CHECK_ONLY:-}" ]; then
-  kept=(wheels build preflight)
+  kept=("${SETUP_STEPS[@]}")
+  choices="${STEPS[*]:${#SETUP_STEPS[@]}}"
   for n in $GPU_CHECK_ONLY; do
-    case " ${STEPS[*]:3} " in
+    case " $choices " in
       *" $n "*) kept+=("$n") ;;
-      *) echo "[gpu_check] STOP: GPU_CHECK_ONLY names '$n'; the steps after the setup are: ${STEPS[*]:3}"; exit 2 ;;
+      *) echo "[gpu_check] STOP: GPU_CHECK_ONLY names '$n'; the steps after the setup are: $choices"; exit 2 ;;
     esac
   done
   STEPS=("${kept[@]}")
